@@ -1,0 +1,3 @@
+"""Orchestrator: durable image and video generation jobs on FLUX and ComfyUI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,58 @@
+"""The FastAPI application: ``create_app(settings)``. Resources live in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import RedirectResponse
+
+from orchestrator import __version__
+from orchestrator.api import problems, routes_flux, routes_jobs, routes_system
+from orchestrator.api.middleware import RequestIdMiddleware
+from orchestrator.config import Settings
+from orchestrator.engine.worker import WorkerOptions
+from orchestrator.runtime import open_runtime
+
+DESCRIPTION = """
+Durable image and video generation jobs on FLUX (and, soon, ComfyUI).
+
+* Errors are RFC 9457 problem documents (`application/problem+json`).
+* `POST /api/generate` accepts an `Idempotency-Key` header.
+* **Cancel and FLUX**: BFL has no cancel endpoint. Cancelling a FLUX job that was
+  already submitted stops polling and marks the job canceled, but BFL may still finish
+  the task and bill it.
+"""
+
+
+def create_app(
+    settings: Settings, *, run_worker: bool | None = None, worker_options: WorkerOptions | None = None
+) -> FastAPI:
+    worker = settings.worker_enabled if run_worker is None else run_worker
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(
+            settings, run_worker=worker, worker_options=worker_options
+        ) as runtime:
+            app.state.runtime = runtime
+            yield
+
+    app = FastAPI(
+        title="Orchestrator",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestIdMiddleware)
+    problems.install(app)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_flux.router)
+    app.include_router(routes_system.router)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    return app

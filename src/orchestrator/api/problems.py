@@ -1,0 +1,113 @@
+"""RFC 9457 problem details: the one place exceptions become HTTP errors."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, JsonValue
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator import errors, logs
+
+log = logs.get(__name__)
+PROBLEM_TYPE_BASE = "https://orchestrator.dev/problems/"
+MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document (extension members allowed)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    request_id: str | None = None
+    errors: list[FieldError] | None = None
+    code: str | None = None
+
+
+def problem_response(
+    request: Request,
+    status: int,
+    title: str,
+    slug: str,
+    detail: str | None = None,
+    extra: dict[str, JsonValue] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        "request_id": getattr(request.state, "request_id", None),
+    }
+    for k, v in (extra or {}).items():
+        body.setdefault(k, v)
+    return JSONResponse(
+        body, status_code=status, media_type=MEDIA_TYPE, headers=dict(headers or {})
+    )
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.OrchestratorError)
+    async def _domain(request: Request, exc: errors.OrchestratorError) -> JSONResponse:
+        extra = dict(exc.extra)
+        if isinstance(exc, errors.UpstreamError):
+            extra["code"] = exc.code.value
+        if exc.status >= 500:
+            log.error("request failed", error=exc.detail, kind=type(exc).__name__)
+        return problem_response(
+            request, exc.status, exc.title, exc.type_slug, exc.detail, extra
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        field_errors: list[JsonValue] = [
+            {
+                "loc": [p for p in e.get("loc", ()) if isinstance(p, str | int)],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
+        first = field_errors[0] if field_errors else None
+        where = ""
+        if isinstance(first, dict) and isinstance(first.get("loc"), list):
+            loc = first["loc"]
+            assert isinstance(loc, list)
+            where = ".".join(str(p) for p in loc)
+        detail = f"{len(field_errors)} invalid field(s)" + (f", first: {where}" if where else "")
+        return problem_response(
+            request, 422, "Invalid request", "invalid-request", detail, {"errors": field_errors}
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(
+            exc.status_code, "HTTP error"
+        )
+        slug = title.lower().replace(" ", "-")
+        return problem_response(
+            request, exc.status_code, title, slug, str(exc.detail), headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return problem_response(
+            request, 500, "Internal error", "internal-error",
+            "an unexpected error occurred; the request id identifies it in the logs",
+        )

@@ -1,0 +1,136 @@
+"""Jobs: submit, list, read, cancel, follow, and fetch outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.responses import FileResponse
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from orchestrator.api.deps import ServiceDep
+from orchestrator.api.problems import Problem
+from orchestrator.domain.jobs import Job, JobEvent, JobPage, JobStatus
+from orchestrator.domain.params import GenerateRequest
+
+router = APIRouter(prefix="/api", tags=["jobs"])
+PROBLEMS: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem, "description": "No such job"},
+    409: {"model": Problem, "description": "Conflict"},
+    422: {"model": Problem, "description": "Invalid request"},
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Repeat a submit safely: the same key and body return the same job; "
+        "the same key with another body is a 409.",
+    ),
+]
+
+
+@router.post(
+    "/generate",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=PROBLEMS,
+    summary="Queue a generation job on any backend",
+)
+async def generate(
+    body: GenerateRequest,
+    service: ServiceDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
+    """One request shape for every backend: ``backend`` selects the parameter model;
+    for ``flux``, ``params.model`` selects the BFL endpoint and its fields.
+
+    Cancelling a FLUX job stops polling, but BFL has no cancel: a task already
+    submitted may still finish upstream and be billed."""
+    job, created = await service.submit(body, idempotency_key)
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return job
+
+
+@router.get("/jobs", responses=PROBLEMS, summary="List jobs, newest first")
+async def list_jobs(
+    service: ServiceDep,
+    status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
+    backend: Annotated[list[str] | None, Query(max_length=32)] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobPage:
+    return await service.list_jobs(
+        status=status_ or (), backend=backend or (), cursor=cursor, limit=limit
+    )
+
+
+@router.get("/jobs/{job_id}", responses=PROBLEMS, summary="One job")
+async def get_job(job_id: str, service: ServiceDep) -> Job:
+    return await service.get_job(job_id)
+
+
+@router.post("/jobs/{job_id}/cancel", responses=PROBLEMS, summary="Cancel a job")
+async def cancel_job(job_id: str, service: ServiceDep) -> Job:
+    """A queued job is canceled at once. A running job is canceled by its worker
+    (the returned job has ``cancel_requested``). FLUX tasks cannot be stopped
+    upstream: polling stops, and BFL may still bill the task."""
+    return await service.cancel_job(job_id)
+
+
+def _sse(ev: JobEvent) -> ServerSentEvent:
+    return ServerSentEvent(
+        id=str(ev.id), event=ev.kind, data=json.dumps(ev.model_dump(mode="json"))
+    )
+
+
+@router.get(
+    "/jobs/{job_id}/events",
+    responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
+    response_class=EventSourceResponse,
+    summary="Follow a job (Server-Sent Events)",
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    service: ServiceDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> EventSourceResponse:
+    """Progress and transitions as they happen; the stream ends when the job is
+    finished. Resume with ``Last-Event-ID`` (or ``?after=``)."""
+    start = after or 0
+    if last_event_id and last_event_id.isdigit():
+        start = int(last_event_id)
+    await service.get_job(job_id)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        async for ev in service.follow_events(job_id, start):
+            if await request.is_disconnected():
+                return
+            yield _sse(ev)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+@router.get(
+    "/outputs/{job_id}/{n}",
+    responses={**PROBLEMS, 200: {"content": {"image/*": {}, "video/*": {}}}},
+    response_class=FileResponse,
+    summary="Download an output (supports Range)",
+)
+async def get_output(
+    job_id: str, n: Annotated[int, Path(ge=0, le=10_000)], service: ServiceDep
+) -> FileResponse:
+    out, path = await service.output(job_id, n)
+    return FileResponse(
+        path,
+        media_type=out.mime_type,
+        filename=path.name,
+        content_disposition_type="inline",
+        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+    )

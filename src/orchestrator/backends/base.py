@@ -1,0 +1,99 @@
+"""The one narrow interface every backend implements.
+
+The worker drives a job through it in order: ``submit`` (returns the upstream handle,
+which the worker stores before going on), ``wait`` (until upstream finishes,
+reporting progress), ``fetch_outputs`` (streams each file into the output store),
+and, when asked, ``cancel``. A restarted worker skips ``submit`` and calls ``wait``
+with the stored handle.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, JsonValue
+
+from orchestrator.db.jobs import NewOutput
+from orchestrator.domain.jobs import Job, UpstreamHandle
+from orchestrator.storage import OutputStore
+
+ProgressFn = Callable[[float | None, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    handle: UpstreamHandle
+    cost: float | None = None
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A finished file upstream, as the backend knows how to fetch it."""
+
+    ref: str
+    mime_type: str | None = None
+
+
+@dataclass(frozen=True)
+class Completed:
+    files: list[RemoteFile]
+    details: dict[str, JsonValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    stopped_upstream: bool
+    note: str
+
+
+class BackendHealth(BaseModel):
+    name: str
+    enabled: bool
+    simulated: bool
+    status: Literal["ok", "degraded", "down", "disabled"]
+    reason: str | None = None
+    latency_ms: float | None = None
+    details: dict[str, JsonValue] = {}
+
+
+class Backend(ABC):
+    name: str
+    simulated: bool = False
+
+    @property
+    @abstractmethod
+    def enabled(self) -> bool: ...
+
+    @property
+    @abstractmethod
+    def disabled_reason(self) -> str | None: ...
+
+    @abstractmethod
+    def limit_groups(self, model: str) -> Sequence[tuple[str, int]]:
+        """The (group, max active) pairs a job of ``model`` counts against."""
+
+    @abstractmethod
+    def default_deadline_s(self) -> float: ...
+
+    @abstractmethod
+    async def submit(self, job: Job) -> Submitted: ...
+
+    @abstractmethod
+    async def wait(self, job: Job, handle: UpstreamHandle, progress: ProgressFn) -> Completed: ...
+
+    @abstractmethod
+    async def fetch_outputs(
+        self, job: Job, handle: UpstreamHandle, completed: Completed, store: OutputStore
+    ) -> list[NewOutput]: ...
+
+    @abstractmethod
+    async def cancel(self, job: Job, handle: UpstreamHandle | None) -> CancelOutcome: ...
+
+    @abstractmethod
+    async def health(self) -> BackendHealth: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what the backend holds (the HTTP client is owned by the app)."""

@@ -1,0 +1,360 @@
+"""The ``orchestrator`` command. Every command calls the service layer in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from pydantic import TypeAdapter, ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from orchestrator import errors, logs
+from orchestrator.config import Settings, load_settings
+from orchestrator.domain.jobs import Job, JobStatus
+from orchestrator.domain.params import FluxParams, FluxRequest
+from orchestrator.engine.worker import WorkerOptions
+from orchestrator.runtime import Runtime, open_runtime, start_worker
+
+app = typer.Typer(
+    help="Durable image and video generation jobs on FLUX and ComfyUI.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+generate_app = typer.Typer(help="Queue a generation job.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
+config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
+app.add_typer(generate_app, name="generate")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+class Opts:
+    def __init__(self, config: Path | None, overrides: dict[str, object]) -> None:
+        self.config = config
+        self.overrides = overrides
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Config file (default: ORCHESTRATOR_CONFIG, else the user config dir)."),
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Override DATA_DIR.")] = None,
+    database_url: Annotated[str | None, typer.Option(help="Override DATABASE_URL.")] = None,
+    log_level: Annotated[str | None, typer.Option(help="Override LOG_LEVEL.")] = None,
+) -> None:
+    overrides: dict[str, object] = {}
+    if data_dir is not None:
+        # A path typed on the command line is relative to where it was typed.
+        overrides["data_dir"] = data_dir.expanduser().resolve()
+    if database_url is not None:
+        overrides["database_url"] = database_url
+    if log_level is not None:
+        overrides["log_level"] = log_level
+    ctx.obj = Opts(config, overrides)
+
+
+def _settings(ctx: typer.Context, *, verbose: bool = False, **more: object) -> Settings:
+    opts: Opts = ctx.obj
+    try:
+        settings = load_settings(opts.config, {**opts.overrides, **more})
+    except errors.ConfigError as exc:
+        err.print("[bold red]Invalid configuration:[/]")
+        for p in exc.problems:
+            err.print(f"  • {p}")
+        raise typer.Exit(2) from None
+    # One-shot commands keep the terminal for their own output: INFO lines only
+    # from `serve` (or when LOG_LEVEL=DEBUG).
+    level = settings.log_level
+    if not verbose and level == "INFO":
+        level = "WARNING"
+    logs.configure(level, settings.log_format, settings.secret_values())
+    return settings
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    try:
+        return asyncio.run(main())
+    except errors.OrchestratorError as exc:
+        err.print(f"[bold red]{exc.title}:[/] {exc.detail}")
+        raise typer.Exit(1) from None
+
+
+def _with_runtime(settings: Settings, fn: Callable[[Runtime], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with open_runtime(settings, run_worker=False) as rt:
+            return await fn(rt)
+
+    return _run(go())
+
+
+# --- serve ---------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (ORCHESTRATOR_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (ORCHESTRATOR_PORT).")] = None,
+    worker: Annotated[bool, typer.Option(help="Run the job worker in this process.")] = True,
+) -> None:
+    """Serve the HTTP API (and run the worker)."""
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+
+    settings = _settings(ctx, verbose=True, host=host, port=port)
+    application = create_app(settings, run_worker=worker and settings.worker_enabled)
+    config = uvicorn.Config(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=15,
+    )
+    logs.get(__name__).info("serving", url=f"http://{settings.host}:{settings.port}")
+    server = uvicorn.Server(config)
+    ok = asyncio.run(_serve(server))
+    if not ok:
+        raise typer.Exit(1)
+
+
+async def _serve(server: object) -> bool:
+    import uvicorn
+
+    assert isinstance(server, uvicorn.Server)
+    await server.serve()
+    return bool(server.started)
+
+
+# --- generate --------------------------------------------------------------------------
+
+
+def _parse_params(pairs: list[str]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--param")
+        key, raw = pair.split("=", 1)
+        try:
+            params[key.strip()] = json.loads(raw)
+        except ValueError:
+            params[key.strip()] = raw
+    return params
+
+
+@generate_app.command("flux")
+def generate_flux(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="What to generate.")],
+    model: Annotated[str, typer.Option(help="BFL model / endpoint.")] = "flux-pro-1.1",
+    width: Annotated[int | None, typer.Option(help="Width (multiple of 32).")] = None,
+    height: Annotated[int | None, typer.Option(help="Height (multiple of 32).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Any other field, KEY=VALUE.")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Higher runs first.")] = 0,
+    deadline: Annotated[float | None, typer.Option(help="Deadline, seconds.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Idempotency key.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the result and print its path.")] = False,
+) -> None:
+    """Queue a FLUX job (and with --wait, run it and print the output path)."""
+    settings = _settings(ctx)
+    raw: dict[str, object] = {"model": model, "prompt": prompt, **_parse_params(param or [])}
+    for key, value in (("width", width), ("height", height), ("seed", seed)):
+        if value is not None:
+            raw[key] = value
+    try:
+        params = TypeAdapter(FluxParams).validate_python(raw)
+        req = FluxRequest(params=params, priority=priority, deadline_s=deadline)
+    except ValidationError as exc:
+        err.print("[bold red]Invalid parameters:[/]")
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"][1:] if p != "params") or "params"
+            err.print(f"  • {loc}: {e['msg']}")
+        raise typer.Exit(2) from None
+    code = _with_runtime(settings, lambda rt: _generate(rt, req, idempotency_key, wait))
+    raise typer.Exit(code)
+
+
+async def _generate(rt: Runtime, req: FluxRequest, key: str | None, wait: bool) -> int:
+    job, created = await rt.service.submit(req, key)
+    if rt.demo:
+        err.print("[yellow]DEMO MODE: simulated backend, placeholder output.[/]")
+    if not wait:
+        typer.echo(job.id)
+        if await rt.service.live_workers() == 0:
+            err.print(
+                "[dim]No worker is running: the job stays queued until "
+                "`orchestrator serve` runs (or use --wait).[/]"
+            )
+        return 0
+    if await rt.service.live_workers() == 0:
+        await start_worker(
+            rt,
+            WorkerOptions(
+                concurrency=1, lease_s=rt.settings.lease_s, poll_interval_s=0.2, kind="cli",
+                only_ids=[job.id],
+            ),
+        )
+    job = await _follow(rt, job)
+    return _report(rt, job)
+
+
+async def _follow(rt: Runtime, job: Job) -> Job:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"{job.backend}/{job.model} queued", total=1.0)
+        async for ev in rt.service.follow_events(job.id):
+            if ev.status is not None:
+                progress.update(task, description=f"{job.backend}/{job.model} {ev.status.value}")
+            if ev.progress is not None:
+                progress.update(task, completed=ev.progress)
+    return await rt.service.get_job(job.id)
+
+
+def _report(rt: Runtime, job: Job) -> int:
+    if job.status == JobStatus.SUCCEEDED:
+        for o in job.outputs:
+            typer.echo(str(rt.service.store.resolve(o.path)))
+        return 0
+    if job.error is not None:
+        err.print(f"[bold red]{job.status.value}[/] {job.error.code.value}: {job.error.message}")
+    else:
+        err.print(f"[bold]{job.status.value}[/]")
+    return 1
+
+
+# --- jobs ------------------------------------------------------------------------------
+
+
+@jobs_app.command("list")
+def jobs_list(
+    ctx: typer.Context,
+    status: Annotated[list[JobStatus] | None, typer.Option(help="Filter by status.")] = None,
+    backend: Annotated[list[str] | None, typer.Option(help="Filter by backend.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List jobs, newest first."""
+    settings = _settings(ctx)
+    page = _with_runtime(
+        settings,
+        lambda rt: rt.service.list_jobs(status=status or (), backend=backend or (), limit=limit),
+    )
+    if as_json:
+        out.print_json(page.model_dump_json())
+        return
+    table = Table("id", "status", "backend", "model", "progress", "created", "error")
+    for j in page.items:
+        table.add_row(
+            j.id,
+            j.status.value,
+            j.backend,
+            j.model,
+            f"{j.progress:.0%}" if j.progress is not None else "",
+            j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            j.error.code.value if j.error else "",
+        )
+    out.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(ctx: typer.Context, job_id: str) -> None:
+    """Show one job as JSON."""
+    settings = _settings(ctx)
+    job = _with_runtime(settings, lambda rt: rt.service.get_job(job_id))
+    out.print_json(job.model_dump_json())
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
+    """Cancel a job."""
+    settings = _settings(ctx)
+    job = _with_runtime(settings, lambda rt: rt.service.cancel_job(job_id))
+    state = "cancel requested" if job.status == JobStatus.RUNNING else job.status.value
+    out.print(f"{job.id}: {state}")
+
+
+# --- config ----------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context) -> None:
+    """Print the resolved settings, secrets masked."""
+    settings = _settings(ctx)
+    table = Table("setting", "value", title=f"config file: {settings.config_file}")
+    for name, value in settings.masked().items():
+        table.add_row(name, value)
+    out.print(table)
+
+
+@config_app.command("check")
+def config_check(ctx: typer.Context) -> None:
+    """Validate the settings; exit 2 on problems."""
+    settings = _settings(ctx)
+    from orchestrator.runtime import demo_enabled
+
+    notes = []
+    if settings.bfl_api_key is None:
+        notes.append("flux backend disabled: BFL_API_KEY is not set")
+    if demo_enabled(settings):
+        notes.append("demo mode: backends are simulated")
+    for n in notes:
+        out.print(f"[yellow]note:[/] {n}")
+    out.print("[green]configuration OK[/]")
+
+
+# --- fakes -------------------------------------------------------------------------------
+
+
+@app.command("fake-bfl", hidden=True)
+def fake_bfl(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8100,
+    key: Annotated[str, typer.Option(help="Accepted x-key.")] = "test-key",
+    duration: Annotated[float, typer.Option(help="Seconds per task.")] = 2.0,
+) -> None:
+    """Run the fake BFL API (for tests and manual checks)."""
+    import uvicorn
+
+    from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
+
+    fake = FakeBfl(
+        FakeBflConfig(
+            api_keys={key}, task_duration_s=duration, public_base_url=f"http://{host}:{port}"
+        )
+    )
+    uvicorn.run(fake.app, host=host, port=port, log_config=None)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

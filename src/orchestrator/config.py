@@ -1,0 +1,404 @@
+"""Settings: one typed object, read once at start-up and passed down.
+
+Sources, highest precedence first: explicit CLI flags (passed as ``overrides``),
+environment variables, the ``.env`` file beside the config file, ``orchestrator.toml``,
+defaults.
+
+Where the config file lives never depends on the working directory: it is
+``--config`` / ``ORCHESTRATOR_CONFIG`` when given, otherwise ``orchestrator.toml`` in
+the platform's user config folder. Relative paths in any source are resolved once,
+against the config file's folder. ``DATA_DIR`` defaults to the platform's user data
+folder.
+
+Library code never reads ``os.environ``; only :func:`load_settings` does, through
+pydantic-settings.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import platformdirs
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from orchestrator import errors
+
+APP_NAME = "orchestrator"
+CONFIG_ENV = "ORCHESTRATOR_CONFIG"
+CONFIG_FILE_NAME = "orchestrator.toml"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+# The config file chosen for the settings being built; read by the custom sources.
+_config_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "orchestrator_config_file", default=None
+)
+
+
+def default_config_file() -> Path:
+    """``orchestrator.toml`` in the platform's user config folder."""
+    return platformdirs.user_config_path(APP_NAME, appauthor=False) / CONFIG_FILE_NAME
+
+
+def default_data_dir() -> Path:
+    return platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
+class Settings(BaseSettings):
+    """Every setting Orchestrator reads. Field names are the TOML keys; the
+    upper-case names are the environment variables (see ``.env.example``)."""
+
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        case_sensitive=False,
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- paths -----------------------------------------------------------------
+    data_dir: Path | None = Field(
+        default=None,
+        description="Root folder for the database, outputs and job manifests. "
+        "Default: the platform's user data folder.",
+    )
+    output_dir: Path | None = Field(
+        default=None, description="Where generated files are written. Default: DATA_DIR/outputs."
+    )
+    jobs_dir: Path | None = Field(
+        default=None,
+        description="Where a JSON manifest per finished job is written. Default: DATA_DIR/jobs.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Default: SQLite file DATA_DIR/orchestrator.db. "
+        "PostgreSQL: postgresql+asyncpg://user@host:5432/db",
+    )
+    tilda_dump_path: Path | None = Field(
+        default=None, description="Folder or zip of a Tilda site export (used by the importer)."
+    )
+
+    # --- server -----------------------------------------------------------------
+    host: str = Field(
+        default="127.0.0.1",
+        validation_alias="ORCHESTRATOR_HOST",
+        description="Address `orchestrator serve` binds to.",
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(
+        default=8000, validation_alias="ORCHESTRATOR_PORT", description="Port of `serve`."
+    )
+    log_level: LogLevel = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="auto: human-readable when stderr is a terminal, JSON lines otherwise.",
+    )
+    demo_mode: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="auto: simulate backends when none is configured; on: always; off: never.",
+    )
+
+    # --- FLUX (Black Forest Labs) ---------------------------------------------------
+    bfl_api_key: SecretStr | None = Field(
+        default=None, description="BFL API key. Absent: the flux backend is disabled."
+    )
+    flux_base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("https://api.bfl.ai"), description="BFL API origin."
+    )
+    flux_max_active: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=24, description="Active FLUX tasks allowed per key (BFL's default is 24)."
+    )
+    flux_kontext_max_active: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=6, description="Active flux-kontext-max tasks allowed (BFL's default is 6)."
+    )
+    flux_poll_interval_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.5, description="Seconds between polls of a FLUX task."
+    )
+    flux_deadline_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="Default deadline of a FLUX job, seconds."
+    )
+
+    # --- ComfyUI ------------------------------------------------------------------
+    comfy_url: AnyHttpUrl | None = Field(
+        default=None, description="One ComfyUI server, e.g. http://127.0.0.1:8188."
+    )
+
+    # --- v0 -----------------------------------------------------------------------
+    v0_api_key: SecretStr | None = Field(
+        default=None, description="v0 API key for page generation. Absent: v0 disabled."
+    )
+
+    # --- outbound HTTP ---------------------------------------------------------------
+    http_connect_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10.0, description="Connect timeout of every outbound request."
+    )
+    http_read_timeout_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0, description="Read (and write) timeout of every outbound request."
+    )
+
+    # --- worker -------------------------------------------------------------------
+    worker_enabled: bool = Field(
+        default=True, description="Run the job worker inside `orchestrator serve`."
+    )
+    worker_concurrency: Annotated[int, Field(ge=1, le=10000)] = Field(
+        default=64, description="Jobs one worker process runs at once (all backends)."
+    )
+    worker_poll_interval_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=0.5, description="How often the worker looks for jobs queued by other processes."
+    )
+    lease_s: Annotated[float, Field(ge=2, le=3600)] = Field(
+        default=30.0,
+        description="A claimed job's lease; another process takes the job over only "
+        "after it expired.",
+    )
+
+    # where this object came from (not a setting)
+    config_file: Path = Field(default_factory=default_config_file, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file.get()
+        if config_file is None:
+            return (init_settings, env_settings)
+        return (
+            init_settings,
+            env_settings,
+            DotEnvSettingsSource(settings_cls, env_file=config_file.parent / ".env"),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file),
+        )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("bfl_api_key", "v0_api_key", "comfy_url", "database_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_db_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = v.split("://", 1)[0] if "://" in v else ""
+        allowed = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
+        if scheme not in allowed:
+            raise ValueError(f"unsupported database URL scheme {scheme!r}; use sqlite or postgresql")
+        return v
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        base = self.config_file.parent
+        data = _resolve(self.data_dir, base) if self.data_dir else default_data_dir()
+        self.data_dir = data
+        self.output_dir = _resolve(self.output_dir, base) if self.output_dir else data / "outputs"
+        self.jobs_dir = _resolve(self.jobs_dir, base) if self.jobs_dir else data / "jobs"
+        if self.tilda_dump_path is not None:
+            self.tilda_dump_path = _resolve(self.tilda_dump_path, base)
+        if self.database_url is None:
+            self.database_url = f"sqlite+aiosqlite:///{data / 'orchestrator.db'}"
+        else:
+            self.database_url = _normalise_db_url(self.database_url, base)
+        return self
+
+    # --- derived views ---------------------------------------------------------------
+    @property
+    def data_path(self) -> Path:
+        assert self.data_dir is not None
+        return self.data_dir
+
+    @property
+    def output_path(self) -> Path:
+        assert self.output_dir is not None
+        return self.output_dir
+
+    @property
+    def jobs_path(self) -> Path:
+        assert self.jobs_dir is not None
+        return self.jobs_dir
+
+    @property
+    def db_url(self) -> str:
+        assert self.database_url is not None
+        return self.database_url
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.db_url.startswith("sqlite")
+
+    def secret_values(self) -> list[str]:
+        """Every secret's plain value, for log redaction."""
+        out = []
+        for v in (self.bfl_api_key, self.v0_api_key):
+            if v is not None and v.get_secret_value():
+                out.append(v.get_secret_value())
+        return out
+
+    def masked(self) -> dict[str, str]:
+        """Resolved values as strings, secrets masked, keyed by environment name."""
+        rows: dict[str, str] = {}
+        for name, field in type(self).model_fields.items():
+            if field.exclude:
+                continue
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown = mask_secret(value.get_secret_value())
+            elif value is None:
+                shown = "(not set)"
+            elif name == "database_url":
+                shown = mask_db_url(str(value))
+            else:
+                shown = str(value)
+            rows[env_name(name)] = shown
+        return rows
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    field = Settings.model_fields[field_name]
+    alias = field.validation_alias
+    return alias if isinstance(alias, str) else field_name.upper()
+
+
+def mask_secret(value: str) -> str:
+    if not value:
+        return "(not set)"
+    return "****" + value[-4:] if len(value) >= 12 else "****"
+
+
+def mask_db_url(url: str) -> str:
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}{':****' if ':' in creds else ''}@{host}"
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _normalise_db_url(url: str, base: Path) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql+asyncpg://" + url[len("postgres://") :]
+    elif url.startswith("postgresql://"):
+        url = "postgresql+asyncpg://" + url[len("postgresql://") :]
+    elif url.startswith("sqlite://") and not url.startswith("sqlite+aiosqlite://"):
+        url = "sqlite+aiosqlite://" + url[len("sqlite://") :]
+    prefix = "sqlite+aiosqlite:///"
+    if url.startswith(prefix):
+        file_part = url[len(prefix) :]
+        if file_part and file_part != ":memory:" and not file_part.startswith("/"):
+            url = prefix + str(_resolve(Path(file_part), base))
+    return url
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    variable: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.variable}: {self.message}"
+
+
+def resolve_config_file(
+    explicit: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """The config file: the explicit flag, else ``ORCHESTRATOR_CONFIG``, else the default.
+
+    A relative explicit path is the only thing ever resolved against the working
+    directory, because the user typed it there."""
+    env = os.environ if environ is None else environ
+    if explicit is not None:
+        return explicit.expanduser().resolve()
+    from_env = env.get(CONFIG_ENV, "").strip()
+    if from_env:
+        return Path(from_env).expanduser().resolve()
+    return default_config_file()
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, object] | None = None,
+    *,
+    check_dirs: bool = True,
+) -> Settings:
+    """Build and validate the settings, or raise :class:`errors.ConfigError` listing
+    every problem with the variable that causes it."""
+    path = resolve_config_file(config_file)
+    token = _config_file.set(path)
+    try:
+        init = {k: v for k, v in (overrides or {}).items() if v is not None}
+        settings = Settings(config_file=path, **init)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = [
+            ConfigProblem(_variable_for(err["loc"]), _clean_msg(err["msg"])) for err in exc.errors()
+        ]
+        raise errors.ConfigError(problems=[str(p) for p in problems]) from None
+    finally:
+        _config_file.reset(token)
+    if check_dirs:
+        problems = check_writable(settings)
+        if problems:
+            raise errors.ConfigError(problems=[str(p) for p in problems])
+    return settings
+
+
+def check_writable(settings: Settings) -> list[ConfigProblem]:
+    """Create the data folders if needed and prove each one is writable."""
+    problems: list[ConfigProblem] = []
+    for field in ("data_dir", "output_dir", "jobs_dir"):
+        folder: Path = getattr(settings, field)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            problems.append(
+                ConfigProblem(env_name(field), f"folder {folder} is not writable ({exc.strerror})")
+            )
+    return problems
+
+
+def _variable_for(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    head = str(loc[0])
+    if head in Settings.model_fields:
+        return env_name(head)
+    return head.upper()
+
+
+def _clean_msg(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+

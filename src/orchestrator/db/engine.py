@@ -1,0 +1,134 @@
+"""The async engine, transaction helpers and migrations.
+
+SQLite runs in WAL mode; writes start with ``BEGIN IMMEDIATE`` so two processes
+never both read-then-write the same rows (the claim). PostgreSQL serialises claims
+with a transaction-scoped advisory lock instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+CLAIM_LOCK_KEY = 7_270_001
+MIGRATE_LOCK_KEY = 7_270_002
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 30}
+            if url.startswith("sqlite+aiosqlite:///"):
+                Path(url[len("sqlite+aiosqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["pool_size"] = 10
+            kwargs["max_overflow"] = 10
+            kwargs["pool_pre_ping"] = True
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            _install_sqlite_hooks(self.engine)
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self, *, claim_lock: bool = False) -> AsyncIterator[AsyncConnection]:
+        """A write transaction. ``claim_lock`` serialises it with every other
+        claimer, in this process and others."""
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                await conn.execution_options(orchestrator_immediate=True)
+            async with conn.begin():
+                if claim_lock and not self.is_sqlite:
+                    await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({CLAIM_LOCK_KEY})"))
+                yield conn
+
+    async def migrate(self) -> None:
+        """Apply Alembic migrations up to head (safe when several processes start)."""
+        async with self.write() as conn:
+            if not self.is_sqlite:
+                await conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_KEY})"))
+            await conn.run_sync(_upgrade)
+
+    async def current_revision(self) -> str | None:
+        async with self.read() as conn:
+            return await conn.run_sync(_current_revision)
+
+    async def ping(self) -> None:
+        async with self.read() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _upgrade(sync_conn: sa.Connection) -> None:
+    cfg = alembic_config()
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+def _current_revision(sync_conn: sa.Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(sync_conn).get_current_revision()
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take over transaction control from the driver (SQLAlchemy's documented
+        # recipe), so BEGIN IMMEDIATE is possible and DDL is transactional.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        if conn.get_execution_options().get("orchestrator_immediate"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            conn.exec_driver_sql("BEGIN")
+
+
+async def open_database(url: str) -> Database:
+    db = Database(url)
+    try:
+        await db.migrate()
+    except BaseException:
+        await asyncio.shield(db.dispose())
+        raise
+    return db

@@ -1,0 +1,673 @@
+"""Queries on jobs, their outputs and events. Every status change goes through
+``domain.jobs.transition`` and writes an event in the same transaction.
+
+Writes made by a worker are guarded by its lease (``lease_owner``): a worker that
+lost its lease (another process took the job over) changes nothing and gets
+:class:`LeaseLost`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from pydantic import JsonValue
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator import errors
+from orchestrator.db.engine import Database
+from orchestrator.db.schema import job_events, job_outputs, jobs
+from orchestrator.domain import limits
+from orchestrator.domain.jobs import (
+    EventKind,
+    Job,
+    JobError,
+    JobEvent,
+    JobOutput,
+    JobPage,
+    JobStatus,
+    UpstreamHandle,
+    transition,
+)
+
+
+class LeaseLost(Exception):
+    """The job is no longer ours: another process took it over, or it finished."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class NewJob:
+    id: str
+    backend: str
+    model: str
+    params: dict[str, JsonValue]
+    priority: int
+    deadline_at: datetime
+    idempotency_key: str | None
+    request_hash: str | None
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    n: int
+    path: str
+    mime_type: str
+    size_bytes: int
+    sha256: str
+    width: int | None = None
+    height: int | None = None
+    duration_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job this worker now holds, with what recovery needs to know."""
+
+    job: Job
+    submitting_at: datetime | None
+
+
+class JobRepo:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- create and read ---------------------------------------------------------
+    async def create(self, new: NewJob) -> tuple[Job, bool]:
+        """Insert a job; returns ``(job, created)``. With an idempotency key already
+        used, returns the existing job (``created=False``) when the request hash
+        matches, else raises :class:`errors.IdempotencyConflict`."""
+        now = utcnow()
+        try:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    jobs.insert().values(
+                        id=new.id,
+                        backend=new.backend,
+                        model=new.model,
+                        params=new.params,
+                        priority=new.priority,
+                        status=JobStatus.QUEUED.value,
+                        attempts=0,
+                        idempotency_key=new.idempotency_key,
+                        request_hash=new.request_hash,
+                        simulated=new.simulated,
+                        cancel_requested=False,
+                        deadline_at=new.deadline_at,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                await _event(conn, new.id, "created", status=JobStatus.QUEUED, at=now)
+        except IntegrityError:
+            if new.idempotency_key is None:
+                raise
+            async with self.db.read() as conn:
+                row = (
+                    await conn.execute(
+                        sa.select(jobs).where(jobs.c.idempotency_key == new.idempotency_key)
+                    )
+                ).one_or_none()
+                if row is None:
+                    raise
+                if row.request_hash != new.request_hash:
+                    raise errors.IdempotencyConflict(
+                        "this Idempotency-Key was used with a different request body",
+                        job_id=row.id,
+                    ) from None
+                return await _job(conn, row), False
+        async with self.db.read() as conn:
+            return await self._get(conn, new.id), True
+
+    async def get(self, job_id: str) -> Job:
+        async with self.db.read() as conn:
+            return await self._get(conn, job_id)
+
+    async def _get(self, conn: AsyncConnection, job_id: str) -> Job:
+        row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
+        if row is None:
+            raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+        return await _job(conn, row)
+
+    async def page(
+        self,
+        *,
+        status: Sequence[JobStatus] = (),
+        backend: Sequence[str] = (),
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """Newest first, cursor-paginated on (created_at, id)."""
+        q = sa.select(jobs)
+        if status:
+            q = q.where(jobs.c.status.in_([s.value for s in status]))
+        if backend:
+            q = q.where(jobs.c.backend.in_(list(backend)))
+        if cursor:
+            created, last_id = _decode_cursor(cursor)
+            q = q.where(
+                sa.or_(
+                    jobs.c.created_at < created,
+                    sa.and_(jobs.c.created_at == created, jobs.c.id < last_id),
+                )
+            )
+        q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q)).all()
+            items = [await _job(conn, r, outputs=False) for r in rows[:limit]]
+            await _attach_outputs(conn, items)
+        next_cursor = None
+        if len(rows) > limit:
+            last = items[-1]
+            next_cursor = _encode_cursor(last.created_at, last.id)
+        return JobPage(items=items, next_cursor=next_cursor)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """``{backend: {status: n}}``."""
+        q = sa.select(jobs.c.backend, jobs.c.status, sa.func.count()).group_by(
+            jobs.c.backend, jobs.c.status
+        )
+        out: dict[str, dict[str, int]] = {}
+        async with self.db.read() as conn:
+            for backend, status, n in (await conn.execute(q)).all():
+                out.setdefault(backend, {})[status] = int(n)
+        return out
+
+    async def events(self, job_id: str, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
+        q = (
+            sa.select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.id > after_id)
+            .order_by(job_events.c.id)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q)).all()
+        return [
+            JobEvent(
+                id=r.id,
+                job_id=r.job_id,
+                at=r.at,
+                kind=r.kind,
+                status=JobStatus(r.status) if r.status else None,
+                progress=r.progress,
+                message=r.message,
+                data=r.data or {},
+            )
+            for r in rows
+        ]
+
+    async def status_of(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, bool]]:
+        """``{id: (status, cancel_requested)}`` for the given ids."""
+        if not job_ids:
+            return {}
+        q = sa.select(jobs.c.id, jobs.c.status, jobs.c.cancel_requested).where(
+            jobs.c.id.in_(list(job_ids))
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q)).all()
+        return {r.id: (JobStatus(r.status), bool(r.cancel_requested)) for r in rows}
+
+    # --- cancel ------------------------------------------------------------------
+    async def request_cancel(self, job_id: str) -> Job:
+        """A queued job is canceled at once; a running one is flagged, and its
+        worker finishes the cancel. A finished job cannot be canceled."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            row = (
+                await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))
+            ).one_or_none()
+            if row is None:
+                raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+            current = JobStatus(row.status)
+            if current == JobStatus.QUEUED:
+                transition(current, JobStatus.CANCELED)
+                await conn.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id)
+                    .values(
+                        status=JobStatus.CANCELED.value,
+                        cancel_requested=True,
+                        finished_at=now,
+                        updated_at=now,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                )
+                await _event(
+                    conn, job_id, "transition", status=JobStatus.CANCELED, at=now,
+                    message="canceled while queued",
+                )
+            elif current == JobStatus.RUNNING:
+                if not row.cancel_requested:
+                    await conn.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job_id)
+                        .values(cancel_requested=True, updated_at=now)
+                    )
+                    await _event(conn, job_id, "info", at=now, message="cancel requested")
+            else:
+                transition(current, JobStatus.CANCELED)  # raises InvalidTransition
+        return await self.get(job_id)
+
+    # --- the worker's side ----------------------------------------------------------
+    async def claim(
+        self,
+        owner: str,
+        lease_s: float,
+        capacity: int,
+        groups: limits.LimitGroups,
+        *,
+        backends: Sequence[str] | None = None,
+        only_ids: Sequence[str] | None = None,
+    ) -> list[Job]:
+        """Atomically move up to ``capacity`` queued jobs to running under this
+        owner's lease, highest priority then oldest first, within every limit
+        (counted over all processes)."""
+        if capacity <= 0:
+            return []
+        now = utcnow()
+        until = now + timedelta(seconds=lease_s)
+        async with self.db.write(claim_lock=True) as conn:
+            cq = sa.select(jobs.c.id, jobs.c.backend, jobs.c.model).where(
+                jobs.c.status == JobStatus.QUEUED.value
+            )
+            if backends is not None:
+                cq = cq.where(jobs.c.backend.in_(list(backends)))
+            if only_ids is not None:
+                cq = cq.where(jobs.c.id.in_(list(only_ids)))
+            cq = cq.order_by(
+                jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id
+            ).limit(max(capacity * 4, 64))
+            candidates = [
+                limits.Candidate(r.id, r.backend, r.model) for r in (await conn.execute(cq)).all()
+            ]
+            if not candidates:
+                return []
+            rq = (
+                sa.select(jobs.c.backend, jobs.c.model, sa.func.count())
+                .where(jobs.c.status == JobStatus.RUNNING.value)
+                .group_by(jobs.c.backend, jobs.c.model)
+            )
+            running = {(b, m): int(n) for b, m, n in (await conn.execute(rq)).all()}
+            chosen = limits.pick(candidates, running, groups, capacity)
+            if not chosen:
+                return []
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(chosen), jobs.c.status == JobStatus.QUEUED.value)
+                .values(
+                    status=JobStatus.RUNNING.value,
+                    lease_owner=owner,
+                    lease_expires_at=until,
+                    attempts=jobs.c.attempts + 1,
+                    started_at=sa.func.coalesce(jobs.c.started_at, now),
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                job_events.insert(),
+                [
+                    {
+                        "job_id": jid,
+                        "at": now,
+                        "kind": "transition",
+                        "status": JobStatus.RUNNING.value,
+                        "message": f"claimed by {owner}",
+                        "data": None,
+                    }
+                    for jid in chosen
+                ],
+            )
+            rows = (await conn.execute(sa.select(jobs).where(jobs.c.id.in_(chosen)))).all()
+            order = {jid: i for i, jid in enumerate(chosen)}
+            claimed = [await _job(conn, r, outputs=False) for r in rows]
+        claimed.sort(key=lambda j: order[j.id])
+        return claimed
+
+    async def take_over_expired(
+        self,
+        owner: str,
+        lease_s: float,
+        *,
+        backends: Sequence[str] | None = None,
+        only_ids: Sequence[str] | None = None,
+        limit: int = 100,
+    ) -> list[Claimed]:
+        """Jobs left running by a process whose lease expired become ours."""
+        now = utcnow()
+        until = now + timedelta(seconds=lease_s)
+        q = sa.select(jobs).where(
+            jobs.c.status == JobStatus.RUNNING.value,
+            sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
+        )
+        if backends is not None:
+            q = q.where(jobs.c.backend.in_(list(backends)))
+        if only_ids is not None:
+            q = q.where(jobs.c.id.in_(list(only_ids)))
+        q = q.order_by(jobs.c.priority.desc(), jobs.c.created_at).limit(limit)
+        async with self.db.write(claim_lock=True) as conn:
+            rows = (await conn.execute(q)).all()
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(ids))
+                .values(lease_owner=owner, lease_expires_at=until, updated_at=now)
+            )
+            for r in rows:
+                await _event(
+                    conn, r.id, "info", at=now,
+                    message=f"lease of {r.lease_owner} expired; taken over by {owner}",
+                )
+            out = []
+            for r in rows:
+                job = await _job(conn, r, outputs=False)
+                out.append(Claimed(job=job, submitting_at=r.submitting_at))
+        return out
+
+    async def renew_leases(
+        self, owner: str, job_ids: Sequence[str], lease_s: float
+    ) -> dict[str, bool]:
+        """Extend our leases; returns ``{id: cancel_requested}`` for the jobs still
+        ours. Ids missing from the result were lost."""
+        if not job_ids:
+            return {}
+        now = utcnow()
+        until = now + timedelta(seconds=lease_s)
+        async with self.db.write() as conn:
+            await conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id.in_(list(job_ids)),
+                    jobs.c.lease_owner == owner,
+                    jobs.c.status == JobStatus.RUNNING.value,
+                )
+                .values(lease_expires_at=until)
+            )
+            rows = (
+                await conn.execute(
+                    sa.select(jobs.c.id, jobs.c.cancel_requested).where(
+                        jobs.c.id.in_(list(job_ids)),
+                        jobs.c.lease_owner == owner,
+                        jobs.c.status == JobStatus.RUNNING.value,
+                    )
+                )
+            ).all()
+        return {r.id: bool(r.cancel_requested) for r in rows}
+
+    async def release_leases(self, owner: str, job_ids: Sequence[str]) -> None:
+        """Give jobs back (graceful shutdown): their lease expires now, so the next
+        process re-attaches them at once."""
+        if not job_ids:
+            return
+        async with self.db.write() as conn:
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id.in_(list(job_ids)), jobs.c.lease_owner == owner)
+                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+            )
+
+    async def mark_submitting(self, job_id: str, owner: str) -> None:
+        """Written just before the upstream submit: if we die between here and
+        :meth:`set_upstream`, recovery knows the submit may have happened."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            await self._guarded(conn, job_id, owner, submitting_at=now, updated_at=now)
+
+    async def set_upstream(
+        self, job_id: str, owner: str, handle: UpstreamHandle, cost: float | None
+    ) -> None:
+        now = utcnow()
+        async with self.db.write() as conn:
+            await self._guarded(
+                conn, job_id, owner, upstream=handle.model_dump(mode="json"), cost=cost,
+                updated_at=now,
+            )
+            await _event(
+                conn, job_id, "upstream", at=now, message="submitted upstream",
+                data={"task_id": handle.task_id, "instance": handle.instance, "cost": cost},
+            )
+
+    async def set_progress(
+        self, job_id: str, owner: str, progress: float | None, message: str | None = None
+    ) -> None:
+        now = utcnow()
+        async with self.db.write() as conn:
+            await self._guarded(conn, job_id, owner, progress=progress, updated_at=now)
+            await _event(conn, job_id, "progress", at=now, progress=progress, message=message)
+
+    async def add_event(
+        self, job_id: str, kind: EventKind, message: str, data: dict[str, JsonValue] | None = None
+    ) -> None:
+        async with self.db.write() as conn:
+            await _event(conn, job_id, kind, at=utcnow(), message=message, data=data)
+
+    async def requeue(self, job_id: str, owner: str, reason: str) -> None:
+        """Back to the queue: nothing was sent upstream, so running it again is safe."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            current = await self._owned_status(conn, job_id, owner)
+            transition(current, JobStatus.QUEUED)
+            await self._guarded(
+                conn, job_id, owner, status=JobStatus.QUEUED.value, lease_owner=None,
+                lease_expires_at=None, submitting_at=None, progress=None, updated_at=now,
+            )
+            await _event(conn, job_id, "transition", status=JobStatus.QUEUED, at=now,
+                         message=reason)
+
+    async def finish(
+        self,
+        job_id: str,
+        owner: str | None,
+        status: JobStatus,
+        *,
+        error: JobError | None = None,
+        outputs: Sequence[NewOutput] = (),
+        message: str | None = None,
+    ) -> Job:
+        """Move a job to a terminal state with its outputs or error, in one
+        transaction. ``owner=None`` acts without a lease (a queued job)."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            if owner is None:
+                row = (
+                    await conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id))
+                ).one_or_none()
+                if row is None:
+                    raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+                current = JobStatus(row.status)
+            else:
+                current = await self._owned_status(conn, job_id, owner)
+            transition(current, status)
+            values: dict[str, object] = {
+                "status": status.value,
+                "finished_at": now,
+                "updated_at": now,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
+            if status == JobStatus.SUCCEEDED:
+                values["progress"] = 1.0
+            if error is not None:
+                values.update(
+                    error_code=error.code.value,
+                    error_message=error.message,
+                    error_details=error.details or None,
+                )
+            where = [jobs.c.id == job_id, jobs.c.status == current.value]
+            if owner is not None:
+                where.append(jobs.c.lease_owner == owner)
+            res = await conn.execute(jobs.update().where(*where).values(**values))
+            if res.rowcount != 1:
+                raise LeaseLost(job_id)
+            if outputs:
+                await conn.execute(
+                    job_outputs.insert(),
+                    [
+                        {
+                            "job_id": job_id,
+                            "n": o.n,
+                            "path": o.path,
+                            "mime_type": o.mime_type,
+                            "size_bytes": o.size_bytes,
+                            "sha256": o.sha256,
+                            "width": o.width,
+                            "height": o.height,
+                            "duration_s": o.duration_s,
+                            "created_at": now,
+                        }
+                        for o in outputs
+                    ],
+                )
+            data: dict[str, JsonValue] | None = None
+            if error is not None:
+                data = {"code": error.code.value, **error.details}
+            await _event(
+                conn, job_id, "transition", status=status, at=now,
+                message=message or (error.message if error else None), data=data,
+            )
+            return await self._get(conn, job_id)
+
+    async def _owned_status(self, conn: AsyncConnection, job_id: str, owner: str) -> JobStatus:
+        row = (
+            await conn.execute(
+                sa.select(jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id)
+            )
+        ).one_or_none()
+        if row is None or row.lease_owner != owner:
+            raise LeaseLost(job_id)
+        return JobStatus(row.status)
+
+    async def _guarded(
+        self, conn: AsyncConnection, job_id: str, owner: str, **values: object
+    ) -> None:
+        res = await conn.execute(
+            jobs.update()
+            .where(
+                jobs.c.id == job_id,
+                jobs.c.lease_owner == owner,
+                jobs.c.status == JobStatus.RUNNING.value,
+            )
+            .values(**values)
+        )
+        if res.rowcount != 1:
+            raise LeaseLost(job_id)
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+async def _event(
+    conn: AsyncConnection,
+    job_id: str,
+    kind: EventKind,
+    *,
+    at: datetime,
+    status: JobStatus | None = None,
+    progress: float | None = None,
+    message: str | None = None,
+    data: dict[str, JsonValue] | None = None,
+) -> None:
+    await conn.execute(
+        job_events.insert().values(
+            job_id=job_id,
+            at=at,
+            kind=kind,
+            status=status.value if status else None,
+            progress=progress,
+            message=message,
+            data=data,
+        )
+    )
+
+
+def _output(row: sa.Row[tuple[object, ...]]) -> JobOutput:
+    m = row._mapping
+    return JobOutput(
+        n=int(m["n"]),
+        path=str(m["path"]),
+        url=f"/api/outputs/{m['job_id']}/{m['n']}",
+        mime_type=str(m["mime_type"]),
+        size_bytes=int(m["size_bytes"]),
+        sha256=str(m["sha256"]),
+        width=m["width"],
+        height=m["height"],
+        duration_s=m["duration_s"],
+    )
+
+
+async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: bool = True) -> Job:
+    m = row._mapping
+    error = None
+    if m["error_code"]:
+        error = JobError(
+            code=errors.ErrorCode(m["error_code"]),
+            message=str(m["error_message"] or ""),
+            details=m["error_details"] or {},
+        )
+    job = Job(
+        id=str(m["id"]),
+        backend=str(m["backend"]),
+        model=str(m["model"]),
+        params=m["params"],
+        status=JobStatus(m["status"]),
+        priority=int(m["priority"]),
+        progress=m["progress"],
+        attempts=int(m["attempts"]),
+        idempotency_key=m["idempotency_key"],
+        error=error,
+        upstream=UpstreamHandle.model_validate(m["upstream"]) if m["upstream"] else None,
+        cost=m["cost"],
+        simulated=bool(m["simulated"]),
+        cancel_requested=bool(m["cancel_requested"]),
+        deadline_at=m["deadline_at"],
+        created_at=m["created_at"],
+        started_at=m["started_at"],
+        finished_at=m["finished_at"],
+        updated_at=m["updated_at"],
+    )
+    if outputs:
+        await _attach_outputs(conn, [job])
+    return job
+
+
+async def _attach_outputs(conn: AsyncConnection, items: list[Job]) -> None:
+    ids = [j.id for j in items if j.status == JobStatus.SUCCEEDED]
+    if not ids:
+        return
+    rows = (
+        await conn.execute(
+            sa.select(job_outputs)
+            .where(job_outputs.c.job_id.in_(ids))
+            .order_by(job_outputs.c.job_id, job_outputs.c.n)
+        )
+    ).all()
+    by_job: dict[str, list[JobOutput]] = {}
+    for r in rows:
+        by_job.setdefault(str(r.job_id), []).append(_output(r))
+    for j in items:
+        j.outputs = by_job.get(j.id, [])
+
+
+def _encode_cursor(created: datetime, job_id: str) -> str:
+    raw = json.dumps([created.isoformat(), job_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, job_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(job_id)
+    except (ValueError, TypeError) as exc:
+        raise errors.InvalidRequest("malformed cursor", field="cursor") from exc

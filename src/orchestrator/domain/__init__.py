@@ -1,0 +1,1 @@
+"""Domain models and pure decision logic (no I/O)."""

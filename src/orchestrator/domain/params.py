@@ -1,0 +1,177 @@
+"""Per-backend parameter models and the one request shape every entry point uses.
+
+``GenerateRequest`` is a discriminated union on ``backend``; for FLUX, ``params`` is
+itself a discriminated union on ``model`` (the BFL endpoint), each with BFL's own
+fields, ranges and defaults (``shared/reference/bfl.md`` §3). Invalid values are
+refused here, with field paths, before anything is sent or paid for.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# A base64 image of up to ~20 MB, or an http(s) URL where BFL accepts one.
+MAX_IMAGE_CHARS = 28_000_000
+ImageInput = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]
+Dimension = Annotated[int, Field(ge=256, le=1440, multiple_of=32)]
+Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+Prompt = Annotated[str, Field(max_length=10_000)]
+ASPECT_RE = re.compile(r"^(\d{1,3}):(\d{1,3})$")
+
+
+def _check_aspect(value: str | None) -> str | None:
+    if value is None:
+        return None
+    m = ASPECT_RE.match(value)
+    if not m or int(m[1]) == 0 or int(m[2]) == 0:
+        raise ValueError("must look like '16:9'")
+    ratio = int(m[1]) / int(m[2])
+    if not (9 / 21 - 1e-9 <= ratio <= 21 / 9 + 1e-9):
+        raise ValueError("must be between 21:9 and 9:21")
+    return value
+
+
+class _FluxBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt = Field(default="", description="What to generate.")
+    seed: Seed | None = Field(default=None, description="Fixed seed; random when absent.")
+    prompt_upsampling: bool = Field(default=False, description="Let BFL expand the prompt.")
+    safety_tolerance: Annotated[int, Field(ge=0, le=6)] = Field(
+        default=2, description="0 is strictest, 6 most permissive."
+    )
+    output_format: Literal["jpeg", "png"] = Field(default="jpeg")
+
+    def upstream_body(self) -> dict[str, object]:
+        """The JSON BFL receives: every field but ``model``, ``None`` values left out."""
+        return self.model_dump(mode="json", exclude={"model"}, exclude_none=True)
+
+
+class _Sized(_FluxBase):
+    width: Dimension = Field(default=1024, description="Multiple of 32, 256–1440.")
+    height: Dimension = Field(default=768, description="Multiple of 32, 256–1440.")
+    image_prompt: ImageInput | None = Field(
+        default=None, description="Base64 image for FLUX Redux image prompting."
+    )
+
+
+class FluxPro11Params(_Sized):
+    model: Literal["flux-pro-1.1"] = "flux-pro-1.1"
+
+
+class FluxProParams(_Sized):
+    model: Literal["flux-pro"] = "flux-pro"
+    steps: Annotated[int, Field(ge=1, le=50)] = 40
+    guidance: Annotated[float, Field(ge=1.5, le=5)] = 2.5
+    interval: Annotated[float, Field(ge=1, le=4)] = 2
+
+
+class FluxDevParams(_Sized):
+    model: Literal["flux-dev"] = "flux-dev"
+    steps: Annotated[int, Field(ge=1, le=50)] = 28
+    guidance: Annotated[float, Field(ge=1.5, le=5)] = 3
+
+
+class FluxUltraParams(_FluxBase):
+    model: Literal["flux-pro-1.1-ultra"] = "flux-pro-1.1-ultra"
+    aspect_ratio: str = Field(default="16:9", description="Between 21:9 and 9:21.")
+    raw: bool = Field(default=False, description="Less processed, more natural look.")
+    image_prompt: ImageInput | None = None
+    image_prompt_strength: Annotated[float, Field(ge=0, le=1)] = 0.1
+
+    _aspect = field_validator("aspect_ratio")(_check_aspect)
+
+
+class _KontextBase(_FluxBase):
+    prompt: Annotated[str, Field(min_length=1, max_length=10_000)] = Field(
+        description="The edit or generation instruction (required)."
+    )
+    input_image: ImageInput | None = Field(default=None, description="Base64 or URL.")
+    input_image_2: ImageInput | None = None
+    input_image_3: ImageInput | None = None
+    input_image_4: ImageInput | None = None
+    aspect_ratio: str | None = Field(default=None, description="Between 21:9 and 9:21.")
+    output_format: Literal["jpeg", "png"] = Field(default="png")
+
+    _aspect = field_validator("aspect_ratio")(_check_aspect)
+
+
+class FluxKontextProParams(_KontextBase):
+    model: Literal["flux-kontext-pro"] = "flux-kontext-pro"
+
+
+class FluxKontextMaxParams(_KontextBase):
+    model: Literal["flux-kontext-max"] = "flux-kontext-max"
+
+
+FluxParams = Annotated[
+    FluxPro11Params
+    | FluxUltraParams
+    | FluxProParams
+    | FluxDevParams
+    | FluxKontextProParams
+    | FluxKontextMaxParams,
+    Field(discriminator="model"),
+]
+
+FLUX_MODELS: dict[str, type[_FluxBase]] = {
+    "flux-pro-1.1": FluxPro11Params,
+    "flux-pro-1.1-ultra": FluxUltraParams,
+    "flux-pro": FluxProParams,
+    "flux-dev": FluxDevParams,
+    "flux-kontext-pro": FluxKontextProParams,
+    "flux-kontext-max": FluxKontextMaxParams,
+}
+
+# Credits per image from BFL's price list (1 credit = $0.01); the submit response's
+# ``cost`` wins when BFL sends one.
+FLUX_LIST_PRICE: dict[str, float] = {
+    "flux-pro-1.1": 4,
+    "flux-pro-1.1-ultra": 6,
+    "flux-pro": 5,
+    "flux-dev": 2.5,
+    "flux-kontext-pro": 4,
+    "flux-kontext-max": 8,
+}
+
+
+class _RequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
+        default=0, description="Higher runs first; ties run oldest first."
+    )
+    deadline_s: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
+        default=None, description="Seconds from submission until the job fails with "
+        "deadline_exceeded. Default: the backend's."
+    )
+
+
+class FluxRequest(_RequestBase):
+    backend: Literal["flux"] = "flux"
+    params: FluxParams
+
+    @property
+    def model(self) -> str:
+        return self.params.model
+
+
+class FluxResult(BaseModel):
+    """Parsed ``result`` of a Ready BFL task."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sample: str
+    prompt: str | None = None
+    seed: int | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    duration: float | None = None
+
+
+# The union grows a member per backend (sdxl, sd35, svd, comfy, …).
+GenerateRequest = FluxRequest
+BACKENDS: tuple[str, ...] = ("flux",)

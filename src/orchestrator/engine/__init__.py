@@ -1,0 +1,1 @@
+"""The worker: claiming, limits, leases, retries and recovery."""

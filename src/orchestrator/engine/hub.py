@@ -1,0 +1,62 @@
+"""In-process signals between the service layer, the worker and live streams.
+
+The database stays the source of truth (other processes see changes by polling it);
+the hub only makes this process react at once: a new job wakes the worker, a job
+event wakes its SSE streams, a cancel reaches the task running the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._job_waiters: dict[str, set[asyncio.Event]] = {}
+        self._any_waiters: set[asyncio.Event] = set()
+        self.queue_changed = asyncio.Event()
+        self._cancel_handlers: list[Callable[[str], None]] = []
+
+    def job_changed(self, job_id: str) -> None:
+        for ev in self._job_waiters.get(job_id, ()):
+            ev.set()
+        for ev in self._any_waiters:
+            ev.set()
+
+    async def wait_job(self, job_id: str, timeout: float) -> None:
+        """Return when ``job_id`` changes in this process, or after ``timeout``."""
+        ev = asyncio.Event()
+        self._job_waiters.setdefault(job_id, set()).add(ev)
+        try:
+            async with asyncio.timeout(timeout):
+                await ev.wait()
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._job_waiters.get(job_id)
+            if waiters is not None:
+                waiters.discard(ev)
+                if not waiters:
+                    del self._job_waiters[job_id]
+
+    async def wait_any(self, timeout: float) -> None:
+        ev = asyncio.Event()
+        self._any_waiters.add(ev)
+        try:
+            async with asyncio.timeout(timeout):
+                await ev.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._any_waiters.discard(ev)
+
+    def job_queued(self) -> None:
+        self.queue_changed.set()
+
+    def on_cancel(self, handler: Callable[[str], None]) -> None:
+        self._cancel_handlers.append(handler)
+
+    def cancel_requested(self, job_id: str) -> None:
+        for handler in self._cancel_handlers:
+            handler(job_id)

@@ -1,0 +1,353 @@
+"""The worker: claims queued jobs (the jobs table is the queue), runs each as an
+asyncio task through its backend, keeps its leases alive, and takes over jobs whose
+worker vanished.
+
+One job makes one chain of calls: worker → backend client → upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+import structlog
+
+from orchestrator import errors, logs
+from orchestrator.backends.base import Backend, ProgressFn
+from orchestrator.db.jobs import Claimed, JobRepo, LeaseLost
+from orchestrator.db.workers import WorkerRepo
+from orchestrator.domain.jobs import Job, JobError, JobStatus, UpstreamHandle
+from orchestrator.engine import recovery
+from orchestrator.engine.hub import Hub
+from orchestrator.storage import OutputStore
+
+log = logs.get(__name__)
+Code = errors.ErrorCode
+
+PROGRESS_MIN_INTERVAL_S = 0.5
+StopReason = Literal["user", "shutdown", "lost"]
+
+
+@dataclass
+class WorkerOptions:
+    concurrency: int = 64
+    lease_s: float = 30.0
+    poll_interval_s: float = 0.5
+    shutdown_grace_s: float = 10.0
+    kind: str = "serve"
+    only_ids: Sequence[str] | None = None
+
+
+class _Running:
+    def __init__(self, job: Job, task: asyncio.Task[None]) -> None:
+        self.job = job
+        self.task = task
+        self.stop_reason: StopReason | None = None
+        self.submit_started = False
+
+
+class Worker:
+    def __init__(
+        self,
+        repo: JobRepo,
+        workers: WorkerRepo,
+        backends: Mapping[str, Backend],
+        store: OutputStore,
+        hub: Hub,
+        options: WorkerOptions | None = None,
+    ) -> None:
+        self.repo = repo
+        self.workers = workers
+        self.backends = backends
+        self.store = store
+        self.hub = hub
+        self.opts = options or WorkerOptions()
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._running: dict[str, _Running] = {}
+        self._stopping = asyncio.Event()
+        self._wake = hub.queue_changed
+        self._main: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
+        hub.on_cancel(self._on_cancel)
+
+    # --- lifecycle -----------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def enabled_backends(self) -> list[str]:
+        return [name for name, b in self.backends.items() if b.enabled]
+
+    async def start(self) -> None:
+        await self.workers.register(self.id, self.opts.kind, socket.gethostname(), os.getpid())
+        self.store.remove_partials(older_than_s=86_400)
+        await self._recover()
+        self._main = asyncio.create_task(self._loop(), name=f"worker-{self.id}")
+        self._beat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.id}")
+        log.info("worker started", worker=self.id, backends=self.enabled_backends())
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Stop claiming; let in-flight jobs finish for up to ``grace_s``; leave the
+        rest re-attachable (queued again if nothing was sent upstream)."""
+        grace = self.opts.shutdown_grace_s if grace_s is None else grace_s
+        self._stopping.set()
+        self._wake.set()
+        if self._main is not None:
+            await asyncio.gather(self._main, return_exceptions=True)
+        pending = [r.task for r in self._running.values()]
+        if pending:
+            log.info("waiting for in-flight jobs", count=len(pending), grace_s=grace)
+            await asyncio.wait(pending, timeout=grace)
+        for r in list(self._running.values()):
+            r.stop_reason = "shutdown"
+            r.task.cancel()
+        left = [r.task for r in self._running.values()]
+        if left:
+            await asyncio.gather(*left, return_exceptions=True)
+        if self._beat is not None:
+            self._beat.cancel()
+            await asyncio.gather(self._beat, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.workers.unregister(self.id)
+        log.info("worker stopped", worker=self.id)
+
+    async def run_until_done(self, job_id: str) -> None:
+        """Used by one-shot commands: return once ``job_id`` is terminal."""
+        while True:
+            job = await self.repo.get(job_id)
+            if job.status.terminal:
+                return
+            await self.hub.wait_job(job_id, timeout=self.opts.poll_interval_s)
+
+    # --- claiming ---------------------------------------------------------------------
+    def _groups(self, backend: str, model: str) -> Sequence[tuple[str, int]]:
+        b = self.backends.get(backend)
+        return b.limit_groups(model) if b is not None else ()
+
+    async def _loop(self) -> None:
+        last_recovery = time.monotonic()
+        while not self._stopping.is_set():
+            try:
+                free = self.opts.concurrency - len(self._running)
+                claimed: list[Job] = []
+                if free > 0:
+                    self._wake.clear()
+                    claimed = await self.repo.claim(
+                        self.id, self.opts.lease_s, free, self._groups,
+                        backends=self.enabled_backends(), only_ids=self.opts.only_ids,
+                    )
+                    for job in claimed:
+                        self._spawn(job, None)
+                if time.monotonic() - last_recovery > self.opts.lease_s / 2:
+                    last_recovery = time.monotonic()
+                    await self._recover()
+                if claimed and len(self._running) < self.opts.concurrency:
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.opts.poll_interval_s):
+                        await self._wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker loop error; retrying")
+                await asyncio.sleep(self.opts.poll_interval_s)
+
+    def _spawn(self, job: Job, claimed: Claimed | None) -> None:
+        task = asyncio.create_task(self._run(job, claimed), name=f"job-{job.id}")
+        self._running[job.id] = _Running(job, task)
+        job_id = job.id
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._done(job_id)
+
+        task.add_done_callback(done)
+
+    def _done(self, job_id: str) -> None:
+        self._running.pop(job_id, None)
+        self._wake.set()
+
+    async def _recover(self) -> None:
+        try:
+            taken = await self.repo.take_over_expired(
+                self.id, self.opts.lease_s, backends=self.enabled_backends(),
+                only_ids=self.opts.only_ids,
+            )
+        except Exception:
+            log.exception("recovery scan failed")
+            return
+        for c in taken:
+            if c.job.id in self._running:
+                continue
+            removed = self.store.remove_partials(job_id=c.job.id)
+            log.warning(
+                "taking over job from a vanished worker", job_id=c.job.id,
+                has_handle=c.job.upstream is not None, partial_files_removed=removed,
+            )
+            self._spawn(c.job, c)
+
+    # --- heartbeat, cancel ---------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        interval = max(self.opts.lease_s / 3, 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                ids = list(self._running)
+                kept = await self.repo.renew_leases(self.id, ids, self.opts.lease_s)
+                for jid in ids:
+                    r = self._running.get(jid)
+                    if r is None or r.task.done():
+                        continue
+                    if jid not in kept:
+                        r.stop_reason = "lost"
+                        r.task.cancel()
+                    elif kept[jid] and r.stop_reason is None:
+                        r.stop_reason = "user"
+                        r.task.cancel()
+                await self.workers.heartbeat(self.id)
+            except Exception:
+                log.exception("heartbeat failed")
+
+    def _on_cancel(self, job_id: str) -> None:
+        r = self._running.get(job_id)
+        if r is not None and r.stop_reason is None and not r.task.done():
+            r.stop_reason = "user"
+            r.task.cancel()
+
+    # --- running one job ----------------------------------------------------------------
+    async def _run(self, job: Job, claimed: Claimed | None) -> None:
+        structlog.contextvars.bind_contextvars(job_id=job.id, backend=job.backend)
+        try:
+            await self._run_job(job, claimed)
+        except LeaseLost:
+            log.warning("lost the lease; another worker owns the job now")
+        except Exception:
+            log.exception("job crashed unexpectedly")
+            with contextlib.suppress(Exception):
+                await self._fail(job, Code.INTERNAL_ERROR, "internal error while running the job")
+        finally:
+            self.hub.job_changed(job.id)
+
+    async def _run_job(self, job: Job, claimed: Claimed | None) -> None:
+        backend = self.backends.get(job.backend)
+        if backend is None or not backend.enabled:
+            reason = backend.disabled_reason if backend else f"unknown backend {job.backend!r}"
+            await self._fail(job, Code.BACKEND_DISABLED, f"backend {job.backend} is disabled: {reason}")
+            return
+        if claimed is not None:
+            action = recovery.decide(
+                has_handle=job.upstream is not None,
+                submitting=claimed.submitting_at is not None,
+                cancel_requested=job.cancel_requested,
+            )
+            if action == recovery.Action.REQUEUE:
+                await self.repo.requeue(job.id, self.id, "worker vanished before submitting; requeued")
+                self.hub.job_queued()
+                return
+            if action == recovery.Action.CANCEL:
+                await self._finish_canceled(job, backend, "canceled")
+                return
+            if action == recovery.Action.FAIL_SUBMIT_INTERRUPTED:
+                await self._fail(
+                    job, Code.SUBMIT_INTERRUPTED,
+                    "the worker stopped while submitting; not resubmitted because upstream "
+                    "may have accepted (and billed) it. Retry the job to run it again.",
+                )
+                return
+        remaining = (job.deadline_at - datetime.now(UTC)).total_seconds()
+        handle = job.upstream
+        try:
+            if remaining <= 0:
+                raise errors.DeadlineExceeded("the deadline passed before the job could start")
+            async with asyncio.timeout(remaining):
+                if handle is None:
+                    self._mark_submit_started(job.id)
+                    await self.repo.mark_submitting(job.id, self.id)
+                    submitted = await backend.submit(job)
+                    handle = submitted.handle
+                    await self.repo.set_upstream(job.id, self.id, handle, submitted.cost)
+                    self.hub.job_changed(job.id)
+                    log.info("submitted upstream", task_id=handle.task_id, cost=submitted.cost)
+                else:
+                    log.info("re-attached to upstream task", task_id=handle.task_id)
+                completed = await backend.wait(job, handle, self._progress_writer(job))
+                outputs = await backend.fetch_outputs(job, handle, completed, self.store)
+            done = await self.repo.finish(job.id, self.id, JobStatus.SUCCEEDED, outputs=outputs)
+            await self.store.write_manifest(done)
+            log.info("job succeeded", outputs=len(outputs))
+        except TimeoutError:
+            await self._fail(job, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
+        except errors.DeadlineExceeded as exc:
+            await self._fail(job, Code.DEADLINE_EXCEEDED, exc.detail)
+        except errors.UpstreamError as exc:
+            await self._fail(job, exc.code, exc.detail, exc.extra)
+        except asyncio.CancelledError:
+            r = self._running.get(job.id)
+            reason = r.stop_reason if r else None
+            if reason == "user":
+                await self._finish_canceled(job, backend, "canceled by request", handle)
+                return
+            if reason == "shutdown":
+                await self._leave_for_later(job, handle)
+            raise
+
+    def _mark_submit_started(self, job_id: str) -> None:
+        r = self._running.get(job_id)
+        if r is not None:
+            r.submit_started = True
+
+    def _progress_writer(self, job: Job) -> ProgressFn:
+        last_write = 0.0
+        last_value: float | None = None
+
+        async def write(progress: float | None, message: str | None) -> None:
+            nonlocal last_write, last_value
+            now = time.monotonic()
+            if progress == last_value and message is None:
+                return
+            if now - last_write < PROGRESS_MIN_INTERVAL_S and (progress or 0) < 1.0:
+                return
+            last_write, last_value = now, progress
+            await self.repo.set_progress(job.id, self.id, progress, message)
+            self.hub.job_changed(job.id)
+
+        return write
+
+    async def _fail(
+        self, job: Job, code: errors.ErrorCode, message: str,
+        details: Mapping[str, object] | None = None,
+    ) -> None:
+        clean = {k: v for k, v in (details or {}).items() if v is not None}
+        err = JobError.model_validate({"code": code, "message": message, "details": clean})
+        await asyncio.shield(self.repo.finish(job.id, self.id, JobStatus.FAILED, error=err))
+        self.hub.job_changed(job.id)
+        log.warning("job failed", code=code.value, error=message)
+
+    async def _finish_canceled(
+        self, job: Job, backend: Backend, message: str, handle: UpstreamHandle | None = None
+    ) -> None:
+        outcome = await asyncio.shield(backend.cancel(job, handle or job.upstream))
+        await asyncio.shield(
+            self.repo.finish(job.id, self.id, JobStatus.CANCELED, message=f"{message}; {outcome.note}")
+        )
+        self.hub.job_changed(job.id)
+        log.info("job canceled", note=outcome.note)
+
+    async def _leave_for_later(self, job: Job, handle: UpstreamHandle | None) -> None:
+        """Shutdown: requeue if nothing was sent upstream, else release the lease so
+        the next process re-attaches (or, mid-submit, reports it) at once."""
+        r = self._running.get(job.id)
+        submit_started = r.submit_started if r is not None else True
+        if handle is None and not submit_started:
+            with contextlib.suppress(LeaseLost):
+                await asyncio.shield(self.repo.requeue(job.id, self.id, "worker shut down; requeued"))
+            return
+        await asyncio.shield(self.repo.release_leases(self.id, [job.id]))
+        log.info("left running upstream for the next start to re-attach")

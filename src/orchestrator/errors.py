@@ -1,0 +1,146 @@
+"""The one exception tree. Services raise these; ``api/problems.py`` maps them to
+RFC 9457 problem responses in one place, the CLI to exit codes and messages.
+
+::
+
+    OrchestratorError                      500  (base; never raised bare)
+    ├── ConfigError                         -   settings invalid (exit code 2)
+    ├── NotFound                           404
+    │   ├── JobNotFound
+    │   └── OutputNotFound
+    ├── Conflict                           409
+    │   ├── IdempotencyConflict             same Idempotency-Key, different body
+    │   ├── InvalidTransition               e.g. cancelling a finished job
+    │   └── BackendDisabled                 backend not configured (reason given)
+    ├── InvalidRequest                     422  (field errors)
+    └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
+        ├── TransientUpstreamError               may be retried
+        │   └── RateLimited                      429 with Retry-After
+        └── DeadlineExceeded
+
+Job failures are recorded with a machine-readable :class:`ErrorCode`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import JsonValue
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable reasons a job failed (stored in ``jobs.error_code``)."""
+
+    INVALID_PARAMS = "invalid_params"
+    UPSTREAM_AUTH = "upstream_auth"
+    INSUFFICIENT_CREDITS = "insufficient_credits"
+    RATE_LIMITED = "rate_limited"
+    MODERATED = "moderated"
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    GENERATION_FAILED = "generation_failed"
+    TASK_NOT_FOUND = "task_not_found"
+    RESULT_EXPIRED = "result_expired"
+    BAD_RESPONSE = "bad_response"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    SUBMIT_INTERRUPTED = "submit_interrupted"
+    SUBMIT_UNCERTAIN = "submit_uncertain"
+    BACKEND_DISABLED = "backend_disabled"
+    STORAGE_ERROR = "storage_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class OrchestratorError(Exception):
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal error"
+    type_slug: ClassVar[str] = "internal-error"
+
+    def __init__(self, detail: str = "", **extra: JsonValue) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra: dict[str, JsonValue] = dict(extra)
+
+
+class ConfigError(OrchestratorError):
+    title = "Invalid configuration"
+    type_slug = "invalid-configuration"
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems), problems=list(problems))
+        self.problems = problems
+
+
+class NotFound(OrchestratorError):
+    status = 404
+    title = "Not found"
+    type_slug = "not-found"
+
+
+class JobNotFound(NotFound):
+    title = "Job not found"
+    type_slug = "job-not-found"
+
+
+class OutputNotFound(NotFound):
+    title = "Output not found"
+    type_slug = "output-not-found"
+
+
+class Conflict(OrchestratorError):
+    status = 409
+    title = "Conflict"
+    type_slug = "conflict"
+
+
+class IdempotencyConflict(Conflict):
+    title = "Idempotency key reused with a different request"
+    type_slug = "idempotency-conflict"
+
+
+class InvalidTransition(Conflict):
+    title = "Job cannot make that transition"
+    type_slug = "invalid-transition"
+
+
+class BackendDisabled(Conflict):
+    title = "Backend disabled"
+    type_slug = "backend-disabled"
+
+
+class InvalidRequest(OrchestratorError):
+    status = 422
+    title = "Invalid request"
+    type_slug = "invalid-request"
+
+
+class UpstreamError(OrchestratorError):
+    """A backend failed. ``code`` is what the job records."""
+
+    status = 502
+    title = "Upstream error"
+    type_slug = "upstream-error"
+
+    def __init__(self, code: ErrorCode, detail: str, **extra: JsonValue) -> None:
+        super().__init__(detail, **extra)
+        self.code = code
+
+
+class TransientUpstreamError(UpstreamError):
+    """Worth retrying (connect errors, 5xx on idempotent calls)."""
+
+
+class RateLimited(TransientUpstreamError):
+    def __init__(self, detail: str, retry_after_s: float | None) -> None:
+        super().__init__(ErrorCode.RATE_LIMITED, detail, retry_after_s=retry_after_s)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(UpstreamError):
+    status = 504
+    title = "Deadline exceeded"
+    type_slug = "deadline-exceeded"
+
+    def __init__(self, detail: str = "the job's deadline passed") -> None:
+        super().__init__(ErrorCode.DEADLINE_EXCEEDED, detail)

@@ -1,0 +1,156 @@
+"""Builds and closes the process's resources — database, HTTP client, backends,
+storage, service, worker — for every entry point (``serve``, CLI commands, MCP).
+Nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import httpx2
+
+from orchestrator import logs
+from orchestrator.backends.base import Backend
+from orchestrator.backends.flux import FluxBackend
+from orchestrator.config import Settings
+from orchestrator.db.engine import open_database
+from orchestrator.engine.hub import Hub
+from orchestrator.engine.worker import Worker, WorkerOptions
+from orchestrator.services import Service
+from orchestrator.storage import OutputStore
+
+log = logs.get(__name__)
+
+SIMULATED_BFL_ORIGIN = "http://simulated-bfl.invalid"
+SIMULATED_BFL_KEY = "simulated-key"
+
+
+def demo_enabled(settings: Settings) -> bool:
+    if settings.demo_mode == "on":
+        return True
+    if settings.demo_mode == "off":
+        return False
+    return settings.bfl_api_key is None and settings.comfy_url is None
+
+
+def http_timeout(settings: Settings) -> httpx2.Timeout:
+    return httpx2.Timeout(
+        connect=settings.http_connect_timeout_s,
+        read=settings.http_read_timeout_s,
+        write=settings.http_read_timeout_s,
+        pool=settings.http_connect_timeout_s,
+    )
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    service: Service
+    worker: Worker | None
+    demo: bool
+    _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
+
+
+async def _build_backends(
+    settings: Settings, stack: AsyncExitStack, demo: bool
+) -> dict[str, Backend]:
+    http = await stack.enter_async_context(
+        httpx2.AsyncClient(
+            timeout=http_timeout(settings),
+            limits=httpx2.Limits(max_connections=200, max_keepalive_connections=50),
+            follow_redirects=False,
+            headers={"user-agent": "orchestrator"},
+        )
+    )
+    flux_kwargs = dict(
+        max_active=settings.flux_max_active,
+        kontext_max_active=settings.flux_kontext_max_active,
+        poll_interval_s=settings.flux_poll_interval_s,
+        deadline_s=settings.flux_deadline_s,
+    )
+    if settings.bfl_api_key is not None:
+        flux = FluxBackend(
+            http,
+            base_url=str(settings.flux_base_url),
+            api_key=settings.bfl_api_key.get_secret_value(),
+            **flux_kwargs,  # type: ignore[arg-type]
+        )
+    elif demo:
+        from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
+
+        fake = FakeBfl(
+            FakeBflConfig(
+                api_keys={SIMULATED_BFL_KEY},
+                credits=1_000_000.0,
+                task_duration_s=2.0,
+                label="SIMULATED",
+                public_base_url=SIMULATED_BFL_ORIGIN,
+            )
+        )
+        sim_http = await stack.enter_async_context(
+            httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=fake.app),
+                timeout=http_timeout(settings),
+            )
+        )
+        flux = FluxBackend(
+            sim_http,
+            base_url=SIMULATED_BFL_ORIGIN,
+            api_key=SIMULATED_BFL_KEY,
+            simulated=True,
+            **flux_kwargs,  # type: ignore[arg-type]
+        )
+    else:
+        flux = FluxBackend(http, base_url=str(settings.flux_base_url), api_key=None)
+    return {"flux": flux}
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    run_worker: bool,
+    worker_options: WorkerOptions | None = None,
+) -> AsyncIterator[Runtime]:
+    demo = demo_enabled(settings)
+    async with AsyncExitStack() as stack:
+        db = await open_database(settings.db_url)
+        stack.push_async_callback(db.dispose)
+        backends = await _build_backends(settings, stack, demo)
+        for b in backends.values():
+            stack.push_async_callback(b.aclose)
+        store = OutputStore(settings.output_path, settings.jobs_path)
+        hub = Hub()
+        service = Service(settings, db, backends, store, hub, demo=demo)
+        if demo:
+            log.warning(
+                "DEMO MODE: no backend is configured; jobs run on SIMULATED backends and "
+                "produce placeholder images. Set BFL_API_KEY or COMFY_URL for real generation."
+            )
+        for b in backends.values():
+            if not b.enabled:
+                log.warning("backend disabled", backend=b.name, reason=b.disabled_reason)
+        worker = None
+        if run_worker:
+            opts = worker_options or WorkerOptions(
+                concurrency=settings.worker_concurrency,
+                lease_s=settings.lease_s,
+                poll_interval_s=settings.worker_poll_interval_s,
+            )
+            worker = Worker(service.repo, service.worker_repo, backends, store, hub, opts)
+            await worker.start()
+            stack.push_async_callback(worker.stop)
+        runtime = Runtime(settings=settings, service=service, worker=worker, demo=demo)
+        runtime._stack = stack
+        yield runtime
+
+
+async def start_worker(runtime: Runtime, options: WorkerOptions) -> Worker:
+    """Start a worker inside an open runtime (one-shot commands restrict it to their
+    own jobs with ``options.only_ids``); it stops when the runtime closes."""
+    svc = runtime.service
+    worker = Worker(svc.repo, svc.worker_repo, svc.backends, svc.store, svc.hub, options)
+    await worker.start()
+    runtime._stack.push_async_callback(worker.stop)
+    return worker

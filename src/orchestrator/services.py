@@ -1,0 +1,231 @@
+"""The one Python API every entry point (HTTP routes, UI, MCP tools, CLI) calls,
+in-process. Nothing here knows about HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, JsonValue
+
+from orchestrator import __version__, errors
+from orchestrator.backends.base import Backend, BackendHealth
+from orchestrator.config import Settings
+from orchestrator.db.engine import Database
+from orchestrator.db.jobs import JobRepo, NewJob
+from orchestrator.db.workers import WorkerRepo
+from orchestrator.domain.jobs import Job, JobEvent, JobOutput, JobPage, JobStatus
+from orchestrator.domain.params import FLUX_LIST_PRICE, FLUX_MODELS, GenerateRequest
+from orchestrator.engine.hub import Hub
+from orchestrator.storage import OutputStore
+
+EVENT_POLL_S = 1.0
+
+
+class ModelInfo(BaseModel):
+    backend: str
+    model: str
+    list_price_credits: float | None = None
+    max_active: int | None = None
+    params_schema: dict[str, JsonValue] = Field(description="JSON Schema of the parameters.")
+
+
+class SystemHealth(BaseModel):
+    status: Literal["ok", "degraded"]
+    version: str
+    demo: bool = Field(description="True when backends are simulated: outputs are not real.")
+    database: Literal["ok", "down"]
+    database_url: str
+    workers: int = Field(description="Worker processes seen in the last lease period.")
+    backends: list[BackendHealth]
+    queue: dict[str, dict[str, int]]
+    notice: str | None = None
+
+
+def request_hash(req: GenerateRequest) -> str:
+    canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Service:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        backends: Mapping[str, Backend],
+        store: OutputStore,
+        hub: Hub,
+        *,
+        demo: bool,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.repo = JobRepo(db)
+        self.worker_repo = WorkerRepo(db)
+        self.backends = backends
+        self.store = store
+        self.hub = hub
+        self.demo = demo
+
+    # --- jobs -------------------------------------------------------------------------
+    async def submit(
+        self, req: GenerateRequest, idempotency_key: str | None = None
+    ) -> tuple[Job, bool]:
+        """Queue a job. Returns ``(job, created)``; ``created`` is False when the
+        idempotency key matched an earlier identical request."""
+        backend = self._backend(req.backend)
+        if not backend.enabled:
+            raise errors.BackendDisabled(
+                f"the {req.backend} backend is disabled: {backend.disabled_reason}",
+                backend=req.backend,
+                reason=backend.disabled_reason,
+            )
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
+            raise errors.InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+        deadline_s = req.deadline_s or backend.default_deadline_s()
+        params: dict[str, JsonValue] = req.params.model_dump(mode="json", exclude={"model"})
+        new = NewJob(
+            id=str(uuid.uuid4()),
+            backend=req.backend,
+            model=req.model,
+            params=params,
+            priority=req.priority,
+            deadline_at=datetime.now(UTC) + timedelta(seconds=deadline_s),
+            idempotency_key=idempotency_key,
+            request_hash=request_hash(req),
+            simulated=backend.simulated,
+        )
+        job, created = await self.repo.create(new)
+        if created:
+            self.hub.job_queued()
+        return job, created
+
+    async def get_job(self, job_id: str) -> Job:
+        return await self.repo.get(job_id)
+
+    async def list_jobs(
+        self,
+        *,
+        status: Sequence[JobStatus] = (),
+        backend: Sequence[str] = (),
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        return await self.repo.page(status=status, backend=backend, cursor=cursor, limit=limit)
+
+    async def cancel_job(self, job_id: str) -> Job:
+        job = await self.repo.request_cancel(job_id)
+        self.hub.cancel_requested(job_id)
+        self.hub.job_changed(job_id)
+        return job
+
+    async def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+        await self.repo.get(job_id)  # 404 for unknown jobs
+        return await self.repo.events(job_id, after_id)
+
+    async def follow_events(self, job_id: str, after_id: int = 0) -> AsyncIterator[JobEvent]:
+        """Every event after ``after_id``, live, until the job is finished."""
+        await self.repo.get(job_id)
+        last = after_id
+        while True:
+            batch = await self.repo.events(job_id, last)
+            for ev in batch:
+                last = ev.id
+                yield ev
+            if not batch:
+                job = await self.repo.get(job_id)
+                if job.status.terminal:
+                    tail = await self.repo.events(job_id, last)
+                    for ev in tail:
+                        yield ev
+                    if not tail:
+                        return
+                    last = tail[-1].id
+                    continue
+                await self.hub.wait_job(job_id, EVENT_POLL_S)
+
+    async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Return the job once it is finished (or when ``timeout_s`` passes)."""
+        loop_deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(
+            seconds=timeout_s
+        )
+        while True:
+            job = await self.repo.get(job_id)
+            if job.status.terminal:
+                return job
+            if loop_deadline is not None and datetime.now(UTC) >= loop_deadline:
+                return job
+            await self.hub.wait_job(job_id, EVENT_POLL_S)
+
+    async def output(self, job_id: str, n: int) -> tuple[JobOutput, Path]:
+        job = await self.repo.get(job_id)
+        for out in job.outputs:
+            if out.n == n:
+                path = self.store.resolve(out.path)
+                if not path.is_file():
+                    raise errors.OutputNotFound(f"output {n} of job {job_id} is missing on disk")
+                return out, path
+        raise errors.OutputNotFound(f"job {job_id} has no output {n}", job_id=job_id, n=n)
+
+    # --- backends, models, health -------------------------------------------------------
+    def _backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise errors.InvalidRequest(f"unknown backend {name!r}", backend=name)
+        return backend
+
+    def models(self, backend: str | None = None) -> list[ModelInfo]:
+        out = []
+        if backend in (None, "flux") and "flux" in self.backends:
+            flux = self.backends["flux"]
+            for model, cls in FLUX_MODELS.items():
+                limits = flux.limit_groups(model)
+                out.append(
+                    ModelInfo(
+                        backend="flux",
+                        model=model,
+                        list_price_credits=FLUX_LIST_PRICE.get(model),
+                        max_active=min(limit for _k, limit in limits) if limits else None,
+                        params_schema=cls.model_json_schema(),
+                    )
+                )
+        return out
+
+    async def backend_health(self) -> list[BackendHealth]:
+        return [await b.health() for b in self.backends.values()]
+
+    async def health(self) -> SystemHealth:
+        try:
+            await self.db.ping()
+            db_ok = True
+        except Exception:
+            db_ok = False
+        backends = await self.backend_health()
+        queue = await self.repo.counts() if db_ok else {}
+        live = await self.worker_repo.live(self.settings.lease_s) if db_ok else []
+        usable = any(b.status == "ok" for b in backends)
+        notice = None
+        if self.demo:
+            notice = (
+                "DEMO MODE: no backend is configured, so jobs run on simulated backends "
+                "and produce placeholder images. Set BFL_API_KEY (or COMFY_URL) for real ones."
+            )
+        return SystemHealth(
+            status="ok" if db_ok and usable else "degraded",
+            version=__version__,
+            demo=self.demo,
+            database="ok" if db_ok else "down",
+            database_url=self.settings.masked()["DATABASE_URL"],
+            workers=len(live),
+            backends=backends,
+            queue=queue,
+            notice=notice,
+        )
+
+    async def live_workers(self) -> int:
+        return len(await self.worker_repo.live(self.settings.lease_s))

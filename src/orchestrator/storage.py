@@ -1,0 +1,272 @@
+"""Outputs on disk.
+
+Files are streamed to ``OUTPUT_DIR/.partial/`` and moved into place
+(``OUTPUT_DIR/YYYY/MM/DD/<job id>-<n>.<ext>``) only when complete, so a crash never
+leaves a half-written output under its final name. The job's parameters are embedded
+in the file itself (a PNG ``iTXt`` chunk or a JPEG ``COM`` segment, inserted without
+re-encoding), and ``JOBS_DIR`` gets a JSON manifest per finished job so a folder of
+outputs describes itself without the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import JsonValue
+
+from orchestrator import errors
+from orchestrator.db.jobs import NewOutput
+from orchestrator.domain.jobs import Job
+
+PARTIAL_DIR = ".partial"
+METADATA_KEY = "orchestrator"
+MAX_EMBED_STRING = 512
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/gif": "gif",
+    "video/mp4": "mp4",
+    "video/webm": "webm",
+}
+
+
+def extension_for(mime_type: str, fallback: str = "bin") -> str:
+    return EXTENSIONS.get(mime_type.split(";")[0].strip().lower(), fallback)
+
+
+def sniff_mime(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if head[4:8] == b"ftyp":
+        return "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm"
+    return None
+
+
+def embeddable(value: JsonValue) -> JsonValue:
+    """Parameters as embedded in files: long strings (base64 images) shortened."""
+    if isinstance(value, str) and len(value) > MAX_EMBED_STRING:
+        return f"<{len(value)} characters omitted>"
+    if isinstance(value, dict):
+        return {k: embeddable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [embeddable(v) for v in value]
+    return value
+
+
+class OutputStore:
+    def __init__(self, output_dir: Path, jobs_dir: Path) -> None:
+        self.output_dir = output_dir
+        self.jobs_dir = jobs_dir
+        self.partial_dir = output_dir / PARTIAL_DIR
+
+    def relative_path(self, job: Job, n: int, ext: str) -> str:
+        day = job.created_at.strftime("%Y/%m/%d")
+        return f"{day}/{job.id}-{n}.{ext}"
+
+    def resolve(self, relative: str) -> Path:
+        """The absolute path of a stored output; refuses anything outside OUTPUT_DIR."""
+        root = self.output_dir.resolve()
+        candidate = (root / relative).resolve()
+        if not candidate.is_relative_to(root) or PARTIAL_DIR in candidate.parts:
+            raise errors.OutputNotFound("no such output")
+        return candidate
+
+    def metadata_for(self, job: Job) -> dict[str, JsonValue]:
+        return {
+            "job_id": job.id,
+            "backend": job.backend,
+            "model": job.model,
+            "params": embeddable(job.params),
+            "simulated": job.simulated,
+            "created_at": job.created_at.isoformat(),
+            "generator": "orchestrator",
+        }
+
+    async def save(
+        self,
+        job: Job,
+        n: int,
+        chunks: AsyncIterator[bytes],
+        *,
+        mime_type: str | None = None,
+        extra_metadata: Mapping[str, JsonValue] | None = None,
+    ) -> NewOutput:
+        """Stream ``chunks`` to a partial file, embed metadata, hash, move into place."""
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        partial = self.partial_dir / f"{job.id}-{n}-{uuid.uuid4().hex[:8]}.part"
+        try:
+            fh = await asyncio.to_thread(partial.open, "wb")
+            try:
+                async for chunk in chunks:
+                    if chunk:
+                        await asyncio.to_thread(fh.write, chunk)
+            finally:
+                await asyncio.to_thread(fh.close)
+            meta = {**self.metadata_for(job), **(extra_metadata or {})}
+            return await asyncio.to_thread(self._finalise, job, n, partial, mime_type, meta)
+        except OSError as exc:
+            raise errors.UpstreamError(
+                errors.ErrorCode.STORAGE_ERROR, f"could not write output {n}: {exc.strerror}"
+            ) from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+
+    def _finalise(
+        self,
+        job: Job,
+        n: int,
+        partial: Path,
+        mime_type: str | None,
+        meta: dict[str, JsonValue],
+    ) -> NewOutput:
+        with partial.open("rb") as fh:
+            sniffed = sniff_mime(fh.read(16))
+        mime = sniffed or (mime_type or "application/octet-stream")
+        payload = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
+        if mime == "image/png":
+            _embed_png(partial, payload)
+        elif mime == "image/jpeg":
+            _embed_jpeg(partial, payload)
+        width = height = None
+        if mime.startswith("image/"):
+            try:
+                with Image.open(partial) as im:
+                    width, height = im.size
+            except (UnidentifiedImageError, OSError):
+                pass
+        digest = hashlib.sha256()
+        size = 0
+        with partial.open("rb") as fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+                size += len(block)
+        rel = self.relative_path(job, n, extension_for(mime))
+        final = self.output_dir / rel
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("rb") as fh:
+            os.fsync(fh.fileno())
+        partial.replace(final)
+        return NewOutput(
+            n=n, path=rel, mime_type=mime, size_bytes=size, sha256=digest.hexdigest(),
+            width=width, height=height,
+        )
+
+    async def write_manifest(self, job: Job) -> Path:
+        """``JOBS_DIR/YYYY/MM/DD/<job id>.json``: the job, its parameters and outputs."""
+        return await asyncio.to_thread(self._write_manifest, job)
+
+    def manifest_path(self, job: Job) -> Path:
+        return self.jobs_dir / job.created_at.strftime("%Y/%m/%d") / f"{job.id}.json"
+
+    def _write_manifest(self, job: Job) -> Path:
+        path = self.manifest_path(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = job.model_dump(mode="json")
+        doc["params"] = embeddable(doc["params"])
+        doc["output_root"] = str(self.output_dir)
+        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def remove_partials(self, job_id: str | None = None, older_than_s: float | None = None) -> int:
+        """Delete partial files of one job (taken over after a crash), or all
+        partials older than ``older_than_s``. Returns how many were removed."""
+        if not self.partial_dir.is_dir():
+            return 0
+        removed = 0
+        now = time.time()
+        pattern = f"{job_id}-*.part" if job_id else "*.part"
+        for p in self.partial_dir.glob(pattern):
+            try:
+                if older_than_s is not None and now - p.stat().st_mtime < older_than_s:
+                    continue
+                p.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def free_bytes(self) -> int:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return shutil.disk_usage(self.output_dir).free
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _embed_png(path: Path, text: str) -> None:
+    """Insert an ``iTXt`` chunk just before ``IEND`` (no re-encoding)."""
+    with path.open("r+b") as fh:
+        fh.seek(-12, os.SEEK_END)
+        tail = fh.read(12)
+        if tail[4:8] != b"IEND":
+            return
+        fh.seek(-12, os.SEEK_END)
+        data = METADATA_KEY.encode() + b"\x00\x00\x00\x00\x00" + text.encode("utf-8")
+        fh.write(_png_chunk(b"iTXt", data))
+        fh.write(tail)
+        fh.truncate()
+
+
+def _embed_jpeg(path: Path, text: str) -> None:
+    """Insert a ``COM`` segment after SOI (no re-encoding)."""
+    payload = f"{METADATA_KEY}:{text}".encode()
+    if len(payload) > 65_533:
+        payload = payload[:65_533]
+    tmp = path.with_name(path.stem + "-com.part")
+    with path.open("rb") as src, tmp.open("wb") as dst:
+        soi = src.read(2)
+        if soi != b"\xff\xd8":
+            tmp.unlink()
+            return
+        dst.write(soi)
+        dst.write(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
+        _copy(src, dst)
+    tmp.replace(path)
+
+
+def _copy(src: BinaryIO, dst: BinaryIO) -> None:
+    while block := src.read(1 << 20):
+        dst.write(block)
+
+
+def read_embedded(path: Path) -> dict[str, JsonValue] | None:
+    """The metadata Orchestrator embedded in an output file, if any."""
+    with Image.open(path) as im:
+        if im.format == "PNG":
+            raw = im.info.get(METADATA_KEY)
+        elif im.format == "JPEG":
+            com = im.info.get("comment", b"")
+            raw = com.decode("utf-8", "replace") if isinstance(com, bytes) else str(com)
+            raw = raw.removeprefix(f"{METADATA_KEY}:") if raw.startswith(METADATA_KEY) else None
+        else:
+            raw = None
+    if not raw:
+        return None
+    doc = json.loads(raw)
+    return doc if isinstance(doc, dict) else None
