@@ -305,11 +305,20 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
 
 
 @config_app.command("show")
-def config_show(ctx: typer.Context) -> None:
+def config_show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Print the resolved settings, secrets masked."""
     settings = _settings(ctx)
-    table = Table("setting", "value", title=f"config file: {settings.config_file}")
-    for name, value in settings.masked().items():
+    values = settings.masked()
+    if as_json:
+        typer.echo(json.dumps({"config_file": str(settings.config_file), "settings": values}))
+        return
+    table = Table(title=f"config file: {settings.config_file}")
+    table.add_column("setting", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for name, value in values.items():
         table.add_row(name, value)
     out.print(table)
 

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
         case_sensitive=False,
         populate_by_name=True,
         validate_default=True,
+        env_ignore_empty=True,
     )
 
     # --- paths -----------------------------------------------------------------

