@@ -17,7 +17,9 @@ from orchestrator.config import Settings, env_name, load_settings
 from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
 from orchestrator.testing.serve import ServedApp, serve_in_thread
 
-PG_ADMIN_URL = os.environ.get("ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "ORCHESTRATOR_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TEST_KEY = "bfl-test-key-0123456789abcdef"
 
@@ -86,7 +88,7 @@ def pg_database() -> Iterator[str]:
     name = f"orch_test_{uuid.uuid4().hex[:10]}"
     try:
         _pg_admin(f'CREATE DATABASE "{name}"')
-    except (OSError, Exception) as exc:  # noqa: BLE001 - any failure means "no server"
+    except (OSError, Exception) as exc:
         if IN_CI:
             pytest.fail(f"PostgreSQL is required under CI=true but unreachable: {exc}")
         pytest.skip(f"no PostgreSQL server reachable at {PG_ADMIN_URL}: {exc}")
@@ -121,7 +123,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 @pytest.fixture
 def fake_bfl() -> Iterator[tuple[FakeBfl, ServedApp]]:
-    fake = FakeBfl(FakeBflConfig(api_keys={TEST_KEY}, task_duration_s=0.2))
+    fake = FakeBfl(FakeBflConfig(api_keys={TEST_KEY}, task_duration_s=0.2, poll_retry_after_s=0))
     with serve_in_thread(fake.app) as served:
         fake.public_base_url = served.base_url
         yield fake, served

@@ -197,7 +197,7 @@ def generate_flux(
 
 
 async def _generate(rt: Runtime, req: FluxRequest, key: str | None, wait: bool) -> int:
-    job, created = await rt.service.submit(req, key)
+    job, _created = await rt.service.submit(req, key)
     if rt.demo:
         err.print("[yellow]DEMO MODE: simulated backend, placeholder output.[/]")
     if not wait:
@@ -212,7 +212,10 @@ async def _generate(rt: Runtime, req: FluxRequest, key: str | None, wait: bool) 
         await start_worker(
             rt,
             WorkerOptions(
-                concurrency=1, lease_s=rt.settings.lease_s, poll_interval_s=0.2, kind="cli",
+                concurrency=1,
+                lease_s=rt.settings.lease_s,
+                poll_interval_s=0.2,
+                kind="cli",
                 only_ids=[job.id],
             ),
         )

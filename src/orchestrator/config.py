@@ -211,7 +211,9 @@ class Settings(BaseSettings):
         scheme = v.split("://", 1)[0] if "://" in v else ""
         allowed = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
         if scheme not in allowed:
-            raise ValueError(f"unsupported database URL scheme {scheme!r}; use sqlite or postgresql")
+            raise ValueError(
+                f"unsupported database URL scheme {scheme!r}; use sqlite or postgresql"
+            )
         return v
 
     @model_validator(mode="after")
@@ -402,4 +404,3 @@ def _variable_for(loc: tuple[int | str, ...]) -> str:
 
 def _clean_msg(msg: str) -> str:
     return msg.removeprefix("Value error, ")
-

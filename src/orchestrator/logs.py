@@ -13,7 +13,16 @@ from typing import Literal, TextIO
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-SECRET_KEY_PARTS = ("api_key", "apikey", "x-key", "x_key", "token", "secret", "authorization")
+SECRET_KEY_PARTS = (
+    "api_key",
+    "apikey",
+    "x-key",
+    "x_key",
+    "token",
+    "secret",
+    "authorization",
+    "password",
+)
 REDACTED = "[redacted]"
 
 
@@ -67,6 +76,7 @@ def configure(
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.PositionalArgumentsFormatter(),
         structlog.processors.StackInfoRenderer(),
         structlog.stdlib.ExtraAdder(),
     ]
@@ -75,13 +85,14 @@ def configure(
         if use_console
         else structlog.processors.JSONRenderer()
     )
+    # Tracebacks are rendered to text *before* redaction, so a secret inside an
+    # exception message is removed too.
     final: list[Processor] = [
         structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        structlog.processors.format_exc_info,
         redactor,
+        renderer,
     ]
-    if not use_console:
-        final.append(structlog.processors.format_exc_info)
-    final.append(renderer)
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=final,

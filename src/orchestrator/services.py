@@ -151,8 +151,8 @@ class Service:
 
     async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""
-        loop_deadline = None if timeout_s is None else datetime.now(UTC) + timedelta(
-            seconds=timeout_s
+        loop_deadline = (
+            None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
         )
         while True:
             job = await self.repo.get(job_id)

@@ -170,8 +170,13 @@ class OutputStore:
             os.fsync(fh.fileno())
         partial.replace(final)
         return NewOutput(
-            n=n, path=rel, mime_type=mime, size_bytes=size, sha256=digest.hexdigest(),
-            width=width, height=height,
+            n=n,
+            path=rel,
+            mime_type=mime,
+            size_bytes=size,
+            sha256=digest.hexdigest(),
+            width=width,
+            height=height,
         )
 
     async def write_manifest(self, job: Job) -> Path:
@@ -234,10 +239,15 @@ def _embed_png(path: Path, text: str) -> None:
 
 
 def _embed_jpeg(path: Path, text: str) -> None:
-    """Insert a ``COM`` segment after SOI (no re-encoding)."""
+    """Insert a ``COM`` segment after SOI (no re-encoding). One segment holds at
+    most 65,533 bytes: larger metadata keeps its identity fields only (the full
+    parameters are in the manifest and the database)."""
     payload = f"{METADATA_KEY}:{text}".encode()
     if len(payload) > 65_533:
-        payload = payload[:65_533]
+        doc = json.loads(text)
+        small = {k: v for k, v in doc.items() if k != "params"}
+        small["params_omitted"] = "too large for a JPEG comment; see the job manifest"
+        payload = f"{METADATA_KEY}:{json.dumps(small, separators=(',', ':'))}".encode()[:65_533]
     tmp = path.with_name(path.stem + "-com.part")
     with path.open("rb") as src, tmp.open("wb") as dst:
         soi = src.read(2)
@@ -258,6 +268,7 @@ def _copy(src: BinaryIO, dst: BinaryIO) -> None:
 def read_embedded(path: Path) -> dict[str, JsonValue] | None:
     """The metadata Orchestrator embedded in an output file, if any."""
     with Image.open(path) as im:
+        im.load()  # text chunks after the image data are read only on load
         if im.format == "PNG":
             raw = im.info.get(METADATA_KEY)
         elif im.format == "JPEG":

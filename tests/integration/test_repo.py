@@ -34,13 +34,23 @@ async def db(db_url: str) -> AsyncIterator[Database]:
 
 
 def new_job(
-    *, priority: int = 0, model: str = "m", key: str | None = None, rh: str = "h",
+    *,
+    priority: int = 0,
+    model: str = "m",
+    key: str | None = None,
+    rh: str = "h",
     backend: str = "flux",
 ) -> NewJob:
     return NewJob(
-        id=str(uuid.uuid4()), backend=backend, model=model, params={"prompt": "p"},
-        priority=priority, deadline_at=datetime.now(UTC) + timedelta(minutes=5),
-        idempotency_key=key, request_hash=rh, simulated=False,
+        id=str(uuid.uuid4()),
+        backend=backend,
+        model=model,
+        params={"prompt": "p"},
+        priority=priority,
+        deadline_at=datetime.now(UTC) + timedelta(minutes=5),
+        idempotency_key=key,
+        request_hash=rh,
+        simulated=False,
     )
 
 
@@ -148,9 +158,9 @@ async def test_lease_guards_writes_and_takeover(db: Database) -> None:
     # expire it
     async with db.write() as conn:
         await conn.execute(
-            jobs.update().where(jobs.c.id == job.id).values(
-                lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)
-            )
+            jobs.update()
+            .where(jobs.c.id == job.id)
+            .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     [taken] = await repo.take_over_expired("w2", 30)
     assert taken.job.id == job.id and taken.job.upstream == handle
@@ -160,7 +170,9 @@ async def test_lease_guards_writes_and_takeover(db: Database) -> None:
     assert await repo.renew_leases("w1", [job.id], 30) == {}
     assert await repo.renew_leases("w2", [job.id], 30) == {job.id: False}
     done = await repo.finish(
-        job.id, "w2", JobStatus.SUCCEEDED,
+        job.id,
+        "w2",
+        JobStatus.SUCCEEDED,
         outputs=[NewOutput(n=0, path="a/b.png", mime_type="image/png", size_bytes=3, sha256="x")],
     )
     assert done.status == JobStatus.SUCCEEDED and done.progress == 1.0
@@ -193,7 +205,9 @@ async def test_requeue_and_fail(db: Database) -> None:
     [claimed] = await repo.claim("w", 30, 1, groups)
     assert claimed.attempts == 2
     failed = await repo.finish(
-        j.id, "w", JobStatus.FAILED,
+        j.id,
+        "w",
+        JobStatus.FAILED,
         error=JobError(code=errors.ErrorCode.MODERATED, message="no", details={"stage": "request"}),
     )
     assert failed.error is not None and failed.error.code == errors.ErrorCode.MODERATED

@@ -34,7 +34,9 @@ def test_table_is_complete() -> None:
     ("has_handle", "submitting", "cancel_requested", "expected"),
     [(*k, v) for k, v in TABLE.items()],
 )
-def test_decide(has_handle: bool, submitting: bool, cancel_requested: bool, expected: Action) -> None:
+def test_decide(
+    has_handle: bool, submitting: bool, cancel_requested: bool, expected: Action
+) -> None:
     assert (
         decide(has_handle=has_handle, submitting=submitting, cancel_requested=cancel_requested)
         is expected

@@ -27,7 +27,10 @@ Durable image and video generation jobs on FLUX (and, soon, ComfyUI).
 
 
 def create_app(
-    settings: Settings, *, run_worker: bool | None = None, worker_options: WorkerOptions | None = None
+    settings: Settings,
+    *,
+    run_worker: bool | None = None,
+    worker_options: WorkerOptions | None = None,
 ) -> FastAPI:
     worker = settings.worker_enabled if run_worker is None else run_worker
 

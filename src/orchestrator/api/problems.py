@@ -69,9 +69,7 @@ def install(app: FastAPI) -> None:
             extra["code"] = exc.code.value
         if exc.status >= 500:
             log.error("request failed", error=exc.detail, kind=type(exc).__name__)
-        return problem_response(
-            request, exc.status, exc.title, exc.type_slug, exc.detail, extra
-        )
+        return problem_response(request, exc.status, exc.title, exc.type_slug, exc.detail, extra)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -108,6 +106,9 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return problem_response(
-            request, 500, "Internal error", "internal-error",
+            request,
+            500,
+            "Internal error",
+            "internal-error",
             "an unexpected error occurred; the request id identifies it in the logs",
         )

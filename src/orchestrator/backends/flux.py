@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ def retry_after_seconds(value: str | None) -> float | None:
         seconds = float(value)
     except ValueError:
         return None
+    if not math.isfinite(seconds):
+        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
@@ -73,7 +76,8 @@ def submit_error(status: int, body: str, retry_after: str | None) -> errors.Upst
         return errors.UpstreamError(Code.UPSTREAM_AUTH, f"BFL refused the API key: {detail}")
     if status in (400, 404, 422):
         return errors.UpstreamError(
-            Code.INVALID_PARAMS, f"BFL rejected the parameters: {detail}",
+            Code.INVALID_PARAMS,
+            f"BFL rejected the parameters: {detail}",
             upstream_detail=_detail_json(body),
         )
     return errors.UpstreamError(
@@ -93,7 +97,8 @@ def get_error(status: int, body: str, retry_after: str | None, what: str) -> err
         return errors.UpstreamError(Code.UPSTREAM_AUTH, f"BFL refused the API key on {what}")
     if status >= 500:
         return errors.TransientUpstreamError(
-            Code.UPSTREAM_UNAVAILABLE, f"BFL answered {status} on {what}: {detail}",
+            Code.UPSTREAM_UNAVAILABLE,
+            f"BFL answered {status} on {what}: {detail}",
             http_status=status,
         )
     return errors.UpstreamError(
@@ -134,7 +139,9 @@ def interpret_poll(body: JsonValue) -> PollOutcome:
                 Code.BAD_RESPONSE, "BFL said Ready without a result sample"
             ) from exc
     if status in ("Request Moderated", "Content Moderated"):
-        stage: Literal["request", "content"] = "request" if status.startswith("Request") else "content"
+        stage: Literal["request", "content"] = (
+            "request" if status.startswith("Request") else "content"
+        )
         reasons: list[JsonValue] = []
         if isinstance(details, dict):
             raw = details.get("Moderation Reasons")
@@ -149,7 +156,8 @@ def interpret_poll(body: JsonValue) -> PollOutcome:
         )
     if status == "Error":
         raise errors.UpstreamError(
-            Code.GENERATION_FAILED, "BFL reported an error generating the image",
+            Code.GENERATION_FAILED,
+            "BFL reported an error generating the image",
             upstream_details=details if isinstance(details, dict) else None,
         )
     if status == "Task not found":
@@ -210,10 +218,14 @@ class _RetryBudget:
 
 def _transport_error(exc: httpx2.TransportError, what: str) -> errors.UpstreamError:
     if isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout):
-        return errors.UpstreamError(Code.UPSTREAM_UNAVAILABLE, f"cannot reach BFL for {what}: {exc}")
+        return errors.UpstreamError(
+            Code.UPSTREAM_UNAVAILABLE, f"cannot reach BFL for {what}: {exc}"
+        )
     if isinstance(exc, httpx2.TimeoutException):
         return errors.UpstreamError(Code.UPSTREAM_UNAVAILABLE, f"BFL timed out on {what}")
-    return errors.UpstreamError(Code.UPSTREAM_UNAVAILABLE, f"connection to BFL failed on {what}: {exc}")
+    return errors.UpstreamError(
+        Code.UPSTREAM_UNAVAILABLE, f"connection to BFL failed on {what}: {exc}"
+    )
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -426,7 +438,9 @@ class FluxBackend(Backend):
                         with attempt:
                             outputs.append(
                                 await store.save(
-                                    job, n, client.download(url),
+                                    job,
+                                    n,
+                                    client.download(url),
                                     extra_metadata={"seed": completed.details.get("seed")},
                                 )
                             )
@@ -448,8 +462,7 @@ class FluxBackend(Backend):
         # BFL has no cancel endpoint: we stop polling; upstream may still finish
         # and bill the task.
         note = (
-            "BFL cannot cancel a submitted task: polling stopped; BFL may still "
-            "finish and bill it"
+            "BFL cannot cancel a submitted task: polling stopped; BFL may still finish and bill it"
             if handle is not None
             else "canceled before anything was sent to BFL"
         )
@@ -458,7 +471,10 @@ class FluxBackend(Backend):
     async def health(self) -> BackendHealth:
         if self.client is None:
             return BackendHealth(
-                name=self.name, enabled=False, simulated=self.simulated, status="disabled",
+                name=self.name,
+                enabled=False,
+                simulated=self.simulated,
+                status="disabled",
                 reason=self.disabled_reason,
             )
         started = time.perf_counter()
@@ -466,18 +482,27 @@ class FluxBackend(Backend):
             credits = await self.client.credits()
         except errors.UpstreamError as exc:
             return BackendHealth(
-                name=self.name, enabled=True, simulated=self.simulated, status="down",
+                name=self.name,
+                enabled=True,
+                simulated=self.simulated,
+                status="down",
                 reason=exc.detail,
             )
         except httpx2.HTTPError as exc:
             return BackendHealth(
-                name=self.name, enabled=True, simulated=self.simulated, status="down",
+                name=self.name,
+                enabled=True,
+                simulated=self.simulated,
+                status="down",
                 reason=str(_transport_error(exc, "the health check"))
                 if isinstance(exc, httpx2.TransportError)
                 else str(exc),
             )
         return BackendHealth(
-            name=self.name, enabled=True, simulated=self.simulated, status="ok",
+            name=self.name,
+            enabled=True,
+            simulated=self.simulated,
+            status="ok",
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
             details={"credits": credits},
         )

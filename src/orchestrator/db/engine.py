@@ -8,10 +8,12 @@ with a transaction-scoped advisory lock instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -19,18 +21,45 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 CLAIM_LOCK_KEY = 7_270_001
 MIGRATE_LOCK_KEY = 7_270_002
+
+
+def cancel_safe(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Run a database operation to completion even if its caller is cancelled
+    (the cancel is re-raised afterwards). A transaction interrupted half-way would
+    leave its connection checked out and never closed."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        task = asyncio.ensure_future(fn(*args, **kwargs))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Wait for the transaction to end, through further cancels too.
+            while not task.done():
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(task)
+            raise
+
+    return wrapper
 
 
 class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        self.closed = False
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": 30}
+            kwargs["pool_size"] = 20
+            kwargs["max_overflow"] = 0
+            kwargs["pool_timeout"] = 60
             if url.startswith("sqlite+aiosqlite:///"):
                 Path(url[len("sqlite+aiosqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         else:
@@ -41,8 +70,13 @@ class Database:
         if self.is_sqlite:
             _install_sqlite_hooks(self.engine)
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError("the database was closed; open a new runtime to use it")
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
+        self._check_open()
         async with self.engine.connect() as conn, conn.begin():
             yield conn
 
@@ -50,6 +84,7 @@ class Database:
     async def write(self, *, claim_lock: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction. ``claim_lock`` serialises it with every other
         claimer, in this process and others."""
+        self._check_open()
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(orchestrator_immediate=True)
@@ -74,6 +109,7 @@ class Database:
             await conn.execute(sa.text("SELECT 1"))
 
     async def dispose(self) -> None:
+        self.closed = True
         await self.engine.dispose()
 
 

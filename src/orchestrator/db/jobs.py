@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import errors
-from orchestrator.db.engine import Database
+from orchestrator.db.engine import Database, cancel_safe
 from orchestrator.db.schema import job_events, job_outputs, jobs
 from orchestrator.domain import limits
 from orchestrator.domain.jobs import (
@@ -82,6 +82,7 @@ class JobRepo:
         self.db = db
 
     # --- create and read ---------------------------------------------------------
+    @cancel_safe
     async def create(self, new: NewJob) -> tuple[Job, bool]:
         """Insert a job; returns ``(job, created)``. With an idempotency key already
         used, returns the existing job (``created=False``) when the request hash
@@ -128,6 +129,7 @@ class JobRepo:
         async with self.db.read() as conn:
             return await self._get(conn, new.id), True
 
+    @cancel_safe
     async def get(self, job_id: str) -> Job:
         async with self.db.read() as conn:
             return await self._get(conn, job_id)
@@ -138,6 +140,7 @@ class JobRepo:
             raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
         return await _job(conn, row)
 
+    @cancel_safe
     async def page(
         self,
         *,
@@ -171,6 +174,7 @@ class JobRepo:
             next_cursor = _encode_cursor(last.created_at, last.id)
         return JobPage(items=items, next_cursor=next_cursor)
 
+    @cancel_safe
     async def counts(self) -> dict[str, dict[str, int]]:
         """``{backend: {status: n}}``."""
         q = sa.select(jobs.c.backend, jobs.c.status, sa.func.count()).group_by(
@@ -182,6 +186,7 @@ class JobRepo:
                 out.setdefault(backend, {})[status] = int(n)
         return out
 
+    @cancel_safe
     async def events(self, job_id: str, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
         q = (
             sa.select(job_events)
@@ -205,6 +210,7 @@ class JobRepo:
             for r in rows
         ]
 
+    @cancel_safe
     async def status_of(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, bool]]:
         """``{id: (status, cancel_requested)}`` for the given ids."""
         if not job_ids:
@@ -217,14 +223,13 @@ class JobRepo:
         return {r.id: (JobStatus(r.status), bool(r.cancel_requested)) for r in rows}
 
     # --- cancel ------------------------------------------------------------------
+    @cancel_safe
     async def request_cancel(self, job_id: str) -> Job:
         """A queued job is canceled at once; a running one is flagged, and its
         worker finishes the cancel. A finished job cannot be canceled."""
         now = utcnow()
         async with self.db.write() as conn:
-            row = (
-                await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))
-            ).one_or_none()
+            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
             if row is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
             current = JobStatus(row.status)
@@ -243,7 +248,11 @@ class JobRepo:
                     )
                 )
                 await _event(
-                    conn, job_id, "transition", status=JobStatus.CANCELED, at=now,
+                    conn,
+                    job_id,
+                    "transition",
+                    status=JobStatus.CANCELED,
+                    at=now,
                     message="canceled while queued",
                 )
             elif current == JobStatus.RUNNING:
@@ -259,6 +268,7 @@ class JobRepo:
         return await self.get(job_id)
 
     # --- the worker's side ----------------------------------------------------------
+    @cancel_safe
     async def claim(
         self,
         owner: str,
@@ -284,9 +294,9 @@ class JobRepo:
                 cq = cq.where(jobs.c.backend.in_(list(backends)))
             if only_ids is not None:
                 cq = cq.where(jobs.c.id.in_(list(only_ids)))
-            cq = cq.order_by(
-                jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id
-            ).limit(max(capacity * 4, 64))
+            cq = cq.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(
+                max(capacity * 4, 64)
+            )
             candidates = [
                 limits.Candidate(r.id, r.backend, r.model) for r in (await conn.execute(cq)).all()
             ]
@@ -333,6 +343,7 @@ class JobRepo:
         claimed.sort(key=lambda j: order[j.id])
         return claimed
 
+    @cancel_safe
     async def take_over_expired(
         self,
         owner: str,
@@ -366,7 +377,10 @@ class JobRepo:
             )
             for r in rows:
                 await _event(
-                    conn, r.id, "info", at=now,
+                    conn,
+                    r.id,
+                    "info",
+                    at=now,
                     message=f"lease of {r.lease_owner} expired; taken over by {owner}",
                 )
             out = []
@@ -375,6 +389,7 @@ class JobRepo:
                 out.append(Claimed(job=job, submitting_at=r.submitting_at))
         return out
 
+    @cancel_safe
     async def renew_leases(
         self, owner: str, job_ids: Sequence[str], lease_s: float
     ) -> dict[str, bool]:
@@ -405,6 +420,7 @@ class JobRepo:
             ).all()
         return {r.id: bool(r.cancel_requested) for r in rows}
 
+    @cancel_safe
     async def release_leases(self, owner: str, job_ids: Sequence[str]) -> None:
         """Give jobs back (graceful shutdown): their lease expires now, so the next
         process re-attaches them at once."""
@@ -417,6 +433,7 @@ class JobRepo:
                 .values(lease_expires_at=utcnow() - timedelta(seconds=1))
             )
 
+    @cancel_safe
     async def mark_submitting(self, job_id: str, owner: str) -> None:
         """Written just before the upstream submit: if we die between here and
         :meth:`set_upstream`, recovery knows the submit may have happened."""
@@ -424,20 +441,30 @@ class JobRepo:
         async with self.db.write() as conn:
             await self._guarded(conn, job_id, owner, submitting_at=now, updated_at=now)
 
+    @cancel_safe
     async def set_upstream(
         self, job_id: str, owner: str, handle: UpstreamHandle, cost: float | None
     ) -> None:
         now = utcnow()
         async with self.db.write() as conn:
             await self._guarded(
-                conn, job_id, owner, upstream=handle.model_dump(mode="json"), cost=cost,
+                conn,
+                job_id,
+                owner,
+                upstream=handle.model_dump(mode="json"),
+                cost=cost,
                 updated_at=now,
             )
             await _event(
-                conn, job_id, "upstream", at=now, message="submitted upstream",
+                conn,
+                job_id,
+                "upstream",
+                at=now,
+                message="submitted upstream",
                 data={"task_id": handle.task_id, "instance": handle.instance, "cost": cost},
             )
 
+    @cancel_safe
     async def set_progress(
         self, job_id: str, owner: str, progress: float | None, message: str | None = None
     ) -> None:
@@ -446,12 +473,14 @@ class JobRepo:
             await self._guarded(conn, job_id, owner, progress=progress, updated_at=now)
             await _event(conn, job_id, "progress", at=now, progress=progress, message=message)
 
+    @cancel_safe
     async def add_event(
         self, job_id: str, kind: EventKind, message: str, data: dict[str, JsonValue] | None = None
     ) -> None:
         async with self.db.write() as conn:
             await _event(conn, job_id, kind, at=utcnow(), message=message, data=data)
 
+    @cancel_safe
     async def requeue(self, job_id: str, owner: str, reason: str) -> None:
         """Back to the queue: nothing was sent upstream, so running it again is safe."""
         now = utcnow()
@@ -459,12 +488,21 @@ class JobRepo:
             current = await self._owned_status(conn, job_id, owner)
             transition(current, JobStatus.QUEUED)
             await self._guarded(
-                conn, job_id, owner, status=JobStatus.QUEUED.value, lease_owner=None,
-                lease_expires_at=None, submitting_at=None, progress=None, updated_at=now,
+                conn,
+                job_id,
+                owner,
+                status=JobStatus.QUEUED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                submitting_at=None,
+                progress=None,
+                updated_at=now,
             )
-            await _event(conn, job_id, "transition", status=JobStatus.QUEUED, at=now,
-                         message=reason)
+            await _event(
+                conn, job_id, "transition", status=JobStatus.QUEUED, at=now, message=reason
+            )
 
+    @cancel_safe
     async def finish(
         self,
         job_id: str,
@@ -533,8 +571,13 @@ class JobRepo:
             if error is not None:
                 data = {"code": error.code.value, **error.details}
             await _event(
-                conn, job_id, "transition", status=status, at=now,
-                message=message or (error.message if error else None), data=data,
+                conn,
+                job_id,
+                "transition",
+                status=status,
+                at=now,
+                message=message or (error.message if error else None),
+                data=data,
             )
             return await self._get(conn, job_id)
 

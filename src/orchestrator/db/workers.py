@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from orchestrator.db.engine import Database
+from orchestrator.db.engine import Database, cancel_safe
 from orchestrator.db.jobs import utcnow
 from orchestrator.db.schema import workers
 
@@ -26,27 +26,35 @@ class WorkerRepo:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    @cancel_safe
     async def register(self, worker_id: str, kind: str, hostname: str, pid: int) -> None:
         now = utcnow()
         async with self.db.write() as conn:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
             await conn.execute(
                 workers.insert().values(
-                    id=worker_id, kind=kind, hostname=hostname, pid=pid, started_at=now,
+                    id=worker_id,
+                    kind=kind,
+                    hostname=hostname,
+                    pid=pid,
+                    started_at=now,
                     heartbeat_at=now,
                 )
             )
 
+    @cancel_safe
     async def heartbeat(self, worker_id: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(
                 workers.update().where(workers.c.id == worker_id).values(heartbeat_at=utcnow())
             )
 
+    @cancel_safe
     async def unregister(self, worker_id: str) -> None:
         async with self.db.write() as conn:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
 
+    @cancel_safe
     async def live(self, within_s: float, kind: str | None = None) -> list[WorkerInfo]:
         """Workers seen within ``within_s`` seconds (optionally of one kind)."""
         since = utcnow() - timedelta(seconds=within_s)

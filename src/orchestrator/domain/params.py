@@ -25,7 +25,7 @@ ASPECT_RE = re.compile(r"^(\d{1,3}):(\d{1,3})$")
 def _check_aspect(value: str | None) -> str | None:
     if value is None:
         return None
-    m = ASPECT_RE.match(value)
+    m = ASPECT_RE.fullmatch(value)
     if not m or int(m[1]) == 0 or int(m[2]) == 0:
         raise ValueError("must look like '16:9'")
     ratio = int(m[1]) / int(m[2])
@@ -51,8 +51,8 @@ class _FluxBase(BaseModel):
 
 
 class _Sized(_FluxBase):
-    width: Dimension = Field(default=1024, description="Multiple of 32, 256–1440.")
-    height: Dimension = Field(default=768, description="Multiple of 32, 256–1440.")
+    width: Dimension = Field(default=1024, description="Multiple of 32, 256 to 1440.")
+    height: Dimension = Field(default=768, description="Multiple of 32, 256 to 1440.")
     image_prompt: ImageInput | None = Field(
         default=None, description="Base64 image for FLUX Redux image prompting."
     )
@@ -145,8 +145,9 @@ class _RequestBase(BaseModel):
         default=0, description="Higher runs first; ties run oldest first."
     )
     deadline_s: Annotated[float, Field(gt=0, le=86_400)] | None = Field(
-        default=None, description="Seconds from submission until the job fails with "
-        "deadline_exceeded. Default: the backend's."
+        default=None,
+        description="Seconds from submission until the job fails with "
+        "deadline_exceeded. Default: the backend's.",
     )
 
 

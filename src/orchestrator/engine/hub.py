@@ -24,12 +24,12 @@ class Hub:
         for ev in self._any_waiters:
             ev.set()
 
-    async def wait_job(self, job_id: str, timeout: float) -> None:
+    async def wait_job(self, job_id: str, timeout_s: float) -> None:
         """Return when ``job_id`` changes in this process, or after ``timeout``."""
         ev = asyncio.Event()
         self._job_waiters.setdefault(job_id, set()).add(ev)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout_s):
                 await ev.wait()
         except TimeoutError:
             pass
@@ -40,11 +40,11 @@ class Hub:
                 if not waiters:
                     del self._job_waiters[job_id]
 
-    async def wait_any(self, timeout: float) -> None:
+    async def wait_any(self, timeout_s: float) -> None:
         ev = asyncio.Event()
         self._any_waiters.add(ev)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout_s):
                 await ev.wait()
         except TimeoutError:
             pass

@@ -125,7 +125,7 @@ class Worker:
             job = await self.repo.get(job_id)
             if job.status.terminal:
                 return
-            await self.hub.wait_job(job_id, timeout=self.opts.poll_interval_s)
+            await self.hub.wait_job(job_id, self.opts.poll_interval_s)
 
     # --- claiming ---------------------------------------------------------------------
     def _groups(self, backend: str, model: str) -> Sequence[tuple[str, int]]:
@@ -136,13 +136,17 @@ class Worker:
         last_recovery = time.monotonic()
         while not self._stopping.is_set():
             try:
+                self._wake.clear()
                 free = self.opts.concurrency - len(self._running)
                 claimed: list[Job] = []
                 if free > 0:
-                    self._wake.clear()
                     claimed = await self.repo.claim(
-                        self.id, self.opts.lease_s, free, self._groups,
-                        backends=self.enabled_backends(), only_ids=self.opts.only_ids,
+                        self.id,
+                        self.opts.lease_s,
+                        free,
+                        self._groups,
+                        backends=self.enabled_backends(),
+                        only_ids=self.opts.only_ids,
                     )
                     for job in claimed:
                         self._spawn(job, None)
@@ -177,7 +181,9 @@ class Worker:
     async def _recover(self) -> None:
         try:
             taken = await self.repo.take_over_expired(
-                self.id, self.opts.lease_s, backends=self.enabled_backends(),
+                self.id,
+                self.opts.lease_s,
+                backends=self.enabled_backends(),
                 only_ids=self.opts.only_ids,
             )
         except Exception:
@@ -188,8 +194,10 @@ class Worker:
                 continue
             removed = self.store.remove_partials(job_id=c.job.id)
             log.warning(
-                "taking over job from a vanished worker", job_id=c.job.id,
-                has_handle=c.job.upstream is not None, partial_files_removed=removed,
+                "taking over job from a vanished worker",
+                job_id=c.job.id,
+                has_handle=c.job.upstream is not None,
+                partial_files_removed=removed,
             )
             self._spawn(c.job, c)
 
@@ -239,7 +247,9 @@ class Worker:
         backend = self.backends.get(job.backend)
         if backend is None or not backend.enabled:
             reason = backend.disabled_reason if backend else f"unknown backend {job.backend!r}"
-            await self._fail(job, Code.BACKEND_DISABLED, f"backend {job.backend} is disabled: {reason}")
+            await self._fail(
+                job, Code.BACKEND_DISABLED, f"backend {job.backend} is disabled: {reason}"
+            )
             return
         if claimed is not None:
             action = recovery.decide(
@@ -248,7 +258,9 @@ class Worker:
                 cancel_requested=job.cancel_requested,
             )
             if action == recovery.Action.REQUEUE:
-                await self.repo.requeue(job.id, self.id, "worker vanished before submitting; requeued")
+                await self.repo.requeue(
+                    job.id, self.id, "worker vanished before submitting; requeued"
+                )
                 self.hub.job_queued()
                 return
             if action == recovery.Action.CANCEL:
@@ -256,7 +268,8 @@ class Worker:
                 return
             if action == recovery.Action.FAIL_SUBMIT_INTERRUPTED:
                 await self._fail(
-                    job, Code.SUBMIT_INTERRUPTED,
+                    job,
+                    Code.SUBMIT_INTERRUPTED,
                     "the worker stopped while submitting; not resubmitted because upstream "
                     "may have accepted (and billed) it. Retry the job to run it again.",
                 )
@@ -321,7 +334,10 @@ class Worker:
         return write
 
     async def _fail(
-        self, job: Job, code: errors.ErrorCode, message: str,
+        self,
+        job: Job,
+        code: errors.ErrorCode,
+        message: str,
         details: Mapping[str, object] | None = None,
     ) -> None:
         clean = {k: v for k, v in (details or {}).items() if v is not None}
@@ -335,7 +351,9 @@ class Worker:
     ) -> None:
         outcome = await asyncio.shield(backend.cancel(job, handle or job.upstream))
         await asyncio.shield(
-            self.repo.finish(job.id, self.id, JobStatus.CANCELED, message=f"{message}; {outcome.note}")
+            self.repo.finish(
+                job.id, self.id, JobStatus.CANCELED, message=f"{message}; {outcome.note}"
+            )
         )
         self.hub.job_changed(job.id)
         log.info("job canceled", note=outcome.note)
@@ -347,7 +365,9 @@ class Worker:
         submit_started = r.submit_started if r is not None else True
         if handle is None and not submit_started:
             with contextlib.suppress(LeaseLost):
-                await asyncio.shield(self.repo.requeue(job.id, self.id, "worker shut down; requeued"))
+                await asyncio.shield(
+                    self.repo.requeue(job.id, self.id, "worker shut down; requeued")
+                )
             return
         await asyncio.shield(self.repo.release_leases(self.id, [job.id]))
         log.info("left running upstream for the next start to re-attach")

@@ -333,12 +333,18 @@ class Fault:
     process: bool = False
 
 
+@dataclass
+class _Queued:
+    fault: Fault
+    remaining: int
+
+
 class FaultInjector:
     """FIFO queues of faults per request kind. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queues: dict[FaultKind, deque[list[Fault | int]]] = {
+        self._queues: dict[FaultKind, deque[_Queued]] = {
             kind: deque() for kind in get_args(FaultKind)
         }
         self._fired = 0
@@ -393,20 +399,21 @@ class FaultInjector:
             process=process,
         )
         with self._lock:
-            self._queues[kind].append([fault, count])
+            self._queues[kind].append(_Queued(fault, count))
         return fault
 
     def clear(self) -> None:
-        """Forget every queued fault."""
+        """Forget every queued fault and reset `fired`."""
         with self._lock:
             for queue in self._queues.values():
                 queue.clear()
+            self._fired = 0
 
     def pending(self, kind: FaultKind | None = None) -> int:
         """How many more requests (of `kind`, or of any kind) will get a fault."""
         with self._lock:
             kinds = [kind] if kind is not None else list(self._queues)
-            return sum(cast(int, entry[1]) for k in kinds for entry in self._queues[k])
+            return sum(entry.remaining for k in kinds for entry in self._queues[k])
 
     @property
     def fired(self) -> int:
@@ -421,11 +428,11 @@ class FaultInjector:
             if not queue:
                 return None
             entry = queue[0]
-            entry[1] = cast(int, entry[1]) - 1
-            if cast(int, entry[1]) <= 0:
+            entry.remaining -= 1
+            if entry.remaining <= 0:
                 queue.popleft()
             self._fired += 1
-            return cast(Fault, entry[0])
+            return entry.fault
 
 
 def _request_kind(method: str, path: str) -> FaultKind | None:
