@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+import uvicorn
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -35,7 +38,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_app, name="config")
 
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
@@ -115,8 +118,6 @@ def serve(
     worker: Annotated[bool, typer.Option(help="Run the job worker in this process.")] = True,
 ) -> None:
     """Serve the HTTP API (and run the worker)."""
-    import uvicorn
-
     from orchestrator.api.app import create_app
 
     settings = _settings(ctx, verbose=True, host=host, port=port)
@@ -131,16 +132,29 @@ def serve(
         timeout_graceful_shutdown=15,
     )
     logs.get(__name__).info("serving", url=f"http://{settings.host}:{settings.port}")
-    server = uvicorn.Server(config)
+    server = GracefulServer(config)
     ok = asyncio.run(_serve(server))
     if not ok:
         raise typer.Exit(1)
 
 
-async def _serve(server: object) -> bool:
-    import uvicorn
+class GracefulServer(uvicorn.Server):
+    """SIGTERM and SIGINT start a graceful shutdown; the process then exits 0
+    (uvicorn's default re-raises the signal after shutting down)."""
 
-    assert isinstance(server, uvicorn.Server)
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+async def _serve(server: uvicorn.Server) -> bool:
     await server.serve()
     return bool(server.started)
 
@@ -353,8 +367,6 @@ def fake_bfl(
     duration: Annotated[float, typer.Option(help="Seconds per task.")] = 2.0,
 ) -> None:
     """Run the fake BFL API (for tests and manual checks)."""
-    import uvicorn
-
     from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
 
     fake = FakeBfl(

@@ -60,6 +60,12 @@ class SecretRedactor:
         return dict(out)
 
 
+def _drop_color_message(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    """uvicorn adds an ANSI-coloured copy of its messages; JSON lines don't need it."""
+    event_dict.pop("color_message", None)
+    return event_dict
+
+
 def configure(
     level: str = "INFO",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -89,6 +95,7 @@ def configure(
     # exception message is removed too.
     final: list[Processor] = [
         structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+        _drop_color_message,
         structlog.processors.format_exc_info,
         redactor,
         renderer,

@@ -1,0 +1,375 @@
+"""How much latency and throughput does Orchestrator cost on top of a bare BFL client?
+
+Run it from the repository root::
+
+    .venv/bin/python bench/overhead.py                 # SQLite, N=200, M=1000
+    .venv/bin/python bench/overhead.py --n 50 --m 200  # quicker
+    .venv/bin/python bench/overhead.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/x
+
+The upstream is the fake BFL API (``orchestrator.testing.fake_bfl``) served by uvicorn on
+127.0.0.1 in a thread of this process, configured to be "zero latency": tasks are Ready at
+the first poll, no ``Retry-After`` hint, 64x64 images. Everything the numbers show is
+therefore client-side cost (plus the fake's own request handling, which both paths pay the
+same way). Two paths are measured in one run, on the same event loop:
+
+* **direct client**: ``FluxClient`` alone on one shared ``httpx2.AsyncClient``: submit,
+  ``get_result`` until Ready, then stream the sample into memory (counted, then dropped).
+* **through Orchestrator**: ``open_runtime(..., run_worker=True)`` in this process;
+  ``Service.submit(FluxRequest(...))`` then ``Service.wait_for(job_id)``. The job goes
+  through the database queue, the worker's claim, the backend's submit/poll/download, the
+  output store (file written, metadata embedded, sha256, fsync, moved into place), the
+  finish transaction and the JSON manifest. ``FLUX_POLL_INTERVAL_S`` is 0.001 so polling
+  does not dominate (the fake is Ready at the first poll anyway).
+
+Latency: N jobs one after another (after a short warm-up); median and p99 per job in
+milliseconds, and the median Orchestrator adds. Throughput: M jobs started at once, at most
+``--concurrency`` in flight (the worker's concurrency and ``FLUX_MAX_ACTIVE``; the direct
+path uses a semaphore of the same size), timed from the first submit to the last job done.
+
+The database is a SQLite file in a temporary folder by default. With ``--postgres URL`` a
+throwaway database is created on that server (through its ``postgres`` database) and dropped
+at the end. The temporary folder is always removed. Only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2
+from sqlalchemy.engine import make_url
+
+from orchestrator import logs
+from orchestrator.backends.flux import FluxClient, Ready
+from orchestrator.config import Settings, load_settings
+from orchestrator.domain.jobs import JobStatus
+from orchestrator.domain.params import FluxPro11Params, FluxRequest
+from orchestrator.engine.worker import WorkerOptions
+from orchestrator.runtime import open_runtime
+from orchestrator.services import Service
+from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
+from orchestrator.testing.serve import serve_in_thread
+
+MODEL = "flux-pro-1.1"
+API_KEY = "bench-overhead-key"
+POLL_INTERVAL_S = 0.001
+WARMUP = 5
+JOB_TIMEOUT_S = 60.0
+RUN_TIMEOUT_S = 600.0
+PARAMS = FluxPro11Params(prompt="overhead benchmark", width=1024, height=768, seed=1)
+
+
+@dataclass(frozen=True)
+class Latency:
+    label: str
+    samples_s: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_s) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        if len(self.samples_s) < 2:
+            return self.samples_s[0] * 1000
+        return statistics.quantiles(self.samples_s, n=100, method="inclusive")[98] * 1000
+
+
+@dataclass(frozen=True)
+class Throughput:
+    label: str
+    jobs: int
+    concurrency: int
+    elapsed_s: float
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.elapsed_s
+
+
+# --- the two paths ------------------------------------------------------------------------
+
+
+async def direct_round_trip(client: FluxClient, body: dict[str, object]) -> int:
+    """Submit, poll until Ready, stream the sample; returns the bytes downloaded."""
+    sub = await client.submit(MODEL, body)
+    while True:
+        outcome, _hint = await client.get_result(sub.polling_url)
+        if isinstance(outcome, Ready):
+            break
+        await asyncio.sleep(POLL_INTERVAL_S)
+    size = 0
+    async for chunk in client.download(outcome.result.sample):
+        size += len(chunk)
+    if size == 0:
+        raise RuntimeError("empty download")
+    return size
+
+
+async def orchestrator_job(service: Service, req: FluxRequest) -> None:
+    job, _created = await service.submit(req)
+    await expect_succeeded(service, job.id)
+
+
+async def expect_succeeded(service: Service, job_id: str) -> None:
+    done = await service.wait_for(job_id, timeout_s=JOB_TIMEOUT_S)
+    if done.status is not JobStatus.SUCCEEDED:
+        raise RuntimeError(f"job {job_id} ended {done.status.value}: {done.error}")
+
+
+# --- measuring ----------------------------------------------------------------------------
+
+
+async def sequential(label: str, n: int, one_job: Callable[[], Awaitable[object]]) -> Latency:
+    for _ in range(WARMUP):
+        await one_job()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        await one_job()
+        samples.append(time.perf_counter() - started)
+    return Latency(label, samples)
+
+
+async def direct_throughput(client: FluxClient, m: int, concurrency: int) -> Throughput:
+    body = PARAMS.upstream_body()
+    gate = asyncio.Semaphore(concurrency)
+
+    async def guarded() -> None:
+        async with gate:
+            await direct_round_trip(client, body)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(guarded() for _ in range(m)))
+    return Throughput("direct client", m, concurrency, time.perf_counter() - started)
+
+
+async def orchestrator_throughput(service: Service, m: int, concurrency: int) -> Throughput:
+    req = FluxRequest(params=PARAMS)
+    started = time.perf_counter()
+    submitted = await asyncio.gather(*(service.submit(req) for _ in range(m)))
+    await asyncio.gather(*(expect_succeeded(service, job.id) for job, _ in submitted))
+    return Throughput("through Orchestrator", m, concurrency, time.perf_counter() - started)
+
+
+# --- setup --------------------------------------------------------------------------------
+
+
+def make_settings(root: Path, base_url: str, db_url: str | None, concurrency: int) -> Settings:
+    config_file = root / "orchestrator.toml"
+    config_file.write_text("# written by bench/overhead.py\n", encoding="utf-8")
+    data_dir = root / "data"
+    return load_settings(
+        config_file,
+        {
+            "data_dir": data_dir,
+            "database_url": db_url or f"sqlite+aiosqlite:///{data_dir / 'orchestrator.db'}",
+            "bfl_api_key": API_KEY,
+            "flux_base_url": base_url,
+            "flux_poll_interval_s": POLL_INTERVAL_S,
+            "flux_max_active": concurrency,
+            "worker_concurrency": concurrency,
+            "demo_mode": "off",
+            "log_level": "WARNING",
+            "log_format": "console",
+        },
+    )
+
+
+@asynccontextmanager
+async def throwaway_postgres(url: str) -> AsyncIterator[tuple[str | None, str]]:
+    """Create a fresh database next to ``url``'s; yields its URL and a description."""
+    import asyncpg
+
+    base = make_url(url).set(drivername="postgresql+asyncpg")
+    if base.host not in (None, "127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"refusing to use a non-local PostgreSQL host: {base.host}")
+    admin_dsn = base.set(drivername="postgresql", database="postgres").render_as_string(
+        hide_password=False
+    )
+    name = f"orch_bench_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn, timeout=10)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    try:
+        yield (
+            base.set(database=name).render_as_string(hide_password=False),
+            f"PostgreSQL {version} on {base.host}:{base.port or 5432} (throwaway db {name})",
+        )
+    finally:
+        conn = await asyncpg.connect(admin_dsn, timeout=10)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def latency_table(direct: Latency, orch: Latency) -> str:
+    rows = [
+        "| path                 | jobs | median ms | p99 ms | added median ms |",
+        "|----------------------|-----:|----------:|-------:|----------------:|",
+    ]
+    for lat in (direct, orch):
+        added = "-" if lat is direct else f"{orch.median_ms - direct.median_ms:+.2f}"
+        rows.append(
+            f"| {lat.label:<20} | {len(lat.samples_s):>4} | {lat.median_ms:>9.2f} "
+            f"| {lat.p99_ms:>6.2f} | {added:>15} |"
+        )
+    return "\n".join(rows)
+
+
+def throughput_table(direct: Throughput, orch: Throughput) -> str:
+    rows = [
+        "| path                 | jobs | concurrency | wall s | jobs/s |",
+        "|----------------------|-----:|------------:|-------:|-------:|",
+    ]
+    for t in (direct, orch):
+        rows.append(
+            f"| {t.label:<20} | {t.jobs:>4} | {t.concurrency:>11} | {t.elapsed_s:>6.2f} "
+            f"| {t.jobs_per_s:>6.1f} |"
+        )
+    ratio = orch.jobs_per_s / direct.jobs_per_s
+    rows.append("")
+    rows.append(f"Orchestrator reaches {ratio:.0%} of the direct client's throughput.")
+    return "\n".join(rows)
+
+
+def footnote(text: str) -> None:
+    print(textwrap.fill(text, width=92))
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, fake: FakeBfl, base_url: str, root: Path) -> None:
+    database = (
+        throwaway_postgres(args.postgres)
+        if args.postgres
+        else _sqlite(root / "data" / "orchestrator.db")
+    )
+    async with database as (db_url, db_label):
+        settings = make_settings(root, base_url, db_url, args.concurrency)
+        print(
+            f"python {platform.python_version()} ({platform.python_implementation()}), "
+            f"{os.cpu_count()} CPUs, {platform.platform()}"
+        )
+        print(f"database: {db_label}")
+        print(
+            f"fake BFL at {base_url} (in-process thread): Ready at first poll, 64x64 images; "
+            f"FLUX_POLL_INTERVAL_S={POLL_INTERVAL_S}"
+        )
+        print()
+
+        limits = httpx2.Limits(max_connections=200, max_keepalive_connections=50)
+        async with httpx2.AsyncClient(
+            timeout=httpx2.Timeout(10.0, read=60.0), limits=limits, follow_redirects=False
+        ) as http:
+            client = FluxClient(http, base_url, API_KEY)
+            body = PARAMS.upstream_body()
+            fake.reset()
+            direct_lat = await sequential(
+                "direct client", args.n, lambda: direct_round_trip(client, body)
+            )
+            fake.reset()
+            for _ in range(WARMUP):
+                await direct_round_trip(client, body)
+            direct_tp = await direct_throughput(client, args.m, args.concurrency)
+
+        options = WorkerOptions(
+            concurrency=args.concurrency, lease_s=30, poll_interval_s=0.05, shutdown_grace_s=5
+        )
+        async with open_runtime(settings, run_worker=True, worker_options=options) as rt:
+            req = FluxRequest(params=PARAMS)
+            fake.reset()
+            orch_lat = await sequential(
+                "through Orchestrator", args.n, lambda: orchestrator_job(rt.service, req)
+            )
+            fake.reset()
+            orch_tp = await orchestrator_throughput(rt.service, args.m, args.concurrency)
+
+    print(f"## Latency: {args.n} sequential jobs (after {WARMUP} warm-up jobs per path)")
+    print()
+    print(latency_table(direct_lat, orch_lat))
+    print()
+    footnote(
+        "Direct client: submit + get_result until Ready + the sample streamed into memory "
+        "(nothing written). Orchestrator: the same calls plus the database queue, claim, "
+        "state transitions, writing every output to disk (metadata embedded, sha256, fsync, "
+        "rename) and the job manifest; that disk work is part of its cost. "
+        f"FLUX_POLL_INTERVAL_S={POLL_INTERVAL_S} so polling does not dominate."
+    )
+    print()
+    print(f"## Throughput: {args.m} jobs started at once, {args.concurrency} in flight")
+    print()
+    print(throughput_table(direct_tp, orch_tp))
+    print()
+    footnote(
+        "Timed from the first submit to the last job finished. Orchestrator: all jobs "
+        "submitted at once with Service.submit, then awaited with Service.wait_for; worker "
+        f"concurrency and FLUX_MAX_ACTIVE are {args.concurrency}. Direct: asyncio.gather "
+        f"behind a semaphore of {args.concurrency}. Same footnote on disk writes as above."
+    )
+
+
+@asynccontextmanager
+async def _sqlite(path: Path) -> AsyncIterator[tuple[str | None, str]]:
+    yield None, f"SQLite file {path.name} in a temp folder (WAL)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--n", type=int, default=200, help="sequential jobs per path")
+    parser.add_argument("--m", type=int, default=1000, help="jobs in the throughput run")
+    parser.add_argument("--concurrency", type=int, default=64, help="jobs in flight")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run Orchestrator on a throwaway database on this local PostgreSQL server",
+    )
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.m < 1 or not 1 <= args.concurrency <= 1000:
+        parser.error("--n and --m must be positive, --concurrency between 1 and 1000")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logs.configure("WARNING", "console")
+    fake = FakeBfl(
+        FakeBflConfig(
+            api_keys={API_KEY},
+            credits=1e12,
+            task_duration_s=0.0,
+            poll_retry_after_s=0,
+            image_size=(64, 64),
+            active_limit=100_000,
+            kontext_max_limit=100_000,
+        )
+    )
+    with (
+        tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp,
+        serve_in_thread(fake.app, host="127.0.0.1") as served,
+    ):
+        fake.public_base_url = served.base_url
+        asyncio.run(asyncio.wait_for(run(args, fake, served.base_url, Path(tmp)), RUN_TIMEOUT_S))
+
+
+if __name__ == "__main__":
+    main()

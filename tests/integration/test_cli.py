@@ -1,0 +1,184 @@
+"""The `orchestrator` command as a user runs it: a real process, demo backends,
+different working directories, bad settings, and `serve` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import pytest
+from PIL import Image
+
+from orchestrator.config import Settings, env_name
+from orchestrator.storage import read_embedded
+
+CLI = [sys.executable, "-m", "orchestrator"]
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()}
+    for name in Settings.model_fields:
+        env.pop(env_name(name), None)
+        env.pop(name.upper(), None)
+    env.pop("ORCHESTRATOR_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    """A user with no settings at all: config and data in their platform folders."""
+    return clean_environ(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
+        XDG_DATA_HOME=str(tmp_path / "home" / ".local" / "share"),
+    )
+
+
+def test_generate_wait_in_demo_mode_prints_a_real_image(
+    tmp_path: Path, home: dict[str, str]
+) -> None:
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    r = run(["generate", "flux", "test", "--wait"], cwd, home)
+    assert r.returncode == 0, r.stderr
+    path = Path(r.stdout.strip().splitlines()[-1])
+    assert path.is_file()
+    assert path.is_relative_to(tmp_path / "home" / ".local" / "share" / "orchestrator")
+    with Image.open(path) as im:
+        assert im.size == (1024, 768)
+    meta = read_embedded(path)
+    assert meta is not None and meta["simulated"] is True and meta["params"]["prompt"] == "test"
+    assert "DEMO MODE" in r.stderr
+    assert not list(cwd.iterdir())  # nothing written where the command ran
+
+
+def test_two_working_directories_share_one_database(tmp_path: Path) -> None:
+    config = tmp_path / "cfg" / "orchestrator.toml"
+    config.parent.mkdir()
+    config.write_text('data_dir = "data"\nworker_enabled = false\n')
+    env = clean_environ(ORCHESTRATOR_CONFIG=str(config))
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    shown = [json.loads(run(["config", "show", "--json"], d, env).stdout) for d in (one, two)]
+    assert shown[0] == shown[1]
+    assert shown[0]["settings"]["DATA_DIR"] == str(config.parent / "data")
+    made = run(["generate", "flux", "from one"], one, env)
+    assert made.returncode == 0, made.stderr
+    job_id = made.stdout.strip()
+    listed = run(["jobs", "list", "--json"], two, env)
+    assert listed.returncode == 0, listed.stderr
+    assert [j["id"] for j in json.loads(listed.stdout)["items"]] == [job_id]
+    assert (config.parent / "data" / "orchestrator.db").is_file()
+    assert not list(one.iterdir()) and not list(two.iterdir())
+    show = run(["jobs", "show", job_id], two, env)
+    assert json.loads(show.stdout)["status"] == "queued"
+    cancel = run(["jobs", "cancel", job_id], one, env)
+    assert cancel.returncode == 0 and "canceled" in cancel.stdout
+    again = run(["jobs", "cancel", job_id], one, env)
+    assert again.returncode == 1 and "cannot" in again.stderr
+    missing = run(["jobs", "show", "nope"], one, env)
+    assert missing.returncode == 1 and "not found" in missing.stderr.lower()
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "needle"),
+    [
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+        ("FLUX_BASE_URL", "not a url", "FLUX_BASE_URL"),
+        ("ORCHESTRATOR_PORT", "70000", "ORCHESTRATOR_PORT"),
+        ("DATABASE_URL", "mysql://x/y", "DATABASE_URL"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_variable(
+    tmp_path: Path, home: dict[str, str], var: str, value: str, needle: str
+) -> None:
+    r = run(["config", "check"], tmp_path, {**home, var: value})
+    assert r.returncode == 2
+    assert needle in r.stderr
+    serve = run(["serve"], tmp_path, {**home, var: value})
+    assert serve.returncode == 2 and needle in serve.stderr
+
+
+def test_unwritable_data_dir(tmp_path: Path, home: dict[str, str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = run(["config", "check"], tmp_path, {**home, "DATA_DIR": str(blocker / "data")})
+    assert r.returncode == 2 and "DATA_DIR" in r.stderr and "not writable" in r.stderr
+
+
+def test_config_show_masks_secrets(tmp_path: Path, home: dict[str, str]) -> None:
+    secret = "bfl-super-secret-value-9876"
+    r = run(["config", "show"], tmp_path, {**home, "BFL_API_KEY": secret})
+    assert r.returncode == 0
+    assert secret not in r.stdout and "****9876" in r.stdout
+    ok = run(["config", "check"], tmp_path, home)
+    assert ok.returncode == 0 and "demo mode" in ok.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def test_serve_runs_a_job_and_stops_on_sigterm(tmp_path: Path, home: dict[str, str]) -> None:
+    port = _free_port()
+    env = {**home, "ORCHESTRATOR_PORT": str(port), "LOG_FORMAT": "json"}
+    proc = subprocess.Popen(
+        [*CLI, "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with httpx2.Client(base_url=base, timeout=10) as client:
+            for _ in range(200):
+                try:
+                    if client.get("/api/system/health").status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    time.sleep(0.05)
+            health = client.get("/api/system/health").json()
+            assert health["demo"] is True
+            r = client.post(
+                "/api/flux/generate",
+                params={"wait": "true", "timeout_s": 30},
+                json={"model": "flux-pro-1.1", "prompt": "served"},
+            )
+            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+    assert lines, err
+    assert all({"event", "level", "timestamp"} <= set(ln) for ln in lines)
+    assert any("DEMO MODE" in ln["event"] for ln in lines)
+    assert any(ln["event"] == "worker stopped" for ln in lines)
