@@ -38,9 +38,7 @@ def test_full_job_logs_never_contain_the_key(
     fake.faults.add("poll", status=502, body=f"<html>upstream echoed {SECRET}</html>")
     with serve_in_thread(fake.app) as bfl:
         fake.public_base_url = bfl.base_url
-        settings = make_settings(
-            bfl_api_key=SECRET, flux_base_url=bfl.base_url, log_level="DEBUG"
-        )
+        settings = make_settings(bfl_api_key=SECRET, flux_base_url=bfl.base_url, log_level="DEBUG")
         stream = io.StringIO()
         logs.configure("DEBUG", "json", settings.secret_values(), stream=stream)
         with (
@@ -48,7 +46,8 @@ def test_full_job_logs_never_contain_the_key(
             httpx2.Client(base_url=app.base_url, timeout=30) as client,
         ):
             r = client.post(
-                "/api/flux/generate", params={"wait": "true"},
+                "/api/flux/generate",
+                params={"wait": "true"},
                 json={"model": "flux-dev", "prompt": "logged", "width": 256, "height": 256},
             )
             assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
