@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import signal
@@ -21,7 +22,19 @@ from rich.table import Table
 from orchestrator import errors, logs
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain.jobs import Job, JobStatus
-from orchestrator.domain.params import FluxParams, FluxRequest
+from orchestrator.domain.params import (
+    AnyRequest,
+    ComfyRawParams,
+    ComfyRequest,
+    FluxParams,
+    FluxRequest,
+    Sd35Params,
+    Sd35Request,
+    SdxlParams,
+    SdxlRequest,
+    SvdParams,
+    SvdRequest,
+)
 from orchestrator.engine.worker import WorkerOptions
 from orchestrator.runtime import Runtime, open_runtime, start_worker
 
@@ -210,7 +223,155 @@ def generate_flux(
     raise typer.Exit(code)
 
 
-async def _generate(rt: Runtime, req: FluxRequest, key: str | None, wait: bool) -> int:
+def _build(
+    make: Callable[[], AnyRequest],
+) -> AnyRequest:
+    try:
+        return make()
+    except ValidationError as exc:
+        err.print("[bold red]Invalid parameters:[/]")
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"] if p not in ("params",)) or "params"
+            err.print(f"  • {loc}: {e['msg']}")
+        raise typer.Exit(2) from None
+
+
+def _comfy_common(
+    raw: dict[str, object],
+    seed: int | None,
+    steps: int | None,
+    cfg: float | None,
+    width: int | None,
+    height: int | None,
+) -> dict[str, object]:
+    for key, value in (
+        ("seed", seed),
+        ("steps", steps),
+        ("cfg", cfg),
+        ("width", width),
+        ("height", height),
+    ):
+        if value is not None:
+            raw[key] = value
+    return raw
+
+
+@generate_app.command("sdxl")
+def generate_sdxl(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="What to generate.")],
+    negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    steps: Annotated[int | None, typer.Option()] = None,
+    cfg: Annotated[float | None, typer.Option()] = None,
+    width: Annotated[int | None, typer.Option()] = None,
+    height: Annotated[int | None, typer.Option()] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE")] = None,
+    priority: Annotated[int, typer.Option()] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+) -> None:
+    """Queue an SDXL text-to-image job on ComfyUI."""
+    settings = _settings(ctx)
+    raw = _comfy_common(
+        {"prompt": prompt, **_parse_params(param or [])}, seed, steps, cfg, width, height
+    )
+    if negative is not None:
+        raw["negative_prompt"] = negative
+    req = _build(lambda: SdxlRequest(params=SdxlParams.model_validate(raw), priority=priority))
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
+@generate_app.command("sd35")
+def generate_sd35(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="What to generate.")],
+    variant: Annotated[str, typer.Option(help="large, large-turbo or medium.")] = "large",
+    negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    steps: Annotated[int | None, typer.Option()] = None,
+    cfg: Annotated[float | None, typer.Option()] = None,
+    width: Annotated[int | None, typer.Option()] = None,
+    height: Annotated[int | None, typer.Option()] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE")] = None,
+    priority: Annotated[int, typer.Option()] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+) -> None:
+    """Queue an SD3.5 text-to-image job on ComfyUI."""
+    settings = _settings(ctx)
+    raw = _comfy_common(
+        {"prompt": prompt, "variant": variant, **_parse_params(param or [])},
+        seed,
+        steps,
+        cfg,
+        width,
+        height,
+    )
+    if negative is not None:
+        raw["negative_prompt"] = negative
+    req = _build(lambda: Sd35Request(params=Sd35Params.model_validate(raw), priority=priority))
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
+@generate_app.command("svd")
+def generate_svd(
+    ctx: typer.Context,
+    init_image: Annotated[Path, typer.Option(help="The first frame (PNG, JPEG, WEBP).")],
+    frames: Annotated[int | None, typer.Option(help="Video frames.")] = None,
+    fps: Annotated[int | None, typer.Option(help="Conditioning fps.")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    steps: Annotated[int | None, typer.Option()] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE")] = None,
+    priority: Annotated[int, typer.Option()] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+) -> None:
+    """Queue a Stable Video Diffusion image-to-video job on ComfyUI."""
+    settings = _settings(ctx)
+    try:
+        data = init_image.expanduser().read_bytes()
+    except OSError as exc:
+        err.print(f"[bold red]Cannot read {init_image}:[/] {exc.strerror}")
+        raise typer.Exit(2) from None
+    raw = _comfy_common(
+        {"init_image": base64.b64encode(data).decode(), **_parse_params(param or [])},
+        seed,
+        steps,
+        None,
+        None,
+        None,
+    )
+    if frames is not None:
+        raw["frames"] = frames
+    if fps is not None:
+        raw["fps"] = fps
+    req = _build(lambda: SvdRequest(params=SvdParams.model_validate(raw), priority=priority))
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
+@generate_app.command("comfy")
+def generate_comfy(
+    ctx: typer.Context,
+    workflow: Annotated[Path, typer.Option(help="An API-format workflow JSON file.")],
+    priority: Annotated[int, typer.Option()] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+) -> None:
+    """Run a raw API-format ComfyUI workflow as a job."""
+    settings = _settings(ctx)
+    try:
+        doc = json.loads(workflow.expanduser().read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        err.print(f"[bold red]Cannot read workflow {workflow}:[/] {exc}")
+        raise typer.Exit(2) from None
+    if isinstance(doc, dict) and "prompt" in doc and isinstance(doc["prompt"], dict):
+        doc = doc["prompt"]
+    req = _build(
+        lambda: ComfyRequest(
+            params=ComfyRawParams.model_validate({"workflow": doc}), priority=priority
+        )
+    )
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
+async def _generate(rt: Runtime, req: AnyRequest, key: str | None, wait: bool) -> int:
     job, _created = await rt.service.submit(req, key)
     if rt.demo:
         err.print("[yellow]DEMO MODE: simulated backend, placeholder output.[/]")

@@ -27,6 +27,8 @@ from typing import Annotated, Literal
 import platformdirs
 from pydantic import (
     AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -62,6 +64,16 @@ def default_config_file() -> Path:
 
 def default_data_dir() -> Path:
     return platformdirs.user_data_path(APP_NAME, appauthor=False)
+
+
+class ComfyInstanceSettings(BaseModel):
+    """One ComfyUI server of the pool."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    url: AnyHttpUrl
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
 
 
 class Settings(BaseSettings):
@@ -141,6 +153,25 @@ class Settings(BaseSettings):
     comfy_url: AnyHttpUrl | None = Field(
         default=None, description="One ComfyUI server, e.g. http://127.0.0.1:8188."
     )
+    comfy_instances: list[ComfyInstanceSettings] = Field(
+        default_factory=list,
+        description="Several ComfyUI servers: [[comfy_instances]] tables in the TOML "
+        '(name, url, max_in_flight), or JSON: [{"name":"a","url":"http://…"}].',
+    )
+    comfy_max_in_flight: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=2, description="Prompts sent at once to the COMFY_URL instance."
+    )
+    comfy_deadline_s: Annotated[float, Field(gt=0)] = Field(
+        default=1800.0, description="Default deadline of a ComfyUI job, seconds."
+    )
+    comfy_reconcile_interval_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=5.0,
+        description="How often a running ComfyUI job is cross-checked against /history "
+        "and /queue (besides the websocket).",
+    )
+    comfy_health_interval_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=10.0, description="How often each ComfyUI instance is health-checked."
+    )
 
     # --- v0 -----------------------------------------------------------------------
     v0_api_key: SecretStr | None = Field(
@@ -216,6 +247,14 @@ class Settings(BaseSettings):
             )
         return v
 
+    @field_validator("comfy_instances")
+    @classmethod
+    def _unique_names(cls, v: list[ComfyInstanceSettings]) -> list[ComfyInstanceSettings]:
+        names = [i.name for i in v]
+        if len(names) != len(set(names)):
+            raise ValueError("instance names must be unique")
+        return v
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         base = self.config_file.parent
@@ -277,6 +316,8 @@ class Settings(BaseSettings):
                 shown = "(not set)"
             elif name == "database_url":
                 shown = mask_db_url(str(value))
+            elif name == "comfy_instances":
+                shown = ", ".join(f"{i.name}={i.url}" for i in value) or "(none)"
             else:
                 shown = str(value)
             rows[env_name(name)] = shown

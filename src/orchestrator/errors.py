@@ -16,6 +16,7 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
         ├── TransientUpstreamError               may be retried
         │   └── RateLimited                      429 with Retry-After
+        ├── Requeue                              nothing ran: run the job again elsewhere
         └── DeadlineExceeded
 
 Job failures are recorded with a machine-readable :class:`ErrorCode`.
@@ -49,6 +50,12 @@ class ErrorCode(StrEnum):
     SUBMIT_UNCERTAIN = "submit_uncertain"
     BACKEND_DISABLED = "backend_disabled"
     STORAGE_ERROR = "storage_error"
+    INVALID_WORKFLOW = "invalid_workflow"
+    MISSING_MODEL = "missing_model"
+    EXECUTION_ERROR = "execution_error"
+    INTERRUPTED = "interrupted"
+    PROMPT_LOST = "prompt_lost"
+    INVALID_INPUT = "invalid_input"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -135,6 +142,14 @@ class RateLimited(TransientUpstreamError):
     def __init__(self, detail: str, retry_after_s: float | None) -> None:
         super().__init__(ErrorCode.RATE_LIMITED, detail, retry_after_s=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class Requeue(UpstreamError):
+    """Nothing ran upstream and the work can go elsewhere: the worker puts the job
+    back in the queue (e.g. a ComfyUI prompt that vanished before it started)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.PROMPT_LOST, detail)
 
 
 class DeadlineExceeded(UpstreamError):

@@ -12,13 +12,15 @@ import httpx2
 
 from orchestrator import logs
 from orchestrator.backends.base import Backend
+from orchestrator.backends.comfy import ComfyBackend, ComfyInstanceConfig, ComfyPool
 from orchestrator.backends.flux import FluxBackend
 from orchestrator.config import Settings
 from orchestrator.db.engine import open_database
+from orchestrator.domain.params import COMFY_BACKENDS
 from orchestrator.engine.hub import Hub
 from orchestrator.engine.worker import Worker, WorkerOptions
 from orchestrator.services import Service
-from orchestrator.storage import OutputStore
+from orchestrator.storage import InputStore, OutputStore
 
 log = logs.get(__name__)
 
@@ -31,7 +33,9 @@ def demo_enabled(settings: Settings) -> bool:
         return True
     if settings.demo_mode == "off":
         return False
-    return settings.bfl_api_key is None and settings.comfy_url is None
+    return (
+        settings.bfl_api_key is None and settings.comfy_url is None and not settings.comfy_instances
+    )
 
 
 def http_timeout(settings: Settings) -> httpx2.Timeout:
@@ -53,8 +57,8 @@ class Runtime:
 
 
 async def _build_backends(
-    settings: Settings, stack: AsyncExitStack, demo: bool
-) -> dict[str, Backend]:
+    settings: Settings, stack: AsyncExitStack, demo: bool, inputs: InputStore
+) -> tuple[dict[str, Backend], ComfyPool | None]:
     http = await stack.enter_async_context(
         httpx2.AsyncClient(
             timeout=http_timeout(settings),
@@ -103,7 +107,62 @@ async def _build_backends(
         )
     else:
         flux = FluxBackend(http, base_url=str(settings.flux_base_url), api_key=None)
-    return {"flux": flux}
+    backends: dict[str, Backend] = {"flux": flux}
+    pool = await _build_comfy_pool(settings, stack, http, demo)
+    for kind in COMFY_BACKENDS:
+        backends[kind] = ComfyBackend(
+            kind,
+            pool,
+            inputs,
+            deadline_s=settings.comfy_deadline_s,
+            reconcile_interval_s=settings.comfy_reconcile_interval_s,
+            disabled_reason="COMFY_URL (or comfy_instances) is not set",
+        )
+    return backends, pool
+
+
+def comfy_instances(settings: Settings) -> list[ComfyInstanceConfig]:
+    out = [
+        ComfyInstanceConfig(name=i.name, url=str(i.url), max_in_flight=i.max_in_flight)
+        for i in settings.comfy_instances
+    ]
+    if settings.comfy_url is not None:
+        out.insert(
+            0,
+            ComfyInstanceConfig(
+                name="default",
+                url=str(settings.comfy_url),
+                max_in_flight=settings.comfy_max_in_flight,
+            ),
+        )
+    return out
+
+
+async def _build_comfy_pool(
+    settings: Settings, stack: AsyncExitStack, http: httpx2.AsyncClient, demo: bool
+) -> ComfyPool | None:
+    configs = comfy_instances(settings)
+    simulated = False
+    if not configs and demo:
+        from orchestrator.testing.fake_comfy import FakeComfy, FakeComfyConfig
+        from orchestrator.testing.serve import serve_in_thread
+
+        fake = FakeComfy(FakeComfyConfig(output_dir=settings.data_path / "simulated-comfyui"))
+        served = stack.enter_context(serve_in_thread(fake.app, lifespan="on"))
+        configs = [ComfyInstanceConfig(name="simulated", url=served.base_url, max_in_flight=2)]
+        simulated = True
+    if not configs:
+        return None
+    pool = ComfyPool(
+        configs,
+        http,
+        health_interval_s=settings.comfy_health_interval_s,
+        open_timeout_s=settings.http_connect_timeout_s,
+        simulated=simulated,
+    )
+    await pool.start()
+    stack.push_async_callback(pool.aclose)
+    return pool
 
 
 @asynccontextmanager
@@ -117,12 +176,13 @@ async def open_runtime(
     async with AsyncExitStack() as stack:
         db = await open_database(settings.db_url)
         stack.push_async_callback(db.dispose)
-        backends = await _build_backends(settings, stack, demo)
+        inputs = InputStore(settings.data_path / "inputs")
+        backends, pool = await _build_backends(settings, stack, demo, inputs)
         for b in backends.values():
             stack.push_async_callback(b.aclose)
         store = OutputStore(settings.output_path, settings.jobs_path)
         hub = Hub()
-        service = Service(settings, db, backends, store, hub, demo=demo)
+        service = Service(settings, db, backends, store, hub, demo=demo, inputs=inputs, comfy=pool)
         if demo:
             log.warning(
                 "DEMO MODE: no backend is configured; jobs run on SIMULATED backends and "

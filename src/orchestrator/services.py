@@ -3,6 +3,7 @@ in-process. Nothing here knows about HTTP."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -11,18 +12,27 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
+import httpx2
 from pydantic import BaseModel, Field, JsonValue
 
 from orchestrator import __version__, errors
 from orchestrator.backends.base import Backend, BackendHealth
+from orchestrator.backends.comfy import ComfyInstance, ComfyPool, InstanceStatus
 from orchestrator.config import Settings
 from orchestrator.db.engine import Database
 from orchestrator.db.jobs import JobRepo, NewJob
 from orchestrator.db.workers import WorkerRepo
 from orchestrator.domain.jobs import Job, JobEvent, JobOutput, JobPage, JobStatus
-from orchestrator.domain.params import FLUX_LIST_PRICE, FLUX_MODELS, GenerateRequest
+from orchestrator.domain.params import (
+    FLUX_LIST_PRICE,
+    FLUX_MODELS,
+    PARAMS_BY_BACKEND,
+    AnyRequest,
+    Sd35Params,
+    SvdParams,
+)
 from orchestrator.engine.hub import Hub
-from orchestrator.storage import OutputStore
+from orchestrator.storage import InputStore, OutputStore, decode_image_data
 
 EVENT_POLL_S = 1.0
 
@@ -47,7 +57,7 @@ class SystemHealth(BaseModel):
     notice: str | None = None
 
 
-def request_hash(req: GenerateRequest) -> str:
+def request_hash(req: AnyRequest) -> str:
     canonical = json.dumps(req.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -62,6 +72,8 @@ class Service:
         hub: Hub,
         *,
         demo: bool,
+        inputs: InputStore | None = None,
+        comfy: ComfyPool | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -71,11 +83,11 @@ class Service:
         self.store = store
         self.hub = hub
         self.demo = demo
+        self.inputs = inputs or InputStore(settings.data_path / "inputs")
+        self.comfy = comfy
 
     # --- jobs -------------------------------------------------------------------------
-    async def submit(
-        self, req: GenerateRequest, idempotency_key: str | None = None
-    ) -> tuple[Job, bool]:
+    async def submit(self, req: AnyRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Queue a job. Returns ``(job, created)``; ``created`` is False when the
         idempotency key matched an earlier identical request."""
         backend = self._backend(req.backend)
@@ -88,7 +100,11 @@ class Service:
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
             raise errors.InvalidRequest("Idempotency-Key must be 1 to 255 characters")
         deadline_s = req.deadline_s or backend.default_deadline_s()
-        params: dict[str, JsonValue] = req.params.model_dump(mode="json", exclude={"model"})
+        typed = req.params.resolved() if isinstance(req.params, Sd35Params) else req.params
+        params: dict[str, JsonValue] = typed.model_dump(mode="json", exclude={"model"})
+        if isinstance(req.params, SvdParams):
+            params["init_image"] = await self.store_input(req.params.init_image)
+        params = backend.prepare(params)
         new = NewJob(
             id=str(uuid.uuid4()),
             backend=req.backend,
@@ -104,6 +120,22 @@ class Service:
         if created:
             self.hub.job_queued()
         return job, created
+
+    async def store_input(self, value: str) -> str:
+        """An image given as base64 / data URL, ``output:<job>/<n>`` or an existing
+        ``input:`` reference, stored once under DATA_DIR/inputs; returns its reference."""
+        if value.startswith("input:"):
+            self.inputs.path(value)  # must exist
+            return value
+        if value.startswith("output:"):
+            job_id, _, n = value.removeprefix("output:").partition("/")
+            if not n.isdigit():
+                raise errors.InvalidRequest("use output:<job id>/<n>", field="init_image")
+            _out, path = await self.output(job_id, int(n))
+            data = await asyncio.to_thread(path.read_bytes)
+        else:
+            data = decode_image_data(value)
+        return await asyncio.to_thread(self.inputs.save, data)
 
     async def get_job(self, job_id: str) -> Job:
         return await self.repo.get(job_id)
@@ -194,6 +226,62 @@ class Service:
                         params_schema=cls.model_json_schema(),
                     )
                 )
+        for name, pcls in PARAMS_BY_BACKEND.items():
+            if backend in (None, name) and name in self.backends:
+                b = self.backends[name]
+                out.append(
+                    ModelInfo(
+                        backend=name,
+                        model=name,
+                        max_active=min(lim for _k, lim in b.limit_groups(name))
+                        if b.enabled
+                        else None,
+                        params_schema=pcls.model_json_schema(),
+                    )
+                )
+        return out
+
+    def comfy_pool(self) -> ComfyPool:
+        if self.comfy is None:
+            raise errors.BackendDisabled(
+                "ComfyUI is not configured: set COMFY_URL or comfy_instances"
+            )
+        return self.comfy
+
+    def comfy_instances(self) -> list[InstanceStatus]:
+        return self.comfy_pool().statuses()
+
+    def _comfy_instance(self, name: str | None) -> ComfyInstance:
+        pool = self.comfy_pool()
+        if name is None:
+            return next(iter(pool.instances.values()))
+        inst = pool.get(name)
+        if inst is None:
+            raise errors.NotFound(f"no ComfyUI instance named {name!r}", instance=name)
+        return inst
+
+    async def comfy_object_info(
+        self, instance: str | None, node: str | None
+    ) -> dict[str, JsonValue]:
+        """An instance's ``/object_info`` (the cached copy when fresh)."""
+        inst = self._comfy_instance(instance)
+        if node is None and inst.object_info:
+            return inst.object_info
+        try:
+            return await inst.client.object_info(node)
+        except httpx2.HTTPError as exc:
+            raise errors.UpstreamError(
+                errors.ErrorCode.BACKEND_UNAVAILABLE, f"ComfyUI {inst.name}: {exc}"
+            ) from exc
+
+    async def comfy_queue(self) -> dict[str, JsonValue]:
+        """Each instance's ``/queue`` (or its error)."""
+        out: dict[str, JsonValue] = {}
+        for inst in self.comfy_pool().instances.values():
+            try:
+                out[inst.name] = await inst.client.queue_raw()
+            except (httpx2.HTTPError, errors.UpstreamError) as exc:
+                out[inst.name] = {"error": str(exc) or type(exc).__name__}
         return out
 
     async def backend_health(self) -> list[BackendHealth]:

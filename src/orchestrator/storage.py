@@ -11,10 +11,13 @@ outputs describes itself without the database.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import struct
 import time
@@ -151,11 +154,13 @@ class OutputStore:
         elif mime == "image/jpeg":
             _embed_jpeg(partial, payload)
         width = height = None
+        duration_s: float | None = None
         if mime.startswith("image/"):
             try:
                 with Image.open(partial) as im:
                     width, height = im.size
-            except (UnidentifiedImageError, OSError):
+                    duration_s = _animation_seconds(im)
+            except (UnidentifiedImageError, OSError, EOFError):
                 pass
         digest = hashlib.sha256()
         size = 0
@@ -177,6 +182,7 @@ class OutputStore:
             sha256=digest.hexdigest(),
             width=width,
             height=height,
+            duration_s=duration_s,
         )
 
     async def write_manifest(self, job: Job) -> Path:
@@ -218,6 +224,18 @@ class OutputStore:
     def free_bytes(self) -> int:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.output_dir).free
+
+
+def _animation_seconds(im: Image.Image) -> float | None:
+    """Total duration of an animated image (WEBP, APNG, GIF); None for stills."""
+    frames = int(getattr(im, "n_frames", 1))
+    if frames <= 1:
+        return None
+    total_ms = 0.0
+    for i in range(frames):
+        im.seek(i)
+        total_ms += float(im.info.get("duration", 0) or 0)
+    return round(total_ms / 1000, 3)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -281,3 +299,51 @@ def read_embedded(path: Path) -> dict[str, JsonValue] | None:
         return None
     doc = json.loads(raw)
     return doc if isinstance(doc, dict) else None
+
+
+INPUT_REF = re.compile(r"^input:([0-9a-f]{64})\.(png|jpg|webp|gif)$")
+MAX_INPUT_BYTES = 20 * 1024 * 1024
+
+
+class InputStore:
+    """Input images (SVD init images, img2img sources), stored once by content hash
+    under ``DATA_DIR/inputs`` and referenced from job parameters as
+    ``input:<sha256>.<ext>`` (so a job row never carries megabytes of base64)."""
+
+    def __init__(self, inputs_dir: Path) -> None:
+        self.inputs_dir = inputs_dir
+
+    def save(self, data: bytes) -> str:
+        if len(data) > MAX_INPUT_BYTES:
+            raise errors.InvalidRequest(f"input image larger than {MAX_INPUT_BYTES} bytes")
+        mime = sniff_mime(data[:16])
+        if mime not in ("image/png", "image/jpeg", "image/webp", "image/gif"):
+            raise errors.InvalidRequest("input image must be PNG, JPEG, WEBP or GIF")
+        digest = hashlib.sha256(data).hexdigest()
+        ext = extension_for(mime)
+        path = self.inputs_dir / f"{digest}.{ext}"
+        if not path.exists():
+            self.inputs_dir.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{digest}.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return f"input:{digest}.{ext}"
+
+    def path(self, ref: str) -> Path:
+        if not INPUT_REF.match(ref):
+            raise errors.InvalidRequest(f"not an input reference: {ref[:80]!r}")
+        path = self.inputs_dir / ref.removeprefix("input:")
+        if not path.is_file():
+            raise errors.InvalidRequest(f"input {ref} is missing")
+        return path
+
+
+def decode_image_data(value: str) -> bytes:
+    """Base64 (or a ``data:`` URL) to bytes, refusing anything else."""
+    text = value.strip()
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, binascii.Error) as exc:
+        raise errors.InvalidRequest("image is not valid base64 or a data: URL") from exc

@@ -9,14 +9,15 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from orchestrator import __version__
-from orchestrator.api import problems, routes_flux, routes_jobs, routes_system
+from orchestrator.api import problems, routes_comfy, routes_flux, routes_jobs, routes_system
 from orchestrator.api.middleware import RequestIdMiddleware
 from orchestrator.config import Settings
 from orchestrator.engine.worker import WorkerOptions
 from orchestrator.runtime import open_runtime
 
 DESCRIPTION = """
-Durable image and video generation jobs on FLUX (and, soon, ComfyUI).
+Durable image and video generation jobs on FLUX and on a pool of ComfyUI servers
+(SDXL, SD3.5, Stable Video Diffusion, or any raw workflow).
 
 * Errors are RFC 9457 problem documents (`application/problem+json`).
 * `POST /api/generate` accepts an `Idempotency-Key` header.
@@ -52,6 +53,7 @@ def create_app(
     problems.install(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_flux.router)
+    app.include_router(routes_comfy.router)
     app.include_router(routes_system.router)
 
     @app.get("/", include_in_schema=False)

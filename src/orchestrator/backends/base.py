@@ -78,8 +78,18 @@ class Backend(ABC):
     @abstractmethod
     def default_deadline_s(self) -> float: ...
 
+    def prepare(self, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        """Fill in what must be fixed when the job is created (e.g. a random seed,
+        so the job records the seed it ran with)."""
+        return params
+
+    def plan(self, job: Job) -> UpstreamHandle | None:
+        """A handle chosen before submitting (ComfyUI takes our own prompt id), so the
+        worker can store it before the submit; None when upstream assigns it."""
+        return None
+
     @abstractmethod
-    async def submit(self, job: Job) -> Submitted: ...
+    async def submit(self, job: Job, planned: UpstreamHandle | None = None) -> Submitted: ...
 
     @abstractmethod
     async def wait(self, job: Job, handle: UpstreamHandle, progress: ProgressFn) -> Completed: ...

@@ -396,7 +396,7 @@ class FluxBackend(Backend):
             raise errors.BackendDisabled("flux is disabled: BFL_API_KEY is not set")
         return self.client
 
-    async def submit(self, job: Job) -> Submitted:
+    async def submit(self, job: Job, planned: UpstreamHandle | None = None) -> Submitted:
         model_cls = FLUX_MODELS[job.model]
         body = model_cls.model_validate({**job.params, "model": job.model}).upstream_body()
         sub = await self._client().submit(job.model, body)

@@ -495,6 +495,8 @@ class JobRepo:
                 lease_owner=None,
                 lease_expires_at=None,
                 submitting_at=None,
+                upstream=None,
+                cost=None,
                 progress=None,
                 updated_at=now,
             )

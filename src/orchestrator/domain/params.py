@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 # A base64 image of up to ~20 MB, or an http(s) URL where BFL accepts one.
 MAX_IMAGE_CHARS = 28_000_000
@@ -173,6 +173,185 @@ class FluxResult(BaseModel):
     duration: float | None = None
 
 
-# The union grows a member per backend (sdxl, sd35, svd, comfy, …).
-GenerateRequest = FluxRequest
-BACKENDS: tuple[str, ...] = ("flux",)
+# --- ComfyUI workflows ------------------------------------------------------------------
+
+Sampler = Literal[
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "heunpp2",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpm_fast",
+    "dpm_adaptive",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "ddpm",
+    "lcm",
+    "ipndm",
+    "deis",
+    "ddim",
+    "uni_pc",
+    "uni_pc_bh2",
+]
+Scheduler = Literal[
+    "normal",
+    "karras",
+    "exponential",
+    "sgm_uniform",
+    "simple",
+    "ddim_uniform",
+    "beta",
+    "linear_quadratic",
+    "kl_optimal",
+]
+ComfySeed = Annotated[int, Field(ge=0, le=2**64 - 1)]
+# An image input: base64 (optionally a data: URL), or "output:<job id>/<n>" to reuse an
+# output of an earlier job. Stored inputs are referenced as "input:<sha256>.<ext>".
+InputImage = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]
+Checkpoint = Annotated[str, Field(min_length=1, max_length=255)]
+
+
+class _ComfyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: ComfySeed | None = Field(default=None, description="Fixed seed; random when absent.")
+    sampler: Sampler = "euler"
+    scheduler: Scheduler = "normal"
+
+
+class _TextToImage(_ComfyBase):
+    prompt: Annotated[str, Field(min_length=1, max_length=10_000)]
+    negative_prompt: Annotated[str, Field(max_length=10_000)] = ""
+    width: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] = 1024
+    height: Annotated[int, Field(ge=64, le=4096, multiple_of=8)] = 1024
+    batch_size: Annotated[int, Field(ge=1, le=16)] = 1
+
+
+class SdxlParams(_TextToImage):
+    model: Literal["sdxl"] = "sdxl"
+    negative_prompt: Annotated[str, Field(max_length=10_000)] = "text, watermark"
+    steps: Annotated[int, Field(ge=1, le=150)] = 25
+    cfg: Annotated[float, Field(ge=0, le=30)] = 8.0
+    checkpoint: Annotated[str, Field(min_length=1, max_length=255)] = "sd_xl_base_1.0.safetensors"
+
+
+SD35_DEFAULTS: dict[str, dict[str, object]] = {
+    "large": {"checkpoint": "sd3.5_large_fp8_scaled.safetensors", "steps": 20, "cfg": 4.0},
+    "large-turbo": {"checkpoint": "sd3.5_large_turbo.safetensors", "steps": 4, "cfg": 1.2},
+    "medium": {"checkpoint": "sd3.5_medium.safetensors", "steps": 40, "cfg": 4.5},
+}
+
+
+class Sd35Params(_TextToImage):
+    model: Literal["sd35"] = "sd35"
+    variant: Literal["large", "large-turbo", "medium"] = "large"
+    width: Annotated[int, Field(ge=64, le=4096, multiple_of=16)] = 1024
+    height: Annotated[int, Field(ge=64, le=4096, multiple_of=16)] = 1024
+    steps: Annotated[int, Field(ge=1, le=150)] | None = Field(
+        default=None, description="Default per variant: large 20, large-turbo 4, medium 40."
+    )
+    cfg: Annotated[float, Field(ge=0, le=30)] | None = Field(
+        default=None, description="Default per variant: large 4.0, large-turbo 1.2, medium 4.5."
+    )
+    scheduler: Scheduler = "sgm_uniform"
+    checkpoint: Checkpoint | None = Field(
+        default=None, description="Default per variant (an all-in-one checkpoint)."
+    )
+
+    def resolved(self) -> Sd35Params:
+        """The parameters with the variant's defaults filled in."""
+        d = SD35_DEFAULTS[self.variant]
+        return self.model_copy(
+            update={
+                "steps": self.steps if self.steps is not None else d["steps"],
+                "cfg": self.cfg if self.cfg is not None else d["cfg"],
+                "checkpoint": self.checkpoint or d["checkpoint"],
+            }
+        )
+
+
+class SvdParams(_ComfyBase):
+    model: Literal["svd"] = "svd"
+    init_image: InputImage = Field(description="The first frame (base64, or output:<job>/<n>).")
+    frames: Annotated[int, Field(ge=1, le=128)] = 14
+    fps: Annotated[int, Field(ge=1, le=60)] = 6
+    motion_bucket_id: Annotated[int, Field(ge=1, le=1023)] = 127
+    augmentation_level: Annotated[float, Field(ge=0, le=10)] = 0.0
+    width: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 1024
+    height: Annotated[int, Field(ge=64, le=2048, multiple_of=8)] = 576
+    steps: Annotated[int, Field(ge=1, le=150)] = 20
+    cfg: Annotated[float, Field(ge=0, le=30)] = 2.5
+    min_cfg: Annotated[float, Field(ge=0, le=30)] = 1.0
+    scheduler: Scheduler = "karras"
+    checkpoint: Checkpoint = "svd.safetensors"
+    output_format: Literal["webp", "png"] = Field(
+        default="webp", description="Animated WEBP or animated PNG."
+    )
+    output_fps: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+
+class ComfyRawParams(BaseModel):
+    """A raw API-format workflow, run as given (outputs are whatever it saves)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["raw"] = "raw"
+    workflow: dict[str, dict[str, JsonValue]] = Field(
+        description="API-format prompt: {node_id: {class_type, inputs}}.", min_length=1
+    )
+
+
+class SdxlRequest(_RequestBase):
+    backend: Literal["sdxl"] = "sdxl"
+    params: SdxlParams
+
+    @property
+    def model(self) -> str:
+        return self.params.model
+
+
+class Sd35Request(_RequestBase):
+    backend: Literal["sd35"] = "sd35"
+    params: Sd35Params
+
+    @property
+    def model(self) -> str:
+        return self.params.variant
+
+
+class SvdRequest(_RequestBase):
+    backend: Literal["svd"] = "svd"
+    params: SvdParams
+
+    @property
+    def model(self) -> str:
+        return self.params.model
+
+
+class ComfyRequest(_RequestBase):
+    backend: Literal["comfy"] = "comfy"
+    params: ComfyRawParams
+
+    @property
+    def model(self) -> str:
+        return self.params.model
+
+
+GenerateRequest = Annotated[
+    FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest,
+    Field(discriminator="backend"),
+]
+AnyRequest = FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest
+BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy")
+COMFY_BACKENDS: tuple[str, ...] = ("sdxl", "sd35", "svd", "comfy")
+PARAMS_BY_BACKEND: dict[str, type[BaseModel]] = {
+    "sdxl": SdxlParams,
+    "sd35": Sd35Params,
+    "svd": SvdParams,
+    "comfy": ComfyRawParams,
+}

@@ -33,6 +33,7 @@ log = logs.get(__name__)
 Code = errors.ErrorCode
 
 PROGRESS_MIN_INTERVAL_S = 0.5
+MAX_REQUEUES = 5
 StopReason = Literal["user", "shutdown", "lost"]
 
 
@@ -282,10 +283,19 @@ class Worker:
             async with asyncio.timeout(remaining):
                 if handle is None:
                     self._mark_submit_started(job.id)
-                    await self.repo.mark_submitting(job.id, self.id)
-                    submitted = await backend.submit(job)
+                    planned = backend.plan(job)
+                    if planned is not None:
+                        # Our own id: stored first, so a crash mid-submit re-attaches.
+                        await self.repo.set_upstream(job.id, self.id, planned, None)
+                        handle = planned
+                    else:
+                        await self.repo.mark_submitting(job.id, self.id)
+                    submitted = await backend.submit(job, planned)
+                    if submitted.handle != planned or submitted.cost is not None:
+                        await self.repo.set_upstream(
+                            job.id, self.id, submitted.handle, submitted.cost
+                        )
                     handle = submitted.handle
-                    await self.repo.set_upstream(job.id, self.id, handle, submitted.cost)
                     self.hub.job_changed(job.id)
                     log.info("submitted upstream", task_id=handle.task_id, cost=submitted.cost)
                 else:
@@ -299,6 +309,15 @@ class Worker:
             await self._fail(job, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
         except errors.DeadlineExceeded as exc:
             await self._fail(job, Code.DEADLINE_EXCEEDED, exc.detail)
+        except errors.Requeue as exc:
+            if job.attempts >= MAX_REQUEUES:
+                await self._fail(
+                    job, exc.code, f"{exc.detail} (gave up after {job.attempts} tries)"
+                )
+                return
+            log.warning("requeued: nothing ran upstream", reason=exc.detail)
+            await self.repo.requeue(job.id, self.id, f"requeued: {exc.detail}")
+            self.hub.job_queued()
         except errors.UpstreamError as exc:
             await self._fail(job, exc.code, exc.detail, exc.extra)
         except asyncio.CancelledError:

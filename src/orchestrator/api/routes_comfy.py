@@ -1,0 +1,64 @@
+"""Thin routes over the ComfyUI pool, through the same service as everything else."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Response, status
+from pydantic import JsonValue
+
+from orchestrator.api.deps import ServiceDep
+from orchestrator.api.routes_jobs import PROBLEMS, IdempotencyKey
+from orchestrator.backends.comfy import InstanceStatus
+from orchestrator.domain.jobs import Job
+from orchestrator.domain.params import ComfyRawParams, ComfyRequest
+
+router = APIRouter(prefix="/api/comfy", tags=["comfy"])
+
+
+@router.post(
+    "/prompt",
+    responses={**PROBLEMS, 202: {"model": Job, "description": "Queued (or still running)"}},
+    summary="Run a raw API-format ComfyUI workflow as a job",
+)
+async def comfy_prompt(
+    workflow: Annotated[
+        dict[str, dict[str, JsonValue]],
+        Body(embed=True, description="API-format prompt: {node_id: {class_type, inputs}}"),
+    ],
+    service: ServiceDep,
+    response: Response,
+    wait: Annotated[bool, Query(description="Wait until the job is finished.")] = False,
+    timeout_s: Annotated[float, Query(gt=0, le=600)] = 120,
+    priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
+    idempotency_key: IdempotencyKey = None,
+) -> Job:
+    """Queued like any job (``backend: comfy``) and dispatched to the least busy
+    healthy instance; its outputs are whatever the workflow saves."""
+    req = ComfyRequest(params=ComfyRawParams(workflow=workflow), priority=priority)
+    job, _ = await service.submit(req, idempotency_key)
+    if wait:
+        job = await service.wait_for(job.id, timeout_s)
+    response.status_code = status.HTTP_200_OK if job.status.terminal else status.HTTP_202_ACCEPTED
+    return job
+
+
+@router.get("/instances", responses=PROBLEMS, summary="ComfyUI instances: health, load, models")
+async def comfy_instances(service: ServiceDep) -> list[InstanceStatus]:
+    """Each instance with health, in-flight prompts, its models and whether each
+    template (sdxl, sd35, svd) can run there (missing nodes or model files)."""
+    return service.comfy_instances()
+
+
+@router.get("/object_info", responses=PROBLEMS, summary="An instance's node catalogue")
+async def comfy_object_info(
+    service: ServiceDep,
+    instance: Annotated[str | None, Query(max_length=64)] = None,
+    node: Annotated[str | None, Query(max_length=128)] = None,
+) -> dict[str, JsonValue]:
+    return await service.comfy_object_info(instance, node)
+
+
+@router.get("/queue", responses=PROBLEMS, summary="Each instance's queue")
+async def comfy_queue(service: ServiceDep) -> dict[str, JsonValue]:
+    return await service.comfy_queue()
