@@ -34,7 +34,8 @@ from orchestrator.domain.params import (
 from orchestrator.engine.hub import Hub
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
 
-EVENT_POLL_S = 1.0
+EVENT_POLL_S = 1.0  # how often to look for changes made by other processes
+LOCAL_POLL_S = 10.0  # a safety net for jobs this process runs (changes are signalled)
 
 
 class ModelInfo(BaseModel):

@@ -165,8 +165,8 @@ def test_validation_problems_have_field_paths(api: Api) -> None:
     doc = r.json()
     assert doc["status"] == 422 and doc["type"].endswith("/invalid-request")
     locs = {tuple(e["loc"]) for e in doc["errors"]}
-    assert ("body", "params", "flux-dev", "width") in locs
-    assert ("body", "params", "flux-dev", "bogus") in locs
+    assert ("body", "flux", "params", "flux-dev", "width") in locs
+    assert ("body", "flux", "params", "flux-dev", "bogus") in locs
     assert doc["request_id"] == r.headers["x-request-id"]
     unknown_model = api.client.post(
         "/api/generate", json={"backend": "flux", "params": {"model": "flux-9", "prompt": "x"}}

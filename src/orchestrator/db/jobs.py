@@ -126,8 +126,20 @@ class JobRepo:
                         job_id=row.id,
                     ) from None
                 return await _job(conn, row), False
-        async with self.db.read() as conn:
-            return await self._get(conn, new.id), True
+        job = Job(
+            id=new.id,
+            backend=new.backend,
+            model=new.model,
+            params=new.params,
+            status=JobStatus.QUEUED,
+            priority=new.priority,
+            idempotency_key=new.idempotency_key,
+            simulated=new.simulated,
+            deadline_at=new.deadline_at,
+            created_at=now,
+            updated_at=now,
+        )
+        return job, True
 
     @cancel_safe
     async def get(self, job_id: str) -> Job:

@@ -17,6 +17,9 @@ class Hub:
         self._any_waiters: set[asyncio.Event] = set()
         self.queue_changed = asyncio.Event()
         self._cancel_handlers: list[Callable[[str], None]] = []
+        # Jobs a worker of this process is running: their changes are always signalled
+        # here, so waiters need not poll the database for them.
+        self.local_jobs: set[str] = set()
 
     def job_changed(self, job_id: str) -> None:
         for ev in self._job_waiters.get(job_id, ()):

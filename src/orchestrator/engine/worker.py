@@ -151,11 +151,12 @@ class Worker:
                     )
                     for job in claimed:
                         self._spawn(job, None)
+                        self.hub.job_changed(job.id)
                 if time.monotonic() - last_recovery > self.opts.lease_s / 2:
                     last_recovery = time.monotonic()
                     await self._recover()
-                if claimed and len(self._running) < self.opts.concurrency:
-                    continue
+                if claimed and len(claimed) == free:
+                    continue  # the queue may hold more
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.opts.poll_interval_s):
                         await self._wake.wait()
@@ -166,6 +167,7 @@ class Worker:
                 await asyncio.sleep(self.opts.poll_interval_s)
 
     def _spawn(self, job: Job, claimed: Claimed | None) -> None:
+        self.hub.local_jobs.add(job.id)
         task = asyncio.create_task(self._run(job, claimed), name=f"job-{job.id}")
         self._running[job.id] = _Running(job, task)
         job_id = job.id
@@ -177,6 +179,7 @@ class Worker:
 
     def _done(self, job_id: str) -> None:
         self._running.pop(job_id, None)
+        self.hub.local_jobs.discard(job_id)
         self._wake.set()
 
     async def _recover(self) -> None:
@@ -303,6 +306,7 @@ class Worker:
                 completed = await backend.wait(job, handle, self._progress_writer(job))
                 outputs = await backend.fetch_outputs(job, handle, completed, self.store)
             done = await self.repo.finish(job.id, self.id, JobStatus.SUCCEEDED, outputs=outputs)
+            self.hub.job_changed(job.id)
             await self.store.write_manifest(done)
             log.info("job succeeded", outputs=len(outputs))
         except TimeoutError:
