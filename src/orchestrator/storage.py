@@ -234,6 +234,7 @@ def _animation_seconds(im: Image.Image) -> float | None:
     total_ms = 0.0
     for i in range(frames):
         im.seek(i)
+        im.load()  # WEBP reports a frame's duration only once it is decoded
         total_ms += float(im.info.get("duration", 0) or 0)
     return round(total_ms / 1000, 3)
 

@@ -659,11 +659,8 @@ class ComfyBackend(Backend):
 
     def _params(self, job: Job) -> BaseModel:
         cls = PARAMS_BY_BACKEND[self.name]
-        return cls.model_validate(
-            {**job.params, "model": job.params.get("model", job.model)}
-            if self.name in ("comfy", "sd35")
-            else {**job.params, "model": self.name}
-        )
+        tag = "raw" if self.name == "comfy" else self.name
+        return cls.model_validate({**job.params, "model": tag})
 
     def plan(self, job: Job) -> UpstreamHandle:
         params = self._params(job)
