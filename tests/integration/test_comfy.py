@@ -95,8 +95,8 @@ def png_b64(size: tuple[int, int] = (64, 64)) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
-    for _ in range(int(timeout / 0.02)):
+async def until(pred: Callable[[], bool], limit_s: float = 10.0) -> None:
+    for _ in range(int(limit_s / 0.02)):
         if pred():
             return
         await asyncio.sleep(0.02)
