@@ -1,11 +1,14 @@
-"""How much latency and throughput does Orchestrator cost on top of a bare BFL client?
+"""How much latency and throughput does Orchestrator cost on top of bare FLUX and ComfyUI clients?
 
 Run it from the repository root::
 
-    .venv/bin/python bench/overhead.py                 # SQLite, N=200, M=1000
+    .venv/bin/python bench/overhead.py                 # SQLite, N=200, M=1000, both sections
     .venv/bin/python bench/overhead.py --n 50 --m 200  # quicker
+    .venv/bin/python bench/overhead.py --only comfy    # just the ComfyUI section
     .venv/bin/python bench/overhead.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/x
 
+FLUX section (``--only flux``)
+------------------------------
 The upstream is the fake BFL API (``orchestrator.testing.fake_bfl``) served by uvicorn on
 127.0.0.1 in a thread of this process, configured to be "zero latency": tasks are Ready at
 the first poll, no ``Retry-After`` hint, 64x64 images. Everything the numbers show is
@@ -30,9 +33,28 @@ Orchestrator's throughput is measured twice: with one watcher that polls the unf
 jobs' statuses every 20 ms, which shows what the worker sustains, and with one
 ``Service.wait_for`` per job, which adds the cost of M in-process waiters.
 
-The database is a SQLite file in a temporary folder by default. With ``--postgres URL`` a
-throwaway database is created on that server (through its ``postgres`` database) and dropped
-at the end. The temporary folder is always removed. Only 127.0.0.1 is contacted.
+ComfyUI section (``--only comfy``)
+----------------------------------
+The upstream is the fake ComfyUI (``orchestrator.testing.fake_comfy``), served the same way
+with no node or step delay. Every job is the same trivial prompt, ``EmptyImage`` (64x64) into
+``SaveImage``, with the colour changed on every call so ComfyUI's cache never turns a re-run
+into a "fully cached" no-op. The fake's output folder is emptied before each path's run (its
+``SaveImage`` counter scans the folder). Latency only: one ComfyUI runs one prompt at a time,
+so a throughput run would measure the queue of the upstream.
+
+* **direct client**: ``ComfyClient`` on one shared ``httpx2.AsyncClient`` plus one websocket
+  opened once: ``POST /prompt`` with our own prompt id, frames read until
+  ``executing {node: null}`` for that prompt, ``GET /history/{id}``, then the output file
+  streamed from ``/view`` into memory (counted, then dropped).
+* **through Orchestrator**: ``COMFY_URL`` pointing at the fake, no BFL key; ``Service.submit(
+  ComfyRequest(...))`` then ``Service.wait_for(job_id)``: the database queue, the claim, the
+  upstream handle stored before the POST, the websocket routing, ``/history`` and ``/view``,
+  the output store and the manifest.
+
+Each section gets its own database: a new SQLite file in a temporary folder by default, or
+with ``--postgres URL`` a throwaway database created on that server (through its
+``postgres`` database) and dropped at the end. The temporary folder is always removed. Only
+127.0.0.1 is contacted.
 """
 
 from __future__ import annotations

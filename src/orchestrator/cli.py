@@ -34,6 +34,8 @@ from orchestrator.domain.params import (
     SdxlRequest,
     SvdParams,
     SvdRequest,
+    WorkflowParams,
+    WorkflowRequest,
 )
 from orchestrator.engine.worker import WorkerOptions
 from orchestrator.runtime import Runtime, open_runtime, start_worker
@@ -366,6 +368,39 @@ def generate_comfy(
     req = _build(
         lambda: ComfyRequest(
             params=ComfyRawParams.model_validate({"workflow": doc}), priority=priority
+        )
+    )
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
+@generate_app.command("workflow")
+def generate_workflow(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A user workflow in COMFY_WORKFLOWS_DIR.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="A declared parameter, KEY=VALUE.")
+    ] = None,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(help="An image parameter from a file, KEY=PATH."),
+    ] = None,
+    priority: Annotated[int, typer.Option()] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+) -> None:
+    """Run one of your own workflows (a job kind per file in COMFY_WORKFLOWS_DIR)."""
+    settings = _settings(ctx)
+    inputs: dict[str, object] = _parse_params(param or [])
+    for pair in image or []:
+        key, _, path = pair.partition("=")
+        try:
+            inputs[key] = base64.b64encode(Path(path).expanduser().read_bytes()).decode()
+        except OSError as exc:
+            err.print(f"[bold red]Cannot read {path}:[/] {exc.strerror}")
+            raise typer.Exit(2) from None
+    req = _build(
+        lambda: WorkflowRequest(
+            params=WorkflowParams.model_validate({"name": name, "inputs": inputs}),
+            priority=priority,
         )
     )
     raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))

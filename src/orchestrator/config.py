@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         description="Several ComfyUI servers: [[comfy_instances]] tables in the TOML "
         '(name, url, max_in_flight), or JSON: [{"name":"a","url":"http://…"}].',
     )
+    comfy_workflows_dir: Path | None = Field(
+        default=None,
+        description="Folder of user workflows (<name>.json with a declared parameter "
+        "schema); each becomes a job kind. Default: DATA_DIR/workflows.",
+    )
     comfy_max_in_flight: Annotated[int, Field(ge=1, le=64)] = Field(
         default=2, description="Prompts sent at once to the COMFY_URL instance."
     )
@@ -262,6 +267,11 @@ class Settings(BaseSettings):
         self.data_dir = data
         self.output_dir = _resolve(self.output_dir, base) if self.output_dir else data / "outputs"
         self.jobs_dir = _resolve(self.jobs_dir, base) if self.jobs_dir else data / "jobs"
+        self.comfy_workflows_dir = (
+            _resolve(self.comfy_workflows_dir, base)
+            if self.comfy_workflows_dir
+            else data / "workflows"
+        )
         if self.tilda_dump_path is not None:
             self.tilda_dump_path = _resolve(self.tilda_dump_path, base)
         if self.database_url is None:

@@ -14,6 +14,7 @@ from orchestrator import logs
 from orchestrator.backends.base import Backend
 from orchestrator.backends.comfy import ComfyBackend, ComfyInstanceConfig, ComfyPool
 from orchestrator.backends.flux import FluxBackend
+from orchestrator.backends.user_workflows import load_user_workflows
 from orchestrator.config import Settings
 from orchestrator.db.engine import open_database
 from orchestrator.domain.params import COMFY_BACKENDS
@@ -109,6 +110,7 @@ async def _build_backends(
         flux = FluxBackend(http, base_url=str(settings.flux_base_url), api_key=None)
     backends: dict[str, Backend] = {"flux": flux}
     pool = await _build_comfy_pool(settings, stack, http, demo)
+    user_workflows, _problems = load_user_workflows(settings.comfy_workflows_dir)
     for kind in COMFY_BACKENDS:
         backends[kind] = ComfyBackend(
             kind,
@@ -117,6 +119,7 @@ async def _build_backends(
             deadline_s=settings.comfy_deadline_s,
             reconcile_interval_s=settings.comfy_reconcile_interval_s,
             disabled_reason="COMFY_URL (or comfy_instances) is not set",
+            user_workflows=user_workflows,
         )
     return backends, pool
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Literal
 
 import httpx2
-from pydantic import BaseModel, Field, JsonValue
+from pydantic import BaseModel, Field, JsonValue, ValidationError
 
 from orchestrator import __version__, errors
 from orchestrator.backends.base import Backend, BackendHealth
 from orchestrator.backends.comfy import ComfyInstance, ComfyPool, InstanceStatus
+from orchestrator.backends.user_workflows import UserWorkflow
 from orchestrator.config import Settings
 from orchestrator.db.engine import Database
 from orchestrator.db.jobs import JobRepo, NewJob
@@ -30,6 +31,7 @@ from orchestrator.domain.params import (
     AnyRequest,
     Sd35Params,
     SvdParams,
+    WorkflowParams,
 )
 from orchestrator.engine.hub import Hub
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
@@ -105,6 +107,8 @@ class Service:
         params: dict[str, JsonValue] = typed.model_dump(mode="json", exclude={"model"})
         if isinstance(req.params, SvdParams):
             params["init_image"] = await self.store_input(req.params.init_image)
+        if isinstance(req.params, WorkflowParams):
+            params["inputs"] = await self._workflow_inputs(backend, req.params)
         params = backend.prepare(params)
         new = NewJob(
             id=str(uuid.uuid4()),
@@ -121,6 +125,45 @@ class Service:
         if created:
             self.hub.job_queued()
         return job, created
+
+    async def _workflow_inputs(
+        self, backend: Backend, params: WorkflowParams
+    ) -> dict[str, JsonValue]:
+        """Validate a user workflow's inputs against its declared schema; store images."""
+        registry: dict[str, UserWorkflow] = getattr(backend, "user_workflows", {})
+        wf = registry.get(params.name)
+        if wf is None:
+            raise errors.InvalidRequest(
+                f"no user workflow named {params.name!r}",
+                errors=[
+                    {
+                        "loc": ["body", "params", "name"],
+                        "msg": "unknown workflow",
+                        "type": "unknown_workflow",
+                    }
+                ],
+                available=list[JsonValue](sorted(registry)),
+            )
+        try:
+            typed = wf.params_model().model_validate(params.inputs)
+        except ValidationError as exc:
+            raise errors.InvalidRequest(
+                f"invalid inputs for workflow {params.name}",
+                errors=[
+                    {
+                        "loc": ["body", "params", "inputs", *[str(p) for p in e["loc"]]],
+                        "msg": e["msg"],
+                        "type": e["type"],
+                    }
+                    for e in exc.errors()
+                ],
+            ) from None
+        values: dict[str, JsonValue] = typed.model_dump(mode="json")
+        for pname in wf.image_params():
+            value = values.get(pname)
+            if isinstance(value, str):
+                values[pname] = await self.store_input(value)
+        return values
 
     async def store_input(self, value: str) -> str:
         """An image given as base64 / data URL, ``output:<job>/<n>`` or an existing
@@ -227,7 +270,20 @@ class Service:
                         params_schema=cls.model_json_schema(),
                     )
                 )
+        wf_backend = self.backends.get("workflow")
+        if backend in (None, "workflow") and wf_backend is not None:
+            registry: dict[str, UserWorkflow] = getattr(wf_backend, "user_workflows", {})
+            for wname, wf in registry.items():
+                out.append(
+                    ModelInfo(
+                        backend="workflow",
+                        model=wname,
+                        params_schema=wf.params_model().model_json_schema(),
+                    )
+                )
         for name, pcls in PARAMS_BY_BACKEND.items():
+            if name == "workflow":
+                continue
             if backend in (None, name) and name in self.backends:
                 b = self.backends[name]
                 out.append(

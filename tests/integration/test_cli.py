@@ -182,3 +182,69 @@ def test_serve_runs_a_job_and_stops_on_sigterm(tmp_path: Path, home: dict[str, s
     assert all({"event", "level", "timestamp"} <= set(ln) for ln in lines)
     assert any("DEMO MODE" in ln["event"] for ln in lines)
     assert any(ln["event"] == "worker stopped" for ln in lines)
+
+
+def test_generate_comfy_kinds_in_demo_mode(tmp_path: Path, home: dict[str, str]) -> None:
+    sdxl = run(
+        [
+            "generate",
+            "sdxl",
+            "a red cube",
+            "--width",
+            "256",
+            "--height",
+            "256",
+            "--steps",
+            "2",
+            "--wait",
+        ],
+        tmp_path,
+        home,
+    )
+    assert sdxl.returncode == 0, sdxl.stderr
+    with Image.open(Path(sdxl.stdout.strip().splitlines()[-1])) as im:
+        assert im.format == "PNG" and im.size == (256, 256)
+    first = tmp_path / "first.png"
+    Image.new("RGB", (64, 64), (0, 120, 200)).save(first)
+    svd = run(
+        [
+            "generate",
+            "svd",
+            "--init-image",
+            str(first),
+            "--frames",
+            "3",
+            "-p",
+            "width=128",
+            "-p",
+            "height=64",
+            "-p",
+            "steps=2",
+            "--wait",
+        ],
+        tmp_path,
+        home,
+    )
+    assert svd.returncode == 0, svd.stderr
+    with Image.open(Path(svd.stdout.strip().splitlines()[-1])) as im:
+        assert im.format == "WEBP" and getattr(im, "n_frames", 1) == 3
+    workflow = tmp_path / "wf.json"
+    workflow.write_text(
+        json.dumps(
+            {
+                "1": {
+                    "class_type": "EmptyImage",
+                    "inputs": {"width": 32, "height": 32, "batch_size": 1, "color": 7},
+                },
+                "2": {
+                    "class_type": "SaveImage",
+                    "inputs": {"images": ["1", 0], "filename_prefix": "w"},
+                },
+            }
+        )
+    )
+    raw = run(["generate", "comfy", "--workflow", str(workflow), "--wait"], tmp_path, home)
+    assert raw.returncode == 0, raw.stderr
+    assert Path(raw.stdout.strip().splitlines()[-1]).is_file()
+    bad = run(["generate", "sdxl", "x", "--width", "100"], tmp_path, home)
+    assert bad.returncode == 2 and "width" in bad.stderr

@@ -55,6 +55,7 @@ def create_app(
     app.include_router(routes_flux.router)
     app.include_router(routes_comfy.router)
     app.include_router(routes_system.router)
+    app.include_router(routes_system.models_router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

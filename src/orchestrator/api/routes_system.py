@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from orchestrator.api.deps import ServiceDep
-from orchestrator.services import SystemHealth
+from orchestrator.services import ModelInfo, SystemHealth
 
 router = APIRouter(prefix="/api/system", tags=["system"])
+models_router = APIRouter(prefix="/api", tags=["system"])
+
+
+@models_router.get("/models", summary="What every backend can run, with parameter schemas")
+async def models(
+    service: ServiceDep, backend: Annotated[str | None, Query(max_length=32)] = None
+) -> list[ModelInfo]:
+    """FLUX models, the ComfyUI job kinds, and each user workflow (backend
+    ``workflow``, model = its name) with the JSON Schema of its parameters."""
+    return service.models(backend)
 
 
 @router.get("/health", summary="Database, workers, backends and queue at a glance")

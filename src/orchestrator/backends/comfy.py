@@ -47,6 +47,7 @@ from orchestrator.backends.base import (
     Submitted,
 )
 from orchestrator.backends.comfy_workflows import (
+    Workflow,
     WorkflowReport,
     build_prompt,
     check_workflow,
@@ -54,9 +55,15 @@ from orchestrator.backends.comfy_workflows import (
     models_in,
     template_reports,
 )
+from orchestrator.backends.user_workflows import UserWorkflow
 from orchestrator.db.jobs import NewOutput
 from orchestrator.domain.jobs import Job, UpstreamHandle
-from orchestrator.domain.params import PARAMS_BY_BACKEND, ComfyRawParams, SvdParams
+from orchestrator.domain.params import (
+    PARAMS_BY_BACKEND,
+    ComfyRawParams,
+    SvdParams,
+    WorkflowParams,
+)
 from orchestrator.storage import InputStore, OutputStore
 
 log = logs.get(__name__)
@@ -624,8 +631,10 @@ class ComfyBackend(Backend):
         deadline_s: float = 1800.0,
         reconcile_interval_s: float = 5.0,
         disabled_reason: str | None = None,
+        user_workflows: dict[str, UserWorkflow] | None = None,
     ) -> None:
         self.name = kind
+        self.user_workflows = user_workflows or {}
         self.pool = pool
         self.inputs = inputs
         self.simulated = bool(pool and pool.simulated)
@@ -653,6 +662,14 @@ class ComfyBackend(Backend):
         return self._deadline_s
 
     def prepare(self, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        if self.name == "workflow":
+            wf = self.user_workflows.get(str(params.get("name")))
+            inputs = params.get("inputs")
+            if wf is not None and isinstance(inputs, dict):
+                spec = wf.params.get("seed")
+                if spec is not None and spec.type == "integer" and inputs.get("seed") is None:
+                    params = {**params, "inputs": {**inputs, "seed": random.randint(0, 2**53)}}
+            return params
         if self.name != "comfy" and params.get("seed") is None:
             params = {**params, "seed": random.randint(0, 2**53)}
         return params
@@ -664,7 +681,11 @@ class ComfyBackend(Backend):
 
     def plan(self, job: Job) -> UpstreamHandle:
         params = self._params(job)
-        model = None if isinstance(params, ComfyRawParams) else model_file(self.name, params)
+        model = (
+            None
+            if isinstance(params, ComfyRawParams | WorkflowParams)
+            else model_file(self.name, params)
+        )
         inst = self._pool().pick(model)
         inst.reserved += 1
         return UpstreamHandle(
@@ -680,6 +701,8 @@ class ComfyBackend(Backend):
             params = self._params(job)
             if isinstance(params, ComfyRawParams):
                 workflow: dict[str, JsonValue] = dict(params.workflow)
+            elif isinstance(params, WorkflowParams):
+                workflow = dict(await self._user_workflow(inst, params))
             else:
                 image_name = None
                 if isinstance(params, SvdParams):
@@ -692,6 +715,19 @@ class ComfyBackend(Backend):
         finally:
             inst.reserved = max(inst.reserved - 1, 0)
         return Submitted(handle=planned)
+
+    async def _user_workflow(self, inst: ComfyInstance, params: WorkflowParams) -> Workflow:
+        wf = self.user_workflows.get(params.name)
+        if wf is None:
+            raise errors.UpstreamError(
+                Code.INVALID_WORKFLOW, f"no user workflow named {params.name!r} is loaded"
+            )
+        values = dict(params.inputs)
+        for pname in wf.image_params():
+            ref = values.get(pname)
+            if isinstance(ref, str):
+                values[pname] = await self._upload(inst, ref)
+        return wf.build(values)
 
     async def _upload(self, inst: ComfyInstance, ref: str) -> str:
         path = self.inputs.path(ref)

@@ -306,6 +306,18 @@ class ComfyRawParams(BaseModel):
     )
 
 
+class WorkflowParams(BaseModel):
+    """A user workflow from COMFY_WORKFLOWS_DIR, with its declared parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["workflow"] = "workflow"
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+    inputs: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Values of the workflow's declared parameters."
+    )
+
+
 class SdxlRequest(_RequestBase):
     backend: Literal["sdxl"] = "sdxl"
     params: SdxlParams
@@ -342,16 +354,26 @@ class ComfyRequest(_RequestBase):
         return self.params.model
 
 
+class WorkflowRequest(_RequestBase):
+    backend: Literal["workflow"] = "workflow"
+    params: WorkflowParams
+
+    @property
+    def model(self) -> str:
+        return self.params.name
+
+
 GenerateRequest = Annotated[
-    FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest,
+    FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest,
     Field(discriminator="backend"),
 ]
-AnyRequest = FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest
-BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy")
-COMFY_BACKENDS: tuple[str, ...] = ("sdxl", "sd35", "svd", "comfy")
+AnyRequest = FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest
+BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy", "workflow")
+COMFY_BACKENDS: tuple[str, ...] = ("sdxl", "sd35", "svd", "comfy", "workflow")
 PARAMS_BY_BACKEND: dict[str, type[BaseModel]] = {
     "sdxl": SdxlParams,
     "sd35": Sd35Params,
     "svd": SvdParams,
     "comfy": ComfyRawParams,
+    "workflow": WorkflowParams,
 }
