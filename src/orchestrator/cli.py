@@ -573,6 +573,20 @@ def fake_bfl(
     uvicorn.run(fake.app, host=host, port=port, log_config=None)
 
 
+@app.command("fake-comfy", hidden=True)
+def fake_comfy(
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8188,
+    base_dir: Annotated[Path | None, typer.Option(help="Folder for output/input/temp.")] = None,
+    node_delay: Annotated[float, typer.Option(help="Seconds per node.")] = 0.01,
+) -> None:
+    """Run the fake ComfyUI server (for tests and manual checks)."""
+    from orchestrator.testing.fake_comfy import FakeComfy, FakeComfyConfig
+
+    fake = FakeComfy(FakeComfyConfig(base_dir=base_dir, node_delay_s=node_delay))
+    uvicorn.run(fake.app, host=host, port=port, log_config=None, lifespan="on")
+
+
 def main() -> None:
     try:
         app()
