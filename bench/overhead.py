@@ -61,30 +61,37 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
+import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
+from pydantic import JsonValue
 from sqlalchemy.engine import make_url
+from websockets.asyncio.client import ClientConnection, connect
 
 from orchestrator import logs
+from orchestrator.backends.comfy import ComfyClient, read_history
 from orchestrator.backends.flux import FluxClient, Ready
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain.jobs import JobStatus
-from orchestrator.domain.params import FluxPro11Params, FluxRequest
+from orchestrator.domain.params import ComfyRawParams, ComfyRequest, FluxPro11Params, FluxRequest
 from orchestrator.engine.worker import WorkerOptions
 from orchestrator.runtime import open_runtime
 from orchestrator.services import Service
 from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
+from orchestrator.testing.fake_comfy import COMFYUI_VERSION, FakeComfy, FakeComfyConfig
 from orchestrator.testing.serve import serve_in_thread
 
 MODEL = "flux-pro-1.1"
@@ -96,6 +103,14 @@ JOB_TIMEOUT_S = 60.0
 PHASE_TIMEOUT_S = 300.0
 RUN_TIMEOUT_S = 900.0
 PARAMS = FluxPro11Params(prompt="overhead benchmark", width=1024, height=768, seed=1)
+COMFY_SIZE = 64
+COMFY_PREFIX = "bench"
+COMFY_RECONCILE_INTERVAL_S = 5.0
+COMFY_HEALTH_INTERVAL_S = 30.0
+REAL_COMFY_ROUND_TRIP_MS = 5  # a trivial prompt on a real ComfyUI on this machine (the issue)
+SECTIONS = ("flux", "comfy", "all")
+
+_colours = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,7 @@ class Throughput:
         return self.jobs / self.elapsed_s
 
 
-# --- the two paths ------------------------------------------------------------------------
+# --- the two paths, FLUX ------------------------------------------------------------------
 
 
 async def direct_round_trip(client: FluxClient, body: dict[str, object]) -> int:
@@ -169,6 +184,76 @@ async def watch_until_done(service: Service, job_ids: list[str], timeout_s: floa
                 elif status.terminal:
                     job = await service.get_job(job_id)
                     raise RuntimeError(f"job {job_id} ended {status.value}: {job.error}")
+
+
+# --- the two paths, ComfyUI ---------------------------------------------------------------
+
+
+def comfy_workflow() -> dict[str, dict[str, JsonValue]]:
+    """The trivial prompt (an empty image, saved), in a colour not used before in this run,
+    so ComfyUI's cache never makes it a "fully cached" no-op."""
+    colour = next(_colours) % 0x1000000
+    return {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {
+                "width": COMFY_SIZE,
+                "height": COMFY_SIZE,
+                "batch_size": 1,
+                "color": colour,
+            },
+        },
+        "2": {
+            "class_type": "SaveImage",
+            "inputs": {"images": ["1", 0], "filename_prefix": COMFY_PREFIX},
+        },
+    }
+
+
+async def comfy_direct_round_trip(client: ComfyClient, ws: ClientConnection, client_id: str) -> int:
+    """POST the prompt with our own id, read the websocket until its ``executing {node:
+    null}``, read its history entry, stream the output; returns the bytes downloaded."""
+    prompt_id = str(uuid.uuid4())
+    await client.post_prompt(comfy_workflow(), prompt_id, client_id)
+    async with asyncio.timeout(JOB_TIMEOUT_S):
+        while True:
+            raw = await ws.recv()
+            if isinstance(raw, bytes):
+                continue  # binary previews
+            msg = json.loads(raw)
+            data = msg.get("data")
+            if not isinstance(data, Mapping) or data.get("prompt_id") != prompt_id:
+                continue
+            kind = msg.get("type")
+            if kind in ("execution_error", "execution_interrupted"):
+                raise RuntimeError(f"prompt {prompt_id}: {kind} {data}")
+            if kind == "executing" and data.get("node") is None:
+                break
+    entry = await client.history(prompt_id)
+    if entry is None:
+        raise RuntimeError(f"prompt {prompt_id} is not in the history")
+    outcome = read_history(entry)
+    if outcome.status != "success" or not outcome.files:
+        raise RuntimeError(f"prompt {prompt_id} ended {outcome.status}: {outcome.error}")
+    size = 0
+    async for chunk in client.view(outcome.files[0].ref):
+        size += len(chunk)
+    if size == 0:
+        raise RuntimeError("empty download")
+    return size
+
+
+async def orchestrator_comfy_job(service: Service) -> None:
+    req = ComfyRequest(params=ComfyRawParams.model_validate({"workflow": comfy_workflow()}))
+    job, _created = await service.submit(req)
+    await expect_succeeded(service, job.id, JOB_TIMEOUT_S)
+
+
+def clear_comfy_outputs(fake: FakeComfy) -> None:
+    """Empty the fake's output folder: its ``SaveImage`` scans the folder for the next
+    counter on every save, so each path starts from the same (empty) folder."""
+    for path in fake.output_dir.glob(f"{COMFY_PREFIX}_*"):
+        path.unlink()
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -219,7 +304,8 @@ async def orchestrator_throughput(
 # --- setup --------------------------------------------------------------------------------
 
 
-def make_settings(root: Path, base_url: str, db_url: str | None, concurrency: int) -> Settings:
+def make_settings(root: Path, db_url: str | None, overrides: Mapping[str, object]) -> Settings:
+    root.mkdir(parents=True, exist_ok=True)
     config_file = root / "orchestrator.toml"
     config_file.write_text("# written by bench/overhead.py\n", encoding="utf-8")
     data_dir = root / "data"
@@ -228,16 +314,59 @@ def make_settings(root: Path, base_url: str, db_url: str | None, concurrency: in
         {
             "data_dir": data_dir,
             "database_url": db_url or f"sqlite+aiosqlite:///{data_dir / 'orchestrator.db'}",
+            "demo_mode": "off",
+            "log_level": "WARNING",
+            "log_format": "console",
+            **overrides,
+        },
+    )
+
+
+def flux_settings(root: Path, base_url: str, db_url: str | None, concurrency: int) -> Settings:
+    return make_settings(
+        root,
+        db_url,
+        {
             "bfl_api_key": API_KEY,
             "flux_base_url": base_url,
             "flux_poll_interval_s": POLL_INTERVAL_S,
             "flux_max_active": concurrency,
             "worker_concurrency": concurrency,
-            "demo_mode": "off",
-            "log_level": "WARNING",
-            "log_format": "console",
+            "comfy_url": "",  # blank means none, whatever the environment says
+            "comfy_instances": [],
         },
     )
+
+
+def comfy_settings(root: Path, base_url: str, db_url: str | None, concurrency: int) -> Settings:
+    return make_settings(
+        root,
+        db_url,
+        {
+            "bfl_api_key": "",  # blank means none, whatever the environment says
+            "comfy_url": base_url,
+            "comfy_instances": [],
+            "comfy_reconcile_interval_s": COMFY_RECONCILE_INTERVAL_S,
+            "comfy_health_interval_s": COMFY_HEALTH_INTERVAL_S,
+            "worker_concurrency": concurrency,
+        },
+    )
+
+
+def worker_options(args: argparse.Namespace) -> WorkerOptions:
+    return WorkerOptions(
+        concurrency=args.concurrency, lease_s=30, poll_interval_s=0.05, shutdown_grace_s=5
+    )
+
+
+def section_database(
+    args: argparse.Namespace, root: Path
+) -> AbstractAsyncContextManager[tuple[str | None, str]]:
+    """A database of its own for one section: a throwaway PostgreSQL database, or a new
+    SQLite file under ``root``."""
+    if args.postgres:
+        return throwaway_postgres(args.postgres)
+    return _sqlite(root / "data" / "orchestrator.db")
 
 
 @asynccontextmanager
@@ -275,14 +404,15 @@ async def throwaway_postgres(url: str) -> AsyncIterator[tuple[str | None, str]]:
 
 
 def latency_table(direct: Latency, orch: Latency) -> str:
+    width = max(22, len(direct.label), len(orch.label))
     rows = [
-        "| path                   | jobs | median ms | p99 ms | added median ms |",
-        "|------------------------|-----:|----------:|-------:|----------------:|",
+        f"| {'path':<{width}} | jobs | median ms | p99 ms | added median ms |",
+        f"|{'-' * (width + 2)}|-----:|----------:|-------:|----------------:|",
     ]
     for lat in (direct, orch):
         added = "-" if lat is direct else f"{orch.median_ms - direct.median_ms:+.2f}"
         rows.append(
-            f"| {lat.label:<22} | {len(lat.samples_s):>4} | {lat.median_ms:>9.2f} "
+            f"| {lat.label:<{width}} | {len(lat.samples_s):>4} | {lat.median_ms:>9.2f} "
             f"| {lat.p99_ms:>6.2f} | {added:>15} |"
         )
     return "\n".join(rows)
@@ -306,7 +436,7 @@ def footnote(text: str) -> None:
     print(textwrap.fill(text, width=92))
 
 
-# --- main ---------------------------------------------------------------------------------
+# --- the FLUX section ---------------------------------------------------------------------
 
 
 async def measure_direct(
@@ -330,10 +460,7 @@ async def measure_direct(
 async def measure_orchestrator(
     args: argparse.Namespace, fake: FakeBfl, settings: Settings
 ) -> tuple[Latency, list[Throughput]]:
-    options = WorkerOptions(
-        concurrency=args.concurrency, lease_s=30, poll_interval_s=0.05, shutdown_grace_s=5
-    )
-    async with open_runtime(settings, run_worker=True, worker_options=options) as rt:
+    async with open_runtime(settings, run_worker=True, worker_options=worker_options(args)) as rt:
         req = FluxRequest(params=PARAMS)
         fake.reset()
         latency = await sequential(
@@ -350,26 +477,32 @@ async def measure_orchestrator(
     return latency, throughputs
 
 
-async def run(args: argparse.Namespace, fake: FakeBfl, base_url: str, root: Path) -> None:
-    database = (
-        throwaway_postgres(args.postgres)
-        if args.postgres
-        else _sqlite(root / "data" / "orchestrator.db")
+async def flux_section(args: argparse.Namespace, root: Path) -> None:
+    fake = FakeBfl(
+        FakeBflConfig(
+            api_keys={API_KEY},
+            credits=1e12,
+            task_duration_s=0.0,
+            poll_retry_after_s=0,
+            image_size=(64, 64),
+            active_limit=100_000,
+            kontext_max_limit=100_000,
+        )
     )
-    async with database as (db_url, db_label):
-        settings = make_settings(root, base_url, db_url, args.concurrency)
-        print(
-            f"python {platform.python_version()} ({platform.python_implementation()}), "
-            f"{os.cpu_count()} CPUs, {platform.platform()}"
-        )
-        print(f"database: {db_label}")
-        print(
-            f"fake BFL: {base_url}, uvicorn in a thread of this process; Ready at the first "
-            f"poll, 64x64 JPEG samples"
-        )
-        print()
-        direct_lat, direct_tp = await measure_direct(args, fake, base_url)
-        orch_lat, orch_tps = await measure_orchestrator(args, fake, settings)
+    with serve_in_thread(fake.app, host="127.0.0.1") as served:
+        fake.public_base_url = served.base_url
+        async with section_database(args, root) as (db_url, db_label):
+            settings = flux_settings(root, served.base_url, db_url, args.concurrency)
+            print("# FLUX")
+            print()
+            print(f"database: {db_label}")
+            print(
+                f"fake BFL: {served.base_url}, uvicorn in a thread of this process; Ready at "
+                f"the first poll, 64x64 JPEG samples"
+            )
+            print()
+            direct_lat, direct_tp = await measure_direct(args, fake, served.base_url)
+            orch_lat, orch_tps = await measure_orchestrator(args, fake, settings)
 
     print(f"## Latency: {args.n} sequential jobs per path (after {WARMUP} warm-up jobs)")
     print()
@@ -400,6 +533,95 @@ async def run(args: argparse.Namespace, fake: FakeBfl, base_url: str, root: Path
     )
 
 
+# --- the ComfyUI section ------------------------------------------------------------------
+
+
+async def measure_comfy_direct(args: argparse.Namespace, fake: FakeComfy, base_url: str) -> Latency:
+    client_id = uuid.uuid4().hex
+    ws_url = f"{base_url.replace('http://', 'ws://', 1)}/ws?clientId={client_id}"
+    async with (
+        httpx2.AsyncClient(timeout=httpx2.Timeout(10.0, read=60.0), follow_redirects=False) as http,
+        connect(ws_url, max_size=None) as ws,
+    ):
+        client = ComfyClient(http, base_url, "bench")
+        clear_comfy_outputs(fake)
+        return await sequential(
+            "comfy direct client",
+            args.n,
+            lambda: comfy_direct_round_trip(client, ws, client_id),
+        )
+
+
+async def measure_comfy_orchestrator(
+    args: argparse.Namespace, fake: FakeComfy, settings: Settings
+) -> Latency:
+    async with open_runtime(settings, run_worker=True, worker_options=worker_options(args)) as rt:
+        clear_comfy_outputs(fake)
+        return await sequential(
+            "comfy through Orchestrator", args.n, lambda: orchestrator_comfy_job(rt.service)
+        )
+
+
+async def comfy_section(args: argparse.Namespace, root: Path) -> None:
+    fake = FakeComfy(
+        FakeComfyConfig(base_dir=root / "fake-comfy", node_delay_s=0.0, step_delay_s=0.0)
+    )
+    with serve_in_thread(fake.app, host="127.0.0.1", lifespan="on") as served:
+        async with section_database(args, root) as (db_url, db_label):
+            settings = comfy_settings(root, served.base_url, db_url, args.concurrency)
+            print("# ComfyUI")
+            print()
+            print(f"database: {db_label}")
+            print(
+                f"fake ComfyUI {COMFYUI_VERSION}: {served.base_url}, uvicorn in a thread of this "
+                f"process; no node or step delay, EmptyImage {COMFY_SIZE}x{COMFY_SIZE} -> "
+                "SaveImage (PNG)"
+            )
+            print()
+            direct_lat = await measure_comfy_direct(args, fake, served.base_url)
+            orch_lat = await measure_comfy_orchestrator(args, fake, settings)
+
+    print(f"## Latency: {args.n} sequential prompts per path (after {WARMUP} warm-up prompts)")
+    print()
+    print(latency_table(direct_lat, orch_lat))
+    print()
+    footnote(
+        "Direct client: POST /prompt with our own prompt id, one websocket (opened once) read "
+        "until executing {node: null} for that prompt, GET /history/{id}, the output streamed "
+        "from /view into memory (nothing written). Orchestrator: Service.submit(ComfyRequest) "
+        "+ Service.wait_for; the same calls plus the database queue, the claim, every state "
+        "transition, the upstream handle stored before the POST, and writing the output to "
+        "disk (metadata embedded, sha256, fsync, rename) plus a JSON manifest. The fake's own "
+        "cost (validating the prompt, rendering and saving the PNG, the events, /view) is in "
+        "both rows, and it runs in this process, sharing its GIL. For scale: a real ComfyUI "
+        f"on this machine does this trivial prompt's round trip in about "
+        f"{REAL_COMFY_ROUND_TRIP_MS} ms (figure from the issue, not measured here). The "
+        "colour changes on every call, so no prompt is served from ComfyUI's cache. No "
+        "throughput table: a ComfyUI instance runs one prompt at a time."
+    )
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, root: Path) -> None:
+    print(
+        f"python {platform.python_version()} ({platform.python_implementation()}), "
+        f"{os.cpu_count()} CPUs, {platform.platform()}"
+    )
+    print()
+    sections = []
+    if args.only in ("flux", "all"):
+        sections.append(flux_section)
+    if args.only in ("comfy", "all"):
+        sections.append(comfy_section)
+    for i, section in enumerate(sections):
+        if i:
+            print()
+        await section(args, root / section.__name__)
+        sys.stdout.flush()
+
+
 @asynccontextmanager
 async def _sqlite(path: Path) -> AsyncIterator[tuple[str | None, str]]:
     yield None, f"SQLite file {path.name} in a temp folder (WAL)"
@@ -408,12 +630,15 @@ async def _sqlite(path: Path) -> AsyncIterator[tuple[str | None, str]]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--n", type=int, default=200, help="sequential jobs per path")
-    parser.add_argument("--m", type=int, default=1000, help="jobs in the throughput run")
+    parser.add_argument("--m", type=int, default=1000, help="jobs in the FLUX throughput run")
     parser.add_argument("--concurrency", type=int, default=64, help="jobs in flight")
+    parser.add_argument(
+        "--only", choices=SECTIONS, default="all", help="which section to run (default: all)"
+    )
     parser.add_argument(
         "--postgres",
         metavar="URL",
-        help="run Orchestrator on a throwaway database on this local PostgreSQL server",
+        help="run Orchestrator on throwaway databases on this local PostgreSQL server",
     )
     args = parser.parse_args(argv)
     if args.n < 1 or args.m < 1 or not 1 <= args.concurrency <= 1000:
@@ -424,23 +649,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure("ERROR", "console")  # hide start-up warnings
-    fake = FakeBfl(
-        FakeBflConfig(
-            api_keys={API_KEY},
-            credits=1e12,
-            task_duration_s=0.0,
-            poll_retry_after_s=0,
-            image_size=(64, 64),
-            active_limit=100_000,
-            kontext_max_limit=100_000,
-        )
-    )
-    with (
-        tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp,
-        serve_in_thread(fake.app, host="127.0.0.1") as served,
-    ):
-        fake.public_base_url = served.base_url
-        asyncio.run(asyncio.wait_for(run(args, fake, served.base_url, Path(tmp)), RUN_TIMEOUT_S))
+    with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
+        asyncio.run(asyncio.wait_for(run(args, Path(tmp)), RUN_TIMEOUT_S))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ log line of the request and echoed in the response."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -53,3 +54,78 @@ class RequestIdMiddleware:
                     status=status_holder["status"],
                     duration_ms=round((time.perf_counter() - started) * 1000, 2),
                 )
+
+
+MAX_BODY_BYTES = 40 * 1024 * 1024  # base64 images up to ~28 MB, plus the JSON around them
+
+
+class BodyLimitMiddleware:
+    """413 for request bodies over ``max_bytes``: by Content-Length when given, else
+    by counting while the body streams in (nothing oversized is buffered)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0 or declared > self.max_bytes:
+                    await _too_large(scope, send, self.max_bytes)
+                    return
+        received = 0
+        refused = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    # Answer now; the app sees the client go away, and whatever it
+                    # answers itself is dropped.
+                    refused = True
+                    await _too_large(scope, send, self.max_bytes)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+async def _too_large(scope: Scope, send: Send, limit: int) -> None:
+    state = scope.get("state") or {}
+    body = json.dumps(
+        {
+            "type": "https://orchestrator.dev/problems/payload-too-large",
+            "title": "Payload too large",
+            "status": 413,
+            "detail": f"request bodies are limited to {limit} bytes",
+            "instance": scope.get("path"),
+            "request_id": state.get("request_id"),
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -112,3 +112,41 @@ def install(app: FastAPI) -> None:
             "internal-error",
             "an unexpected error occurred; the request id identifies it in the logs",
         )
+
+
+def document(app: FastAPI) -> None:
+    """Make the OpenAPI document say what the handlers above send: every error
+    response is ``application/problem+json`` with the :class:`Problem` schema, and
+    every operation may answer 413 (body too large) and 500."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas["Problem"] = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+        for defs_name, defs in schemas["Problem"].pop("$defs", {}).items():
+            schemas.setdefault(defs_name, defs)
+        ref = {"$ref": "#/components/schemas/Problem"}
+        for path_item in doc.get("paths", {}).values():
+            for operation in path_item.values():
+                if not isinstance(operation, dict) or "responses" not in operation:
+                    continue
+                responses = operation["responses"]
+                codes = ["413", "500"]
+                if "requestBody" in operation:
+                    codes += ["400", "422"]  # unreadable body; invalid fields
+                for code in codes:
+                    responses.setdefault(code, {"description": "Problem"})
+                for code, response in responses.items():
+                    if code.startswith(("4", "5")):
+                        response["content"] = {MEDIA_TYPE: {"schema": ref}}
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -22,10 +22,7 @@ router = APIRouter(prefix="/api/comfy", tags=["comfy"])
     summary="Run a raw API-format ComfyUI workflow as a job",
 )
 async def comfy_prompt(
-    workflow: Annotated[
-        dict[str, dict[str, JsonValue]],
-        Body(embed=True, description="API-format prompt: {node_id: {class_type, inputs}}"),
-    ],
+    body: Annotated[ComfyRawParams, Body()],
     service: ServiceDep,
     response: Response,
     wait: Annotated[bool, Query(description="Wait until the job is finished.")] = False,
@@ -35,7 +32,7 @@ async def comfy_prompt(
 ) -> Job:
     """Queued like any job (``backend: comfy``) and dispatched to the least busy
     healthy instance; its outputs are whatever the workflow saves."""
-    req = ComfyRequest(params=ComfyRawParams(workflow=workflow), priority=priority)
+    req = ComfyRequest(params=body, priority=priority)
     job, _ = await service.submit(req, idempotency_key)
     if wait:
         job = await service.wait_for(job.id, timeout_s)
@@ -53,8 +50,8 @@ async def comfy_instances(service: ServiceDep) -> list[InstanceStatus]:
 @router.get("/object_info", responses=PROBLEMS, summary="An instance's node catalogue")
 async def comfy_object_info(
     service: ServiceDep,
-    instance: Annotated[str | None, Query(max_length=64)] = None,
-    node: Annotated[str | None, Query(max_length=128)] = None,
+    instance: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = None,
+    node: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_.+ -]+$")] = None,
 ) -> dict[str, JsonValue]:
     return await service.comfy_object_info(instance, node)
 

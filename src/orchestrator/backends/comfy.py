@@ -29,6 +29,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import quote
 
 import httpx2
 import stamina
@@ -303,7 +304,8 @@ class ComfyClient:
         await self._json("POST", "/queue", json={"delete": list(prompt_ids)})
 
     async def object_info(self, node: str | None = None) -> dict[str, JsonValue]:
-        doc = await self._json("GET", f"/object_info/{node}" if node else "/object_info")
+        path = f"/object_info/{quote(node, safe='')}" if node else "/object_info"
+        doc = await self._json("GET", path)
         return doc if isinstance(doc, dict) else {}
 
     async def system_stats(self) -> dict[str, JsonValue]:
@@ -635,6 +637,9 @@ class ComfyBackend(Backend):
     ) -> None:
         self.name = kind
         self.user_workflows = user_workflows or {}
+        # prompts this process just posted: their first reconcile can wait an interval
+        # (a re-attached prompt is reconciled at once, its events may be lost)
+        self._fresh: set[str] = set()
         self.pool = pool
         self.inputs = inputs
         self.simulated = bool(pool and pool.simulated)
@@ -712,6 +717,7 @@ class ComfyBackend(Backend):
             queue = inst.socket.subscribe(planned.task_id)  # before the POST: no event missed
             del queue
             await self._post(inst, workflow, planned.task_id)
+            self._fresh.add(planned.task_id)
         finally:
             inst.reserved = max(inst.reserved - 1, 0)
         return Submitted(handle=planned)
@@ -774,7 +780,10 @@ class ComfyBackend(Backend):
         seen_start = job.progress is not None
         unreachable_since: float | None = None
         try:
-            next_check = time.monotonic()  # reconcile at once: re-attach or lost events
+            next_check = time.monotonic()  # re-attached: reconcile at once
+            if prompt_id in self._fresh:
+                self._fresh.discard(prompt_id)
+                next_check += self.reconcile_interval_s
             while True:
                 timeout = max(next_check - time.monotonic(), 0.0)
                 try:
