@@ -1,0 +1,332 @@
+"""Fault matrix: each upstream fault ends its job in the right terminal state with its
+own error code, inside the deadline, leaves nothing half-written, and the worker keeps
+serving other jobs. (Moderation, 402, 403, 422, expired result URLs and bad JSON are in
+test_engine.py; the ComfyUI websocket drop and restart are in test_comfy.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import httpx2
+import pytest
+import stamina
+from tests.conftest import TEST_KEY
+from tests.integration.test_cli import clean_environ
+
+from orchestrator.config import Settings
+from orchestrator.domain.jobs import Job, JobStatus
+from orchestrator.domain.params import FluxDevParams, FluxRequest
+from orchestrator.engine.worker import WorkerOptions
+from orchestrator.errors import ErrorCode
+from orchestrator.runtime import Runtime, open_runtime
+from orchestrator.testing.fake_bfl import FakeBfl
+from orchestrator.testing.serve import ServedApp
+
+FakePair = tuple[FakeBfl, ServedApp]
+
+
+@pytest.fixture
+def settings_for(
+    make_settings: Callable[..., Settings], fake_bfl: FakePair
+) -> Callable[..., Settings]:
+    def make(**kw: object) -> Settings:
+        base: dict[str, object] = {
+            "bfl_api_key": TEST_KEY,
+            "flux_base_url": fake_bfl[1].base_url,
+            "http_connect_timeout_s": 0.5,
+            "http_read_timeout_s": 0.3,
+        }
+        base.update(kw)
+        return make_settings(**base)
+
+    return make
+
+
+@asynccontextmanager
+async def runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    opts = WorkerOptions(concurrency=8, lease_s=settings.lease_s, poll_interval_s=0.05)
+    async with open_runtime(settings, run_worker=True, worker_options=opts) as rt:
+        yield rt
+
+
+def dev(prompt: str, deadline_s: float | None = None) -> FluxRequest:
+    return FluxRequest(
+        params=FluxDevParams(prompt=prompt, width=256, height=256), deadline_s=deadline_s
+    )
+
+
+async def run_with_bystander(
+    rt: Runtime, faulty: FluxRequest, fake: FakeBfl, limit_s: float = 20
+) -> tuple[Job, Job, float]:
+    """Run the faulty job, and a healthy one on the same worker: as soon as the faults
+    are all taken (while a hung request still hangs), else once the faulty job is over
+    (a fault repeated many times would hit the bystander too). Returns both jobs and
+    the faulty one's duration."""
+    started = time.monotonic()
+    bad, _ = await rt.service.submit(faulty)
+    while fake.faults.pending() and time.monotonic() - started < limit_s:
+        if (await rt.service.get_job(bad.id)).status.terminal:
+            break
+        await asyncio.sleep(0.01)
+    fake.faults.clear()
+    good, _ = await rt.service.submit(dev(f"bystander of {faulty.params.prompt}"))
+    bad_done = await rt.service.wait_for(bad.id, limit_s)
+    elapsed = time.monotonic() - started
+    good_done = await rt.service.wait_for(good.id, limit_s)
+    return bad_done, good_done, elapsed
+
+
+def assert_clean(settings: Settings) -> None:
+    partial = settings.output_path / ".partial"
+    assert not list(partial.glob("*")) if partial.exists() else True
+    assert not list(settings.jobs_path.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("name", "fault", "code", "deadline"),
+    [
+        ("submit hangs", {"kind": "submit", "hang": True}, ErrorCode.SUBMIT_UNCERTAIN, None),
+        (
+            "poll hangs",
+            {"kind": "poll", "hang": True, "count": 50},
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            None,
+        ),
+        (
+            "download trickles past the deadline",
+            {"kind": "download", "trickle_s": 30.0},
+            ErrorCode.DEADLINE_EXCEEDED,
+            2.0,
+        ),
+        (
+            "poll 500 forever",
+            {"kind": "poll", "status": 500, "count": 50},
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            None,
+        ),
+        (
+            "submit answers 502 html",
+            {"kind": "submit", "status": 502, "body": "<html><h1>Bad gateway</h1></html>"},
+            ErrorCode.UPSTREAM_ERROR,
+            None,
+        ),
+        (
+            "poll resets forever",
+            {"kind": "poll", "drop": True, "count": 50},
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            None,
+        ),
+    ],
+)
+async def test_fault_ends_job_with_its_code(
+    settings_for: Callable[..., Settings],
+    fake_bfl: FakePair,
+    name: str,
+    fault: dict[str, Any],
+    code: ErrorCode,
+    deadline: float | None,
+) -> None:
+    fake, _ = fake_bfl
+    kind = fault.pop("kind")
+    fake.faults.add(kind, **fault)
+    settings = settings_for()
+    async with runtime(settings) as rt:
+        bad, good, elapsed = await run_with_bystander(rt, dev(name, deadline), fake)
+    assert bad.status == JobStatus.FAILED and bad.error is not None, bad
+    assert bad.error.code == code, bad.error
+    assert elapsed < (deadline or 10) + 3
+    assert good.status == JobStatus.SUCCEEDED, good.error
+    assert fake.submission_count(name) <= 1
+    assert bad.outputs == []
+    assert_clean(settings)
+    fake.release_hangs()
+
+
+@pytest.mark.parametrize(
+    ("name", "fault"),
+    [
+        ("slow trickle within the deadline", {"kind": "download", "trickle_s": 0.6}),
+        ("one connection reset on poll", {"kind": "poll", "drop": True}),
+        ("malformed poll json", {"kind": "poll", "status": 200, "body": "{nope"}),
+        ("502 html on download", {"kind": "download", "status": 502, "body": "<html>x</html>"}),
+    ],
+)
+async def test_transient_fault_is_survived(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair, name: str, fault: dict[str, Any]
+) -> None:
+    fake, _ = fake_bfl
+    kind = fault.pop("kind")
+    fake.faults.add(kind, **fault)
+    settings = settings_for(http_read_timeout_s=1.0)
+    async with runtime(settings) as rt:
+        bad, good, _ = await run_with_bystander(rt, dev(name), fake)
+    assert bad.status == JobStatus.SUCCEEDED, bad.error
+    assert good.status == JobStatus.SUCCEEDED, good.error
+    assert fake.submission_count(name) == 1
+    assert_clean(settings)
+
+
+async def test_429_storm_honours_retry_after(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair
+) -> None:
+    fake, _ = fake_bfl
+    fake.faults.add("submit", status=429, headers={"Retry-After": "0"}, count=12)
+    stamina.set_testing(False)  # real retry loop: it must keep going past 12 refusals
+    try:
+        async with runtime(settings_for()) as rt:
+            bad, good, _ = await run_with_bystander(rt, dev("storm"), fake)
+    finally:
+        stamina.set_testing(True, attempts=5, cap=True)
+    assert bad.status == JobStatus.SUCCEEDED and good.status == JobStatus.SUCCEEDED
+    assert fake.submission_count("storm") == 1
+
+
+async def test_refused_connection(make_settings: Callable[..., Settings]) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    settings = make_settings(
+        bfl_api_key=TEST_KEY, flux_base_url=f"http://127.0.0.1:{port}", http_connect_timeout_s=0.5
+    )
+    async with runtime(settings) as rt:
+        job, _ = await rt.service.submit(dev("refused"))
+        done = await rt.service.wait_for(job.id, 20)
+    assert done.status == JobStatus.FAILED and done.error is not None
+    assert done.error.code == ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+async def test_disk_full_on_output_write(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk while the output streams in: the job fails with storage_error, the
+    partial file is gone, and once space is back the next job succeeds."""
+    settings = settings_for()
+    partial_dir = settings.output_path / ".partial"
+    real_open = Path.open
+    full = {"on": True}
+
+    class FullDisk:
+        def __init__(self, inner: IO[bytes]) -> None:
+            self.inner = inner
+
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            self.inner.close()
+
+    def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        fh = real_open(self, mode, *args, **kwargs)
+        if full["on"] and "w" in mode and self.parent == partial_dir:
+            return FullDisk(fh)
+        return fh
+
+    monkeypatch.setattr(Path, "open", open_)
+    async with runtime(settings) as rt:
+        job, _ = await rt.service.submit(dev("disk full"))
+        done = await rt.service.wait_for(job.id, 20)
+        assert done.status == JobStatus.FAILED and done.error is not None
+        assert done.error.code == ErrorCode.STORAGE_ERROR
+        assert "No space left" in done.error.message
+        assert_clean(settings)
+        full["on"] = False
+        again, _ = await rt.service.submit(dev("space again"))
+        assert (await rt.service.wait_for(again.id, 20)).status == JobStatus.SUCCEEDED
+
+
+# --- graceful shutdown of a real `orchestrator serve` --------------------------------------
+
+
+@pytest.fixture
+def served_bfl(fake_bfl: FakePair) -> Iterator[FakePair]:
+    fake_bfl[0].config.task_duration_s = 1.5
+    yield fake_bfl
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", "serve"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_up(client: httpx2.Client) -> None:
+    for _ in range(300):
+        try:
+            if client.get("/api/system/health").status_code == 200:
+                return
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("serve did not come up")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_in_flight_jobs_within_grace(
+    tmp_path: Path, served_bfl: FakePair, sig: signal.Signals
+) -> None:
+    fake, bfl = served_bfl
+    port = _port()
+    env = clean_environ(
+        ORCHESTRATOR_CONFIG=str(tmp_path / "orchestrator.toml"),
+        DATA_DIR=str(tmp_path / "data"),
+        BFL_API_KEY=TEST_KEY,
+        FLUX_BASE_URL=bfl.base_url,
+        ORCHESTRATOR_PORT=str(port),
+        FLUX_POLL_INTERVAL_S="0.05",
+        LOG_FORMAT="json",
+    )
+    proc = _start(env, tmp_path)
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        try:
+            _wait_up(client)
+            job = client.post(
+                "/api/generate",
+                json={
+                    "backend": "flux",
+                    "params": {"model": "flux-dev", "prompt": f"in flight {sig.name}"},
+                },
+            ).json()
+            for _ in range(200):
+                if client.get(f"/api/jobs/{job['id']}").json()["upstream"]:
+                    break
+                time.sleep(0.02)
+            proc.send_signal(sig)
+            _out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    # the job finished during the grace period, before the process exited
+    proc2 = _start(env, tmp_path)
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        try:
+            _wait_up(client)
+            after = client.get(f"/api/jobs/{job['id']}").json()
+        finally:
+            proc2.send_signal(signal.SIGTERM)
+            proc2.communicate(timeout=30)
+    assert after["status"] == "succeeded", after
+    assert fake.submission_count(f"in flight {sig.name}") == 1
