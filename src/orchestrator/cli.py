@@ -46,7 +46,7 @@ app = typer.Typer(
     add_completion=False,
 )
 generate_app = typer.Typer(help="Queue a generation job.", no_args_is_help=True)
-jobs_app = typer.Typer(help="List, show and cancel jobs.", no_args_is_help=True)
+jobs_app = typer.Typer(help="List, show, cancel and retry jobs.", no_args_is_help=True)
 config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
 app.add_typer(jobs_app, name="jobs")
@@ -514,6 +514,15 @@ def jobs_cancel(ctx: typer.Context, job_id: str) -> None:
     out.print(f"{job.id}: {state}")
 
 
+@jobs_app.command("retry")
+def jobs_retry(ctx: typer.Context, job_id: str) -> None:
+    """Run a finished job again as a new job; prints the new job's id."""
+    settings = _settings(ctx)
+    job = _with_runtime(settings, lambda rt: rt.service.retry_job(job_id))
+    typer.echo(job.id)
+    err.print(f"[dim]queued as a retry of {job_id}[/]")
+
+
 # --- config ----------------------------------------------------------------------------
 
 
@@ -547,6 +556,8 @@ def config_check(ctx: typer.Context) -> None:
         notes.append("flux backend disabled: BFL_API_KEY is not set")
     if demo_enabled(settings):
         notes.append("demo mode: backends are simulated")
+    if settings.webhooks_disabled_reason is not None:
+        notes.append(f"webhooks disabled: {settings.webhooks_disabled_reason}")
     for n in notes:
         out.print(f"[yellow]note:[/] {n}")
     out.print("[green]configuration OK[/]")

@@ -16,6 +16,7 @@ pydantic-settings.
 
 from __future__ import annotations
 
+import base64
 import contextvars
 import os
 import tempfile
@@ -32,6 +33,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -44,6 +46,7 @@ from pydantic_settings import (
 )
 
 from orchestrator import errors
+from orchestrator.domain.webhooks import UrlProblem, check_url
 
 APP_NAME = "orchestrator"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
@@ -207,6 +210,30 @@ class Settings(BaseSettings):
         "after it expired.",
     )
 
+    # --- webhooks -------------------------------------------------------------------
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Signing secret, whsec_ followed by base64 of 24 to 64 random bytes. "
+        "Absent: webhooks are disabled.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook targets on loopback, private, link-local and other "
+        "non-public addresses (refused by default: SSRF guard).",
+    )
+    webhook_url: str | None = Field(
+        default=None,
+        description="An http(s) URL that receives every job's events (job.started, "
+        "job.progress, job.completed) as signed Standard Webhooks.",
+    )
+    webhook_max_age_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = Field(
+        default=86_400.0,
+        description="How long a failing webhook delivery keeps being retried, seconds.",
+    )
+    webhook_timeout_s: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10.0, description="Timeout of one webhook delivery attempt, seconds."
+    )
+
     # where this object came from (not a setting)
     config_file: Path = Field(default_factory=default_config_file, exclude=True)
 
@@ -234,7 +261,15 @@ class Settings(BaseSettings):
     def _upper_level(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("bfl_api_key", "v0_api_key", "comfy_url", "database_url", mode="before")
+    @field_validator(
+        "bfl_api_key",
+        "v0_api_key",
+        "comfy_url",
+        "database_url",
+        "webhook_url",
+        "webhook_secret",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
@@ -250,6 +285,30 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"unsupported database URL scheme {scheme!r}; use sqlite or postgresql"
             )
+        return v
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        raw = v.get_secret_value().strip().removeprefix("whsec_")
+        try:
+            key = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
+        except ValueError:
+            raise ValueError("must be whsec_ followed by base64") from None
+        if len(key) < 16:
+            raise ValueError("too short: use at least 24 random bytes, base64-encoded")
+        return SecretStr(v.get_secret_value().strip())
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is not None:
+            try:
+                check_url(v, allow_private=bool(info.data.get("webhook_allow_private")))
+            except UrlProblem as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     @field_validator("comfy_instances")
@@ -305,10 +364,17 @@ class Settings(BaseSettings):
     def is_sqlite(self) -> bool:
         return self.db_url.startswith("sqlite")
 
+    @property
+    def webhooks_disabled_reason(self) -> str | None:
+        """Why webhooks are off (None when they are on)."""
+        if self.webhook_secret is None:
+            return "WEBHOOK_SECRET is not set"
+        return None
+
     def secret_values(self) -> list[str]:
         """Every secret's plain value, for log redaction."""
         out = []
-        for v in (self.bfl_api_key, self.v0_api_key):
+        for v in (self.bfl_api_key, self.v0_api_key, self.webhook_secret):
             if v is not None and v.get_secret_value():
                 out.append(v.get_secret_value())
         return out

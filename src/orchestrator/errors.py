@@ -7,11 +7,13 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     ├── ConfigError                         -   settings invalid (exit code 2)
     ├── NotFound                           404
     │   ├── JobNotFound
-    │   └── OutputNotFound
+    │   ├── OutputNotFound
+    │   └── DeliveryNotFound                a webhook delivery
     ├── Conflict                           409
     │   ├── IdempotencyConflict             same Idempotency-Key, different body
     │   ├── InvalidTransition               e.g. cancelling a finished job
-    │   └── BackendDisabled                 backend not configured (reason given)
+    │   ├── BackendDisabled                 backend not configured (reason given)
+    │   └── WebhooksDisabled                a webhook was asked for without WEBHOOK_SECRET
     ├── InvalidRequest                     422  (field errors)
     └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
         ├── TransientUpstreamError               may be retried
@@ -95,6 +97,11 @@ class OutputNotFound(NotFound):
     type_slug = "output-not-found"
 
 
+class DeliveryNotFound(NotFound):
+    title = "Webhook delivery not found"
+    type_slug = "webhook-delivery-not-found"
+
+
 class Conflict(OrchestratorError):
     status = 409
     title = "Conflict"
@@ -114,6 +121,11 @@ class InvalidTransition(Conflict):
 class BackendDisabled(Conflict):
     title = "Backend disabled"
     type_slug = "backend-disabled"
+
+
+class WebhooksDisabled(Conflict):
+    title = "Webhooks disabled"
+    type_slug = "webhooks-disabled"
 
 
 class InvalidRequest(OrchestratorError):

@@ -19,6 +19,7 @@ from orchestrator.config import Settings
 from orchestrator.db.engine import open_database
 from orchestrator.domain.params import COMFY_BACKENDS
 from orchestrator.engine.hub import Hub
+from orchestrator.engine.webhooks import WebhookDispatcher, WebhookOptions
 from orchestrator.engine.worker import Worker, WorkerOptions
 from orchestrator.services import Service
 from orchestrator.storage import InputStore, OutputStore
@@ -54,6 +55,7 @@ class Runtime:
     service: Service
     worker: Worker | None
     demo: bool
+    webhooks: WebhookDispatcher | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
 
@@ -174,6 +176,7 @@ async def open_runtime(
     *,
     run_worker: bool,
     worker_options: WorkerOptions | None = None,
+    webhook_options: WebhookOptions | None = None,
 ) -> AsyncIterator[Runtime]:
     demo = demo_enabled(settings)
     async with AsyncExitStack() as stack:
@@ -194,6 +197,15 @@ async def open_runtime(
         for b in backends.values():
             if not b.enabled:
                 log.warning("backend disabled", backend=b.name, reason=b.disabled_reason)
+        # The delivery loop starts before the worker, so it stops after it: events of
+        # jobs that finish during the worker's shutdown grace still go out.
+        dispatcher = None
+        reason = settings.webhooks_disabled_reason
+        if reason is not None:
+            level = log.warning if settings.webhook_url else log.info
+            level("webhooks disabled", reason=reason)
+        elif run_worker:
+            dispatcher = await _start_webhooks(settings, stack, service, hub, webhook_options)
         worker = None
         if run_worker:
             opts = worker_options or WorkerOptions(
@@ -204,9 +216,42 @@ async def open_runtime(
             worker = Worker(service.repo, service.worker_repo, backends, store, hub, opts)
             await worker.start()
             stack.push_async_callback(worker.stop)
-        runtime = Runtime(settings=settings, service=service, worker=worker, demo=demo)
+        runtime = Runtime(
+            settings=settings, service=service, worker=worker, demo=demo, webhooks=dispatcher
+        )
         runtime._stack = stack
         yield runtime
+
+
+async def _start_webhooks(
+    settings: Settings,
+    stack: AsyncExitStack,
+    service: Service,
+    hub: Hub,
+    options: WebhookOptions | None,
+) -> WebhookDispatcher:
+    assert settings.webhook_secret is not None
+    http = await stack.enter_async_context(
+        httpx2.AsyncClient(
+            timeout=httpx2.Timeout(settings.webhook_timeout_s),
+            limits=httpx2.Limits(max_connections=100, max_keepalive_connections=20),
+            follow_redirects=False,
+            trust_env=False,  # no proxy from the environment: targets are checked here
+            headers={"user-agent": "orchestrator-webhooks"},
+        )
+    )
+    dispatcher = WebhookDispatcher(
+        service.webhooks,
+        http,
+        hub,
+        secret=settings.webhook_secret.get_secret_value(),
+        allow_private=settings.webhook_allow_private,
+        timeout_s=settings.webhook_timeout_s,
+        options=options,
+    )
+    await dispatcher.start()
+    stack.push_async_callback(dispatcher.stop)
+    return dispatcher
 
 
 async def start_worker(runtime: Runtime, options: WorkerOptions) -> Worker:

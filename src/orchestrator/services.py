@@ -22,6 +22,7 @@ from orchestrator.backends.user_workflows import UserWorkflow
 from orchestrator.config import Settings
 from orchestrator.db.engine import Database
 from orchestrator.db.jobs import JobRepo, NewJob
+from orchestrator.db.webhooks import WebhookRepo
 from orchestrator.db.workers import WorkerRepo
 from orchestrator.domain.jobs import Job, JobEvent, JobOutput, JobPage, JobStatus
 from orchestrator.domain.params import (
@@ -32,6 +33,14 @@ from orchestrator.domain.params import (
     Sd35Params,
     SvdParams,
     WorkflowParams,
+)
+from orchestrator.domain.webhooks import (
+    DeliveryStatus,
+    UrlProblem,
+    WebhookDelivery,
+    WebhookDeliveryPage,
+    WebhookPolicy,
+    check_url,
 )
 from orchestrator.engine.hub import Hub
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
@@ -80,7 +89,13 @@ class Service:
     ) -> None:
         self.settings = settings
         self.db = db
-        self.repo = JobRepo(db)
+        self.webhook_policy = WebhookPolicy(
+            enabled=settings.webhooks_disabled_reason is None,
+            global_url=settings.webhook_url,
+            max_age_s=settings.webhook_max_age_s,
+        )
+        self.repo = JobRepo(db, webhooks=self.webhook_policy, on_webhook=hub.webhook_queued)
+        self.webhooks = WebhookRepo(db)
         self.worker_repo = WorkerRepo(db)
         self.backends = backends
         self.store = store
@@ -102,6 +117,8 @@ class Service:
             )
         if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
             raise errors.InvalidRequest("Idempotency-Key must be 1 to 255 characters")
+        if req.webhook_url is not None:
+            self._check_webhook_url(req.webhook_url)
         deadline_s = req.deadline_s or backend.default_deadline_s()
         typed = req.params.resolved() if isinstance(req.params, Sd35Params) else req.params
         params: dict[str, JsonValue] = typed.model_dump(mode="json", exclude={"model"})
@@ -120,11 +137,90 @@ class Service:
             idempotency_key=idempotency_key,
             request_hash=request_hash(req),
             simulated=backend.simulated,
+            deadline_s=req.deadline_s,
+            webhook_url=req.webhook_url,
+            webhook_events=req.webhook_events,
         )
         job, created = await self.repo.create(new)
         if created:
             self.hub.job_queued()
         return job, created
+
+    async def retry_job(self, job_id: str) -> Job:
+        """Run a finished job again: a new job (a new attempt) with the same
+        backend, model, parameters, priority and webhook settings, and a fresh
+        deadline of the same length, linked by ``retry_of``. A queued or running
+        job cannot be retried (409)."""
+        old = await self.repo.get(job_id)
+        if not old.status.terminal:
+            raise errors.InvalidTransition(
+                f"a {old.status.value} job cannot be retried; only a finished "
+                "(succeeded, failed or canceled) job can",
+                current=old.status.value,
+                job_id=job_id,
+            )
+        backend = self._backend(old.backend)
+        if not backend.enabled:
+            raise errors.BackendDisabled(
+                f"the {old.backend} backend is disabled: {backend.disabled_reason}",
+                backend=old.backend,
+                reason=backend.disabled_reason,
+            )
+        if old.webhook_url is not None:
+            self._check_webhook_url(old.webhook_url)
+        job = await self.repo.retry(
+            job_id,
+            str(uuid.uuid4()),
+            default_deadline_s=backend.default_deadline_s(),
+            simulated=backend.simulated,
+        )
+        self.hub.job_queued()
+        self.hub.job_changed(job_id)
+        return job
+
+    def _check_webhook_url(self, url: str) -> None:
+        reason = self.settings.webhooks_disabled_reason
+        if reason is not None:
+            raise errors.WebhooksDisabled(
+                f"this job asks for a webhook, but webhooks are disabled: {reason}. "
+                "Set WEBHOOK_SECRET (whsec_ followed by base64) to enable them.",
+                reason=reason,
+                setting="WEBHOOK_SECRET",
+            )
+        try:
+            check_url(url, allow_private=self.settings.webhook_allow_private)
+        except UrlProblem as exc:
+            raise errors.InvalidRequest(
+                f"webhook_url {exc}",
+                errors=[{"loc": ["body", "webhook_url"], "msg": str(exc), "type": "webhook_url"}],
+            ) from None
+
+    # --- webhooks -----------------------------------------------------------------------
+    async def list_deliveries(
+        self,
+        *,
+        job_id: str | None = None,
+        status: Sequence[DeliveryStatus] = (),
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> WebhookDeliveryPage:
+        return await self.webhooks.page(job_id=job_id, status=status, cursor=cursor, limit=limit)
+
+    async def replay_delivery(self, delivery_id: str) -> WebhookDelivery:
+        """Send a delivery again (whatever its status): it becomes pending and due
+        now, with a fresh WEBHOOK_MAX_AGE_S retry window, and keeps its id (the
+        ``webhook-id`` header, so receivers that de-duplicate see the same message)
+        and its attempt log."""
+        reason = self.settings.webhooks_disabled_reason
+        if reason is not None:
+            raise errors.WebhooksDisabled(
+                f"webhooks are disabled: {reason}", reason=reason, setting="WEBHOOK_SECRET"
+            )
+        delivery = await self.webhooks.replay(
+            delivery_id, datetime.now(UTC), self.settings.webhook_max_age_s
+        )
+        self.hub.webhook_queued()
+        return delivery
 
     async def _workflow_inputs(
         self, backend: Backend, params: WorkflowParams

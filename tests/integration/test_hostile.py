@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx2
 import pytest
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
 from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.app import create_app

@@ -370,7 +370,14 @@ def test_flux_request_shape() -> None:
     assert req.priority == 0
     assert req.deadline_s is None
     dumped = req.model_dump(mode="json")
-    assert set(dumped) == {"backend", "params", "priority", "deadline_s"}
+    assert set(dumped) == {
+        "backend",
+        "params",
+        "priority",
+        "deadline_s",
+        "webhook_url",
+        "webhook_events",
+    }
     assert dumped["params"]["model"] == "flux-kontext-max"
 
 

@@ -9,9 +9,17 @@ from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
 from orchestrator import __version__
-from orchestrator.api import problems, routes_comfy, routes_flux, routes_jobs, routes_system
-from orchestrator.api.middleware import RequestIdMiddleware
+from orchestrator.api import (
+    problems,
+    routes_comfy,
+    routes_flux,
+    routes_jobs,
+    routes_system,
+    routes_webhooks,
+)
+from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from orchestrator.config import Settings
+from orchestrator.engine.webhooks import WebhookOptions
 from orchestrator.engine.worker import WorkerOptions
 from orchestrator.runtime import open_runtime
 
@@ -21,6 +29,8 @@ Durable image and video generation jobs on FLUX and on a pool of ComfyUI servers
 
 * Errors are RFC 9457 problem documents (`application/problem+json`).
 * `POST /api/generate` accepts an `Idempotency-Key` header.
+* Jobs can report to a URL as signed Standard Webhooks (`webhook_url`,
+  `webhook_events`; needs `WEBHOOK_SECRET`); see `/api/webhooks/deliveries`.
 * **Cancel and FLUX**: BFL has no cancel endpoint. Cancelling a FLUX job that was
   already submitted stops polling and marks the job canceled, but BFL may still finish
   the task and bill it.
@@ -32,13 +42,17 @@ def create_app(
     *,
     run_worker: bool | None = None,
     worker_options: WorkerOptions | None = None,
+    webhook_options: WebhookOptions | None = None,
 ) -> FastAPI:
     worker = settings.worker_enabled if run_worker is None else run_worker
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_runtime(
-            settings, run_worker=worker, worker_options=worker_options
+            settings,
+            run_worker=worker,
+            worker_options=worker_options,
+            webhook_options=webhook_options,
         ) as runtime:
             app.state.runtime = runtime
             yield
@@ -49,13 +63,16 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
     problems.install(app)
+    problems.document(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_flux.router)
     app.include_router(routes_comfy.router)
     app.include_router(routes_system.router)
     app.include_router(routes_system.models_router)
+    app.include_router(routes_webhooks.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

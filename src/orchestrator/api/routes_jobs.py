@@ -1,4 +1,4 @@
-"""Jobs: submit, list, read, cancel, follow, and fetch outputs."""
+"""Jobs: submit, list, read, cancel, retry, follow, and fetch outputs."""
 
 from __future__ import annotations
 
@@ -80,6 +80,22 @@ async def cancel_job(job_id: str, service: ServiceDep) -> Job:
     (the returned job has ``cancel_requested``). FLUX tasks cannot be stopped
     upstream: polling stops, and BFL may still bill the task."""
     return await service.cancel_job(job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=PROBLEMS,
+    summary="Run a finished job again, as a new job",
+)
+async def retry_job(job_id: str, service: ServiceDep, response: Response) -> Job:
+    """Queues a new job with the same backend, model, parameters, priority and
+    webhook settings, and a fresh deadline; its ``retry_of`` names this job. Any
+    finished job (succeeded, failed or canceled) can be retried; a queued or running
+    one is a 409 ``invalid-transition`` problem."""
+    job = await service.retry_job(job_id)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return job
 
 
 def _sse(ev: JobEvent) -> ServerSentEvent:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import errors
+from orchestrator.db import webhooks as webhooks_db
 from orchestrator.db.engine import Database, cancel_safe
 from orchestrator.db.schema import job_events, job_outputs, jobs
 from orchestrator.domain import limits
@@ -32,8 +33,10 @@ from orchestrator.domain.jobs import (
     JobPage,
     JobStatus,
     UpstreamHandle,
+    WebhookEventName,
     transition,
 )
+from orchestrator.domain.webhooks import WebhookEvent, WebhookPolicy
 
 
 class LeaseLost(Exception):
@@ -55,6 +58,10 @@ class NewJob:
     idempotency_key: str | None
     request_hash: str | None
     simulated: bool
+    deadline_s: float | None = None
+    retry_of: str | None = None
+    webhook_url: str | None = None
+    webhook_events: Sequence[WebhookEventName] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +85,24 @@ class Claimed:
 
 
 class JobRepo:
-    def __init__(self, db: Database) -> None:
+    """``webhooks``: when given, job transitions queue webhook deliveries in their own
+    transaction (see ``db/webhooks.py``); ``on_webhook`` is called after such a
+    commit, to wake the delivery loop of this process."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        webhooks: WebhookPolicy | None = None,
+        on_webhook: Callable[[], None] | None = None,
+    ) -> None:
         self.db = db
+        self.webhooks = webhooks
+        self.on_webhook = on_webhook
+
+    def _queued(self, n: int) -> None:
+        if n and self.on_webhook is not None:
+            self.on_webhook()
 
     # --- create and read ---------------------------------------------------------
     @cancel_safe
@@ -106,6 +129,10 @@ class JobRepo:
                         deadline_at=new.deadline_at,
                         created_at=now,
                         updated_at=now,
+                        deadline_s=new.deadline_s,
+                        retry_of=new.retry_of,
+                        webhook_url=new.webhook_url,
+                        webhook_events=_events_list(new.webhook_events),
                     )
                 )
                 await _event(conn, new.id, "created", status=JobStatus.QUEUED, at=now)
@@ -138,19 +165,82 @@ class JobRepo:
             deadline_at=new.deadline_at,
             created_at=now,
             updated_at=now,
+            retry_of=new.retry_of,
+            webhook_url=new.webhook_url,
+            webhook_events=_events_list(new.webhook_events),
         )
         return job, True
+
+    @cancel_safe
+    async def retry(
+        self, job_id: str, new_id: str, *, default_deadline_s: float, simulated: bool
+    ) -> Job:
+        """A new queued job with a finished job's backend, model, parameters,
+        priority, deadline and webhook settings, linked by ``retry_of``; an event on
+        each job says so. Only a terminal job can be retried."""
+        now = utcnow()
+        async with self.db.write() as conn:
+            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
+            if row is None:
+                raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+            current = JobStatus(row.status)
+            if not current.terminal:
+                raise errors.InvalidTransition(
+                    f"a {current.value} job cannot be retried; only a finished "
+                    "(succeeded, failed or canceled) job can",
+                    current=current.value,
+                    job_id=job_id,
+                )
+            deadline_s = row.deadline_s if row.deadline_s is not None else default_deadline_s
+            await conn.execute(
+                jobs.insert().values(
+                    id=new_id,
+                    backend=row.backend,
+                    model=row.model,
+                    params=row.params,
+                    priority=row.priority,
+                    status=JobStatus.QUEUED.value,
+                    attempts=0,
+                    simulated=simulated,
+                    cancel_requested=False,
+                    deadline_at=now + timedelta(seconds=deadline_s),
+                    created_at=now,
+                    updated_at=now,
+                    deadline_s=row.deadline_s,
+                    retry_of=job_id,
+                    webhook_url=row.webhook_url,
+                    webhook_events=row.webhook_events,
+                )
+            )
+            await _event(
+                conn,
+                new_id,
+                "created",
+                status=JobStatus.QUEUED,
+                at=now,
+                message=f"retry of {job_id}",
+                data={"retry_of": job_id},
+            )
+            await _event(
+                conn,
+                job_id,
+                "info",
+                at=now,
+                message=f"retried as {new_id}",
+                data={"retried_as": new_id},
+            )
+            return await self._get(conn, new_id)
 
     @cancel_safe
     async def get(self, job_id: str) -> Job:
         async with self.db.read() as conn:
             return await self._get(conn, job_id)
 
-    async def _get(self, conn: AsyncConnection, job_id: str) -> Job:
+    async def _get(self, conn: AsyncConnection, job_id: str, *, outputs: bool = True) -> Job:
         row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
         if row is None:
             raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
-        return await _job(conn, row)
+        return await _job(conn, row, outputs=outputs)
 
     @cancel_safe
     async def page(
@@ -240,6 +330,7 @@ class JobRepo:
         """A queued job is canceled at once; a running one is flagged, and its
         worker finishes the cancel. A finished job cannot be canceled."""
         now = utcnow()
+        queued = 0
         async with self.db.write() as conn:
             row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
             if row is None:
@@ -267,6 +358,9 @@ class JobRepo:
                     at=now,
                     message="canceled while queued",
                 )
+                queued = await webhooks_db.enqueue(
+                    conn, self.webhooks, WebhookEvent.COMPLETED, await self._get(conn, job_id), now
+                )
             elif current == JobStatus.RUNNING:
                 if not row.cancel_requested:
                     await conn.execute(
@@ -277,6 +371,7 @@ class JobRepo:
                     await _event(conn, job_id, "info", at=now, message="cancel requested")
             else:
                 transition(current, JobStatus.CANCELED)  # raises InvalidTransition
+        self._queued(queued)
         return await self.get(job_id)
 
     # --- the worker's side ----------------------------------------------------------
@@ -299,7 +394,7 @@ class JobRepo:
         now = utcnow()
         until = now + timedelta(seconds=lease_s)
         async with self.db.write(claim_lock=True) as conn:
-            cq = sa.select(jobs.c.id, jobs.c.backend, jobs.c.model).where(
+            cq = sa.select(jobs.c.id, jobs.c.backend, jobs.c.model, jobs.c.started_at).where(
                 jobs.c.status == JobStatus.QUEUED.value
             )
             if backends is not None:
@@ -309,9 +404,9 @@ class JobRepo:
             cq = cq.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(
                 max(capacity * 4, 64)
             )
-            candidates = [
-                limits.Candidate(r.id, r.backend, r.model) for r in (await conn.execute(cq)).all()
-            ]
+            crows = (await conn.execute(cq)).all()
+            never_started = {r.id for r in crows if r.started_at is None}
+            candidates = [limits.Candidate(r.id, r.backend, r.model) for r in crows]
             if not candidates:
                 return []
             rq = (
@@ -352,7 +447,14 @@ class JobRepo:
             rows = (await conn.execute(sa.select(jobs).where(jobs.c.id.in_(chosen)))).all()
             order = {jid: i for i, jid in enumerate(chosen)}
             claimed = [await _job(conn, r, outputs=False) for r in rows]
-        claimed.sort(key=lambda j: order[j.id])
+            claimed.sort(key=lambda j: order[j.id])
+            queued = 0
+            for job in claimed:
+                if job.id in never_started:
+                    queued += await webhooks_db.enqueue(
+                        conn, self.webhooks, WebhookEvent.STARTED, job, now
+                    )
+        self._queued(queued)
         return claimed
 
     @cancel_safe
@@ -481,9 +583,16 @@ class JobRepo:
         self, job_id: str, owner: str, progress: float | None, message: str | None = None
     ) -> None:
         now = utcnow()
+        queued = 0
         async with self.db.write() as conn:
             await self._guarded(conn, job_id, owner, progress=progress, updated_at=now)
             await _event(conn, job_id, "progress", at=now, progress=progress, message=message)
+            if progress is not None and await webhooks_db.wants_events(conn, self.webhooks, job_id):
+                job = await self._get(conn, job_id, outputs=False)
+                queued = await webhooks_db.enqueue(
+                    conn, self.webhooks, WebhookEvent.PROGRESS, job, now
+                )
+        self._queued(queued)
 
     @cancel_safe
     async def add_event(
@@ -593,7 +702,12 @@ class JobRepo:
                 message=message or (error.message if error else None),
                 data=data,
             )
-            return await self._get(conn, job_id)
+            job = await self._get(conn, job_id)
+            queued = await webhooks_db.enqueue(
+                conn, self.webhooks, WebhookEvent.COMPLETED, job, now
+            )
+        self._queued(queued)
+        return job
 
     async def _owned_status(self, conn: AsyncConnection, job_id: str, owner: str) -> JobStatus:
         row = (
@@ -648,6 +762,10 @@ async def _event(
     )
 
 
+def _events_list(events: Sequence[WebhookEventName] | None) -> list[WebhookEventName] | None:
+    return None if events is None else list(events)
+
+
 def _output(row: sa.Row[tuple[object, ...]]) -> JobOutput:
     m = row._mapping
     return JobOutput(
@@ -692,6 +810,9 @@ async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: 
         started_at=m["started_at"],
         finished_at=m["finished_at"],
         updated_at=m["updated_at"],
+        retry_of=m["retry_of"],
+        webhook_url=m["webhook_url"],
+        webhook_events=m["webhook_events"],
     )
     if outputs:
         await _attach_outputs(conn, [job])

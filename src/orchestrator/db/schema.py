@@ -59,6 +59,11 @@ jobs = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
     sa.Column("updated_at", UTCDateTime, nullable=False),
+    # added in 0002
+    sa.Column("deadline_s", sa.Float, nullable=True),
+    sa.Column("retry_of", sa.String(36), nullable=True),
+    sa.Column("webhook_url", sa.Text, nullable=True),
+    sa.Column("webhook_events", sa.JSON, nullable=True),
     sa.Index("ix_jobs_queue", "status", "priority", "created_at"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_backend_status", "backend", "status"),
@@ -102,4 +107,41 @@ workers = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+# The webhook outbox: a row per (event, target), inserted in the transaction of the
+# job transition that causes it, delivered (and retried) by engine/webhooks.py.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("job_id", sa.String(36), sa.ForeignKey("jobs.id"), nullable=False),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("payload", sa.JSON, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_attempt_at", UTCDateTime, nullable=True),
+    sa.Column("last_status_code", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_job", "job_id", "created_at"),
+    sa.Index("ix_webhook_deliveries_created", "created_at", "id"),
+)
+
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.String(64), sa.ForeignKey("webhook_deliveries.id"), nullable=False),
+    sa.Column("at", UTCDateTime, nullable=False),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Index("ix_webhook_attempts_delivery", "delivery_id", "id"),
 )

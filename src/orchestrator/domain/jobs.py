@@ -54,6 +54,10 @@ def transition(current: JobStatus, target: JobStatus) -> JobStatus:
     return target
 
 
+# The events a job may subscribe to with ``webhook_events`` (sent as ``job.<name>``).
+WebhookEventName = Literal["started", "progress", "completed"]
+
+
 class UpstreamHandle(BaseModel):
     """What identifies the work upstream; stored *before* waiting on it, so a
     restarted process re-attaches instead of submitting again."""
@@ -105,6 +109,15 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
+    retry_of: str | None = Field(
+        default=None, description="The job this one retries (POST /api/jobs/{id}/retry)."
+    )
+    webhook_url: str | None = Field(
+        default=None, description="Where this job's webhook events are sent."
+    )
+    webhook_events: list[WebhookEventName] | None = Field(
+        default=None, description="The events sent to webhook_url; null: all of them."
+    )
 
 
 EventKind = Literal["created", "transition", "progress", "upstream", "info"]

@@ -9,9 +9,13 @@ refused here, with field paths, before anything is sent or paid for.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+
+from orchestrator.domain.jobs import WebhookEventName
+from orchestrator.domain.webhooks import WEBHOOK_EVENT_NAMES, parse_target
 
 # A base64 image of up to ~20 MB, or an http(s) URL where BFL accepts one.
 MAX_IMAGE_CHARS = 28_000_000
@@ -34,8 +38,22 @@ def _check_aspect(value: str | None) -> str | None:
     return value
 
 
+def _required(*names: str) -> Callable[[dict[str, JsonValue]], None]:
+    """JSON Schema tweak: a discriminator field has a default for Python callers but
+    must be sent over the wire, so the schema says it is required."""
+
+    def extra(schema: dict[str, JsonValue]) -> None:
+        required = schema.setdefault("required", [])
+        assert isinstance(required, list)
+        for name in names:
+            if name not in required:
+                required.insert(0, name)
+
+    return extra
+
+
 class _FluxBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_required("model"))
 
     prompt: Prompt = Field(default="", description="What to generate.")
     seed: Seed | None = Field(default=None, description="Fixed seed; random when absent.")
@@ -139,7 +157,7 @@ FLUX_LIST_PRICE: dict[str, float] = {
 
 
 class _RequestBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_required("backend"))
 
     priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
         default=0, description="Higher runs first; ties run oldest first."
@@ -149,6 +167,30 @@ class _RequestBase(BaseModel):
         description="Seconds from submission until the job fails with "
         "deadline_exceeded. Default: the backend's.",
     )
+    webhook_url: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+        default=None,
+        description="An http(s) URL that receives this job's events as signed Standard "
+        "Webhooks (needs WEBHOOK_SECRET on the server).",
+    )
+    webhook_events: Annotated[list[WebhookEventName], Field(min_length=1, max_length=3)] | None = (
+        Field(
+            default=None,
+            description="Which events webhook_url receives: started, progress, completed. "
+            "Default: all of them.",
+        )
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_target(v)  # a UrlProblem is a ValueError: a field error
+        return v
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _unique_events(cls, v: list[WebhookEventName] | None) -> list[WebhookEventName] | None:
+        return None if v is None else sorted(set(v), key=WEBHOOK_EVENT_NAMES.index)
 
 
 class FluxRequest(_RequestBase):
@@ -217,7 +259,7 @@ Checkpoint = Annotated[str, Field(min_length=1, max_length=255)]
 
 
 class _ComfyBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     seed: ComfySeed | None = Field(default=None, description="Fixed seed; random when absent.")
     sampler: Sampler = "euler"
@@ -298,7 +340,7 @@ class SvdParams(_ComfyBase):
 class ComfyRawParams(BaseModel):
     """A raw API-format workflow, run as given (outputs are whatever it saves)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: Literal["raw"] = "raw"
     workflow: dict[str, dict[str, JsonValue]] = Field(
@@ -309,7 +351,7 @@ class ComfyRawParams(BaseModel):
 class WorkflowParams(BaseModel):
     """A user workflow from COMFY_WORKFLOWS_DIR, with its declared parameters."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: Literal["workflow"] = "workflow"
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]

@@ -2,7 +2,8 @@
 
 The database stays the source of truth (other processes see changes by polling it);
 the hub only makes this process react at once: a new job wakes the worker, a job
-event wakes its SSE streams, a cancel reaches the task running the job.
+event wakes its SSE streams, a cancel reaches the task running the job, a queued
+webhook wakes the delivery loop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ class Hub:
         self._job_waiters: dict[str, set[asyncio.Event]] = {}
         self._any_waiters: set[asyncio.Event] = set()
         self.queue_changed = asyncio.Event()
+        # Set when a webhook delivery was queued (or replayed) in this process.
+        self.webhooks_changed = asyncio.Event()
         self._cancel_handlers: list[Callable[[str], None]] = []
         # Jobs a worker of this process is running: their changes are always signalled
         # here, so waiters need not poll the database for them.
@@ -56,6 +59,9 @@ class Hub:
 
     def job_queued(self) -> None:
         self.queue_changed.set()
+
+    def webhook_queued(self) -> None:
+        self.webhooks_changed.set()
 
     def on_cancel(self, handler: Callable[[str], None]) -> None:
         self._cancel_handlers.append(handler)
