@@ -144,7 +144,7 @@ def serve(
         log_config=None,
         lifespan="on",
         access_log=False,
-        timeout_graceful_shutdown=15,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
     logs.get(__name__).info("serving", url=f"http://{settings.host}:{settings.port}")
     server = GracefulServer(config)

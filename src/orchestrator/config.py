@@ -209,6 +209,11 @@ class Settings(BaseSettings):
         description="A claimed job's lease; another process takes the job over only "
         "after it expired.",
     )
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=10.0,
+        description="On SIGTERM/SIGINT, how long in-flight jobs may finish; the rest are "
+        "left for the next start to re-attach.",
+    )
 
     # --- webhooks -------------------------------------------------------------------
     webhook_secret: SecretStr | None = Field(

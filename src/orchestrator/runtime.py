@@ -212,6 +212,7 @@ async def open_runtime(
                 concurrency=settings.worker_concurrency,
                 lease_s=settings.lease_s,
                 poll_interval_s=settings.worker_poll_interval_s,
+                shutdown_grace_s=settings.shutdown_grace_s,
             )
             worker = Worker(service.repo, service.worker_repo, backends, store, hub, opts)
             await worker.start()

@@ -330,3 +330,61 @@ def test_signal_finishes_in_flight_jobs_within_grace(
             proc2.communicate(timeout=30)
     assert after["status"] == "succeeded", after
     assert fake.submission_count(f"in flight {sig.name}") == 1
+
+
+def test_sigterm_past_grace_leaves_job_reattachable(tmp_path: Path, served_bfl: FakePair) -> None:
+    """A job longer than the grace period is left running upstream; the next start
+    re-attaches to it and finishes it without submitting again."""
+    fake, bfl = served_bfl
+    fake.config.task_duration_s = 4.0
+    port = _port()
+    env = clean_environ(
+        ORCHESTRATOR_CONFIG=str(tmp_path / "orchestrator.toml"),
+        DATA_DIR=str(tmp_path / "data"),
+        BFL_API_KEY=TEST_KEY,
+        FLUX_BASE_URL=bfl.base_url,
+        ORCHESTRATOR_PORT=str(port),
+        FLUX_POLL_INTERVAL_S="0.05",
+        SHUTDOWN_GRACE_S="0.2",
+        LEASE_S="3",
+    )
+    proc = _start(env, tmp_path)
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        try:
+            _wait_up(client)
+            job = client.post(
+                "/api/generate",
+                json={
+                    "backend": "flux",
+                    "params": {"model": "flux-dev", "prompt": "outlives the grace"},
+                },
+            ).json()
+            for _ in range(200):
+                if client.get(f"/api/jobs/{job['id']}").json()["upstream"]:
+                    break
+                time.sleep(0.02)
+            stopped = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            _out, err = proc.communicate(timeout=30)
+            assert time.monotonic() - stopped < 3, "did not stop within the grace period"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, err
+    proc2 = _start(env, tmp_path)
+    with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        try:
+            _wait_up(client)
+            left = client.get(f"/api/jobs/{job['id']}").json()
+            assert left["status"] in ("running", "succeeded")
+            for _ in range(300):
+                done = client.get(f"/api/jobs/{job['id']}").json()
+                if done["status"] != "running":
+                    break
+                time.sleep(0.05)
+        finally:
+            proc2.send_signal(signal.SIGTERM)
+            proc2.communicate(timeout=30)
+    assert done["status"] == "succeeded", done
+    assert fake.submission_count("outlives the grace") == 1
