@@ -195,13 +195,24 @@ class OutputStore:
     def _write_manifest(self, job: Job) -> Path:
         path = self.manifest_path(job)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_manifest_temps(path)  # left by a process killed mid-write
         doc = job.model_dump(mode="json")
         doc["params"] = embeddable(doc["params"])
         doc["output_root"] = str(self.output_dir)
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(path)
+        try:
+            tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
+            tmp.replace(path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         return path
+
+    @staticmethod
+    def _remove_manifest_temps(path: Path) -> None:
+        for stale in path.parent.glob(f"{path.stem}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
     def remove_partials(self, job_id: str | None = None, older_than_s: float | None = None) -> int:
         """Delete partial files of one job (taken over after a crash), or all

@@ -15,7 +15,7 @@ After the last restart has finished everything, each trial checks:
   so we don't resend" cases), and then its prompt count is <= 1 too;
 * outputs on disk match the database (path, size, sha256), in both directions; no
   ``*.part`` left in ``OUTPUT_DIR/.partial``, no ``*.tmp`` in ``JOBS_DIR``; every
-  succeeded job has its manifest (except for a known bug, see ``MANIFEST_GAP``).
+  succeeded job has its manifest (see ``MANIFEST_GAP``).
 
 Each trial prints its seed (``crash trial seed=...``) and a summary line. The seed fixes
 the job mix and the kill delays; to replay one: ``ORCHESTRATOR_CRASH_SEED=<seed> pytest
@@ -66,18 +66,14 @@ UNKNOWN_SUBMIT = frozenset({"submit_interrupted", "submit_uncertain"})
 
 Trigger = Literal["random", "download", "db_write", "startup"]
 
-# A known src bug (reported): the worker commits a job as succeeded
-# (``repo.finish``) and only then writes its manifest (``store.write_manifest``,
-# src/orchestrator/engine/worker.py, `_run_job`); a kill -9 in between leaves a
-# succeeded job without a manifest (or with an orphan ``*.tmp`` beside it) for good:
-# nothing writes missing manifests on restart. The random trials tolerate exactly this
-# (they xfail when it shows, after every other invariant held);
-# `test_kill9_between_commit_and_manifest` pins it with a strict xfail, so fixing the
-# bug makes that test XPASS and fail: then drop both.
+# Found by this suite and fixed: the worker commits a job as succeeded and then writes
+# its manifest; a kill -9 in between used to leave it without one for good. The job
+# row now records when its manifest was written (``manifest_at``) and every start
+# writes the missing ones (and removes orphan ``*.tmp``);
+# `test_kill9_between_commit_and_manifest` kills exactly in that window.
 MANIFEST_GAP = (
-    "src bug: a job committed as succeeded before its manifest is written stays "
-    "without a manifest after kill -9 (engine/worker.py: repo.finish, then "
-    "store.write_manifest; nothing repairs it on restart)"
+    "a job committed as succeeded lacks its manifest (or left a *.tmp) after kill -9 "
+    "and restart"
 )
 
 
@@ -837,9 +833,7 @@ def execute(cluster: Cluster, trial: Trial) -> None:
         + "\n  ".join(problems[:25] + gaps)
         + f"\n{summary}"
     )
-    if gaps:
-        # Every other invariant held; only the known bug showed (see MANIFEST_GAP).
-        pytest.xfail(f"{MANIFEST_GAP} [seed={trial.seed}: {'; '.join(gaps)}]")
+    assert not gaps, f"{MANIFEST_GAP} [seed={trial.seed}: {'; '.join(gaps)}]"
 
 
 # --- the tests -------------------------------------------------------------------------------
@@ -917,7 +911,6 @@ def _manifest_path(cluster: Cluster, job_id: str, created_at: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
-@pytest.mark.xfail(reason=MANIFEST_GAP, strict=True, raises=AssertionError)
 def test_kill9_between_commit_and_manifest(cluster_factory: Callable[..., Cluster]) -> None:
     """Watch the SQLite database (read-only) and kill serve -9 the moment a job is
     committed as succeeded while its manifest is not written yet; after a restart the

@@ -257,6 +257,41 @@ class JobRepo:
             q = q.where(jobs.c.status.in_([s.value for s in status]))
         if backend:
             q = q.where(jobs.c.backend.in_(list(backend)))
+        return await self._paged(q, cursor, limit)
+
+    @cancel_safe
+    async def search(
+        self,
+        *,
+        text: str | None = None,
+        backend: Sequence[str] = (),
+        status: Sequence[JobStatus] = (),
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> JobPage:
+        """Jobs whose prompt contains ``text`` (case-insensitive), newest first,
+        cursor-paginated like :meth:`page`. The prompt is read from the stored
+        parameters (``json_extract`` on SQLite, ``->>`` on PostgreSQL)."""
+        q = sa.select(jobs)
+        if text:
+            escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            prompt = jobs.c.params["prompt"].as_string()
+            q = q.where(prompt.ilike(f"%{escaped}%", escape="\\"))
+        if status:
+            q = q.where(jobs.c.status.in_([s.value for s in status]))
+        if backend:
+            q = q.where(jobs.c.backend.in_(list(backend)))
+        if created_after is not None:
+            q = q.where(jobs.c.created_at >= created_after)
+        if created_before is not None:
+            q = q.where(jobs.c.created_at < created_before)
+        return await self._paged(q, cursor, limit)
+
+    async def _paged(
+        self, q: sa.Select[tuple[object, ...]], cursor: str | None, limit: int
+    ) -> JobPage:
         if cursor:
             created, last_id = _decode_cursor(cursor)
             q = q.where(
@@ -708,6 +743,34 @@ class JobRepo:
             )
         self._queued(queued)
         return job
+
+    @cancel_safe
+    async def mark_manifest_written(self, job_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(
+                jobs.update().where(jobs.c.id == job_id).values(manifest_at=utcnow())
+            )
+
+    @cancel_safe
+    async def missing_manifests(self, older_than_s: float, limit: int = 100) -> list[Job]:
+        """Succeeded jobs whose manifest was never written (the process died between
+        the commit and the file), finished more than ``older_than_s`` ago."""
+        before = utcnow() - timedelta(seconds=older_than_s)
+        q = (
+            sa.select(jobs)
+            .where(
+                jobs.c.status == JobStatus.SUCCEEDED.value,
+                jobs.c.manifest_at.is_(None),
+                jobs.c.finished_at < before,
+            )
+            .order_by(jobs.c.finished_at)
+            .limit(limit)
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q)).all()
+            items = [await _job(conn, r, outputs=False) for r in rows]
+            await _attach_outputs(conn, items)
+        return items
 
     async def _owned_status(self, conn: AsyncConnection, job_id: str, owner: str) -> JobStatus:
         row = (

@@ -62,6 +62,7 @@ jobs = sa.Table(
     # added in 0002
     sa.Column("deadline_s", sa.Float, nullable=True),
     sa.Column("retry_of", sa.String(36), nullable=True),
+    sa.Column("manifest_at", UTCDateTime, nullable=True),
     sa.Column("webhook_url", sa.Text, nullable=True),
     sa.Column("webhook_events", sa.JSON, nullable=True),
     sa.Index("ix_jobs_queue", "status", "priority", "created_at"),

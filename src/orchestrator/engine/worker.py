@@ -90,6 +90,7 @@ class Worker:
     async def start(self) -> None:
         await self.workers.register(self.id, self.opts.kind, socket.gethostname(), os.getpid())
         self.store.remove_partials(older_than_s=86_400)
+        await self._repair_manifests(0)
         await self._recover()
         self._main = asyncio.create_task(self._loop(), name=f"worker-{self.id}")
         self._beat = asyncio.create_task(self._heartbeat(), name=f"heartbeat-{self.id}")
@@ -182,7 +183,27 @@ class Worker:
         self.hub.local_jobs.discard(job_id)
         self._wake.set()
 
+    async def _manifest(self, job: Job) -> None:
+        """Write the job's manifest and record it. A process killed before that is
+        caught up by :meth:`_repair_manifests` on the next start."""
+        try:
+            await asyncio.shield(self.store.write_manifest(job))
+            await self.repo.mark_manifest_written(job.id)
+        except OSError as exc:
+            log.error("could not write the job manifest; will retry", error=str(exc))
+
+    async def _repair_manifests(self, older_than_s: float) -> None:
+        try:
+            missing = await self.repo.missing_manifests(older_than_s=older_than_s)
+        except Exception:
+            log.exception("manifest repair scan failed")
+            return
+        for job in missing:
+            log.warning("writing a manifest missed by a crash", job_id=job.id)
+            await self._manifest(job)
+
     async def _recover(self) -> None:
+        await self._repair_manifests(self.opts.lease_s)
         try:
             taken = await self.repo.take_over_expired(
                 self.id,
@@ -307,8 +328,8 @@ class Worker:
                 outputs = await backend.fetch_outputs(job, handle, completed, self.store)
             done = await self.repo.finish(job.id, self.id, JobStatus.SUCCEEDED, outputs=outputs)
             self.hub.job_changed(job.id)
-            await self.store.write_manifest(done)
             log.info("job succeeded", outputs=len(outputs))
+            await self._manifest(done)
         except TimeoutError:
             await self._fail(job, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
         except errors.DeadlineExceeded as exc:
