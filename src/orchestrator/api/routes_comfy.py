@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response
 from pydantic import JsonValue
 
 from orchestrator.api.deps import ServiceDep
-from orchestrator.api.routes_jobs import PROBLEMS, IdempotencyKey
+from orchestrator.api.routes_jobs import (
+    PROBLEMS,
+    WAITED_RESPONSES,
+    IdempotencyKey,
+    Priority,
+    Wait,
+    WaitTimeout,
+    submit_and_maybe_wait,
+)
 from orchestrator.backends.comfy import InstanceStatus
 from orchestrator.domain.jobs import Job
 from orchestrator.domain.params import ComfyRawParams, ComfyRequest
@@ -18,26 +26,24 @@ router = APIRouter(prefix="/api/comfy", tags=["comfy"])
 
 @router.post(
     "/prompt",
-    responses={**PROBLEMS, 202: {"model": Job, "description": "Queued (or still running)"}},
+    responses=WAITED_RESPONSES,
     summary="Run a raw API-format ComfyUI workflow as a job",
 )
 async def comfy_prompt(
     body: Annotated[ComfyRawParams, Body()],
     service: ServiceDep,
     response: Response,
-    wait: Annotated[bool, Query(description="Wait until the job is finished.")] = False,
-    timeout_s: Annotated[float, Query(gt=0, le=600)] = 120,
-    priority: Annotated[int, Query(ge=-1000, le=1000)] = 0,
+    wait: Wait = False,
+    timeout_s: WaitTimeout = 120,
+    priority: Priority = 0,
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
     """Queued like any job (``backend: comfy``) and dispatched to the least busy
     healthy instance; its outputs are whatever the workflow saves."""
     req = ComfyRequest(params=body, priority=priority)
-    job, _ = await service.submit(req, idempotency_key)
-    if wait:
-        job = await service.wait_for(job.id, timeout_s)
-    response.status_code = status.HTTP_200_OK if job.status.terminal else status.HTTP_202_ACCEPTED
-    return job
+    return await submit_and_maybe_wait(
+        service, req, response, idempotency_key=idempotency_key, wait=wait, timeout_s=timeout_s
+    )
 
 
 @router.get("/instances", responses=PROBLEMS, summary="ComfyUI instances: health, load, models")

@@ -13,13 +13,20 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from orchestrator.api.deps import ServiceDep
 from orchestrator.api.problems import Problem
 from orchestrator.domain.jobs import Job, JobEvent, JobPage, JobStatus
-from orchestrator.domain.params import GenerateRequest
+from orchestrator.domain.params import AnyRequest, GenerateRequest
 
 router = APIRouter(prefix="/api", tags=["jobs"])
+Wait = Annotated[bool, Query(description="Wait until the job is finished.")]
+WaitTimeout = Annotated[float, Query(gt=0, le=600, description="How long to wait, seconds.")]
+Priority = Annotated[int, Query(ge=-1000, le=1000, description="Higher runs first.")]
 PROBLEMS: dict[int | str, dict[str, object]] = {
     404: {"model": Problem, "description": "No such job"},
     409: {"model": Problem, "description": "Conflict"},
     422: {"model": Problem, "description": "Invalid request"},
+}
+WAITED_RESPONSES: dict[int | str, dict[str, object]] = {
+    **PROBLEMS,
+    202: {"model": Job, "description": "Queued (or still running)"},
 }
 IdempotencyKey = Annotated[
     str | None,
@@ -150,3 +157,21 @@ async def get_output(
         content_disposition_type="inline",
         headers={"Cache-Control": "private, max-age=31536000, immutable"},
     )
+
+
+async def submit_and_maybe_wait(
+    service: ServiceDep,
+    req: AnyRequest,
+    response: Response,
+    *,
+    idempotency_key: str | None,
+    wait: bool,
+    timeout_s: float,
+) -> Job:
+    """Queue ``req``; with ``wait``, answer when the job is finished (200), or after
+    ``timeout_s`` with the job still going (202)."""
+    job, _ = await service.submit(req, idempotency_key)
+    if wait:
+        job = await service.wait_for(job.id, timeout_s)
+    response.status_code = status.HTTP_200_OK if job.status.terminal else status.HTTP_202_ACCEPTED
+    return job
