@@ -271,6 +271,31 @@ def _start(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def _serve_env(tmp_path: Path, bfl: ServedApp, port: int, **extra: str) -> dict[str, str]:
+    return clean_environ(
+        ORCHESTRATOR_CONFIG=str(tmp_path / "orchestrator.toml"),
+        DATA_DIR=str(tmp_path / "data"),
+        BFL_API_KEY=TEST_KEY,
+        FLUX_BASE_URL=bfl.base_url,
+        ORCHESTRATOR_PORT=str(port),
+        FLUX_POLL_INTERVAL_S="0.05",
+        **extra,
+    )
+
+
+def _submit_until_upstream(client: httpx2.Client, prompt: str) -> dict[str, Any]:
+    """Queue a FLUX job and return once it is submitted upstream."""
+    job: dict[str, Any] = client.post(
+        "/api/generate",
+        json={"backend": "flux", "params": {"model": "flux-dev", "prompt": prompt}},
+    ).json()
+    for _ in range(200):
+        if client.get(f"/api/jobs/{job['id']}").json()["upstream"]:
+            break
+        time.sleep(0.02)
+    return job
+
+
 def _wait_up(client: httpx2.Client) -> None:
     for _ in range(300):
         try:
@@ -288,30 +313,12 @@ def test_signal_finishes_in_flight_jobs_within_grace(
 ) -> None:
     fake, bfl = served_bfl
     port = _port()
-    env = clean_environ(
-        ORCHESTRATOR_CONFIG=str(tmp_path / "orchestrator.toml"),
-        DATA_DIR=str(tmp_path / "data"),
-        BFL_API_KEY=TEST_KEY,
-        FLUX_BASE_URL=bfl.base_url,
-        ORCHESTRATOR_PORT=str(port),
-        FLUX_POLL_INTERVAL_S="0.05",
-        LOG_FORMAT="json",
-    )
+    env = _serve_env(tmp_path, bfl, port, LOG_FORMAT="json")
     proc = _start(env, tmp_path)
     with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         try:
             _wait_up(client)
-            job = client.post(
-                "/api/generate",
-                json={
-                    "backend": "flux",
-                    "params": {"model": "flux-dev", "prompt": f"in flight {sig.name}"},
-                },
-            ).json()
-            for _ in range(200):
-                if client.get(f"/api/jobs/{job['id']}").json()["upstream"]:
-                    break
-                time.sleep(0.02)
+            job = _submit_until_upstream(client, f"in flight {sig.name}")
             proc.send_signal(sig)
             _out, err = proc.communicate(timeout=30)
         finally:
@@ -338,31 +345,12 @@ def test_sigterm_past_grace_leaves_job_reattachable(tmp_path: Path, served_bfl: 
     fake, bfl = served_bfl
     fake.config.task_duration_s = 4.0
     port = _port()
-    env = clean_environ(
-        ORCHESTRATOR_CONFIG=str(tmp_path / "orchestrator.toml"),
-        DATA_DIR=str(tmp_path / "data"),
-        BFL_API_KEY=TEST_KEY,
-        FLUX_BASE_URL=bfl.base_url,
-        ORCHESTRATOR_PORT=str(port),
-        FLUX_POLL_INTERVAL_S="0.05",
-        SHUTDOWN_GRACE_S="0.2",
-        LEASE_S="3",
-    )
+    env = _serve_env(tmp_path, bfl, port, SHUTDOWN_GRACE_S="0.2", LEASE_S="3")
     proc = _start(env, tmp_path)
     with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         try:
             _wait_up(client)
-            job = client.post(
-                "/api/generate",
-                json={
-                    "backend": "flux",
-                    "params": {"model": "flux-dev", "prompt": "outlives the grace"},
-                },
-            ).json()
-            for _ in range(200):
-                if client.get(f"/api/jobs/{job['id']}").json()["upstream"]:
-                    break
-                time.sleep(0.02)
+            job = _submit_until_upstream(client, "outlives the grace")
             stopped = time.monotonic()
             proc.send_signal(signal.SIGTERM)
             _out, err = proc.communicate(timeout=30)
