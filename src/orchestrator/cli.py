@@ -174,6 +174,21 @@ async def _serve(server: uvicorn.Server) -> bool:
     return bool(server.started)
 
 
+# --- mcp -------------------------------------------------------------------------------
+
+
+@app.command("mcp")
+def mcp_stdio(ctx: typer.Context) -> None:
+    """Serve the MCP server over stdio (for Claude Desktop, Cursor and other clients).
+
+    Uses the same settings and database as `serve`, from any working directory. When
+    no `serve` worker is running, this process runs the jobs itself."""
+    from orchestrator.mcp_server import run_stdio
+
+    settings = _settings(ctx)  # logs go to stderr: stdout carries the protocol
+    _run(run_stdio(settings))
+
+
 # --- generate --------------------------------------------------------------------------
 
 

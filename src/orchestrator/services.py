@@ -290,6 +290,29 @@ class Service:
     ) -> JobPage:
         return await self.repo.page(status=status, backend=backend, cursor=cursor, limit=limit)
 
+    async def search_outputs(
+        self,
+        *,
+        text: str | None = None,
+        backend: Sequence[str] = (),
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 20,
+    ) -> JobPage:
+        """Succeeded jobs (with their outputs) whose prompt contains ``text``,
+        optionally of some backends and created in ``[created_after, created_before)``;
+        newest first, cursor-paginated."""
+        return await self.repo.search(
+            text=text or None,
+            backend=backend,
+            status=[JobStatus.SUCCEEDED],
+            created_after=created_after,
+            created_before=created_before,
+            cursor=cursor,
+            limit=limit,
+        )
+
     async def cancel_job(self, job_id: str) -> Job:
         job = await self.repo.request_cancel(job_id)
         self.hub.cancel_requested(job_id)

@@ -72,8 +72,7 @@ Trigger = Literal["random", "download", "db_write", "startup"]
 # writes the missing ones (and removes orphan ``*.tmp``);
 # `test_kill9_between_commit_and_manifest` kills exactly in that window.
 MANIFEST_GAP = (
-    "a job committed as succeeded lacks its manifest (or left a *.tmp) after kill -9 "
-    "and restart"
+    "a job committed as succeeded lacks its manifest (or left a *.tmp) after kill -9 and restart"
 )
 
 

@@ -21,7 +21,8 @@ from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from orchestrator.config import Settings
 from orchestrator.engine.webhooks import WebhookOptions
 from orchestrator.engine.worker import WorkerOptions
-from orchestrator.runtime import open_runtime
+from orchestrator.mcp_server import build_mcp, transport_security
+from orchestrator.runtime import Runtime, open_runtime
 
 DESCRIPTION = """
 Durable image and video generation jobs on FLUX and on a pool of ComfyUI servers
@@ -55,7 +56,10 @@ def create_app(
             webhook_options=webhook_options,
         ) as runtime:
             app.state.runtime = runtime
-            yield
+            # A mounted app's own lifespan never runs: the MCP sessions live here,
+            # inside the runtime they use, and end before it closes.
+            async with mcp.session_manager.run():
+                yield
 
     app = FastAPI(
         title="Orchestrator",
@@ -78,4 +82,15 @@ def create_app(
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
+    # MCP over streamable HTTP at /mcp, calling this app's service in-process. Its
+    # route joins the app's own routes (rather than a catch-all mount at "/"), so
+    # unknown paths still get the app's problem+json 404.
+    mcp = build_mcp(lambda: get_runtime(app).service)
+    mcp_app = mcp.streamable_http_app(transport_security=transport_security(settings))
+    app.router.routes.extend(mcp_app.routes)
     return app
+
+
+def get_runtime(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
