@@ -44,7 +44,7 @@ def settings_for(
             "bfl_api_key": TEST_KEY,
             "flux_base_url": fake_bfl[1].base_url,
             "http_connect_timeout_s": 0.5,
-            "http_read_timeout_s": 0.3,
+            "http_read_timeout_s": 1.0,
         }
         base.update(kw)
         return make_settings(**base)
@@ -183,7 +183,8 @@ async def test_429_storm_honours_retry_after(
     fake.faults.add("submit", status=429, headers={"Retry-After": "0"}, count=12)
     stamina.set_testing(False)  # real retry loop: it must keep going past 12 refusals
     try:
-        async with runtime(settings_for()) as rt:
+        # a generous read timeout: this test is about 429s, not slow answers
+        async with runtime(settings_for(http_read_timeout_s=10.0)) as rt:
             bad, good, _ = await run_with_bystander(rt, dev("storm"), fake)
     finally:
         stamina.set_testing(True, attempts=5, cap=True)

@@ -23,6 +23,9 @@ from orchestrator.config import Settings, env_name, load_settings
 from orchestrator.testing.serve import ServedApp, serve_in_thread
 
 EXAMPLES = int(os.environ.get("ORCHESTRATOR_FUZZ_EXAMPLES", "150"))
+# The served app runs in another thread and uses the global `random` (seeds, jitter)
+# while Hypothesis draws examples here; Hypothesis then wrongly blames the strategy.
+pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")
 
 
 @dataclass
