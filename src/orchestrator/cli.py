@@ -174,6 +174,47 @@ async def _serve(server: uvicorn.Server) -> bool:
     return bool(server.started)
 
 
+# --- ignite ----------------------------------------------------------------------------
+
+
+@app.command()
+def ignite(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the database, folders, FLUX key and ComfyUI; exit 1 if an essential check fails.
+
+    Configured [[comfy_processes]] are started for the checks and stopped afterwards
+    (`serve` is what keeps them running)."""
+    from orchestrator.ignite import IgniteReport
+
+    settings = _settings(ctx)
+
+    async def go() -> IgniteReport:
+        async with open_runtime(
+            settings, run_worker=False, start_processes=True, wait_processes=True
+        ) as rt:
+            return await rt.service.ignite()
+
+    result = _run(go())
+    if as_json:
+        typer.echo(result.model_dump_json())
+    else:
+        colour = {"ok": "green", "warn": "yellow", "fail": "red"}
+        table = Table(title="orchestrator ignite")
+        table.add_column("component", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("message", overflow="fold")
+        table.add_column("ms", justify="right", no_wrap=True)
+        for c in result.checks:
+            mark = f"[{colour[c.status]}]{c.status}[/]" + ("" if c.essential else " (optional)")
+            ms = "" if c.latency_ms is None else f"{c.latency_ms:.0f}"
+            table.add_row(c.component, mark, c.message, ms)
+        out.print(table)
+        out.print("[green]ready[/]" if result.ok else "[bold red]an essential check failed[/]")
+    raise typer.Exit(0 if result.ok else 1)
+
+
 # --- mcp -------------------------------------------------------------------------------
 
 

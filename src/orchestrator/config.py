@@ -79,6 +79,27 @@ class ComfyInstanceSettings(BaseModel):
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
 
 
+class ComfyProcessSettings(BaseModel):
+    """A local ComfyUI server that Orchestrator starts and supervises (``serve``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+    command: Annotated[list[str], Field(min_length=1)] = Field(
+        description="The program and its arguments (run directly, no shell)."
+    )
+    cwd: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    port: Annotated[int, Field(ge=1, le=65535)]
+    max_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
+    startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    max_restarts: Annotated[int, Field(ge=0, le=1000)] = 5
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
 class Settings(BaseSettings):
     """Every setting Orchestrator reads. Field names are the TOML keys; the
     upper-case names are the environment variables (see ``.env.example``)."""
@@ -161,6 +182,13 @@ class Settings(BaseSettings):
         description="Several ComfyUI servers: [[comfy_instances]] tables in the TOML "
         '(name, url, max_in_flight), or JSON: [{"name":"a","url":"http://…"}].',
     )
+    comfy_processes: list[ComfyProcessSettings] = Field(
+        default_factory=list,
+        description="Local ComfyUI servers that `serve` starts and supervises: "
+        "[[comfy_processes]] tables in the TOML (name, command, cwd, env, port, "
+        "max_in_flight, startup_timeout_s, max_restarts); each becomes a pool instance "
+        "http://127.0.0.1:<port>.",
+    )
     comfy_workflows_dir: Path | None = Field(
         default=None,
         description="Folder of user workflows (<name>.json with a declared parameter "
@@ -213,6 +241,16 @@ class Settings(BaseSettings):
         default=10.0,
         description="On SIGTERM/SIGINT, how long in-flight jobs may finish; the rest are "
         "left for the next start to re-attach.",
+    )
+
+    # --- operations -----------------------------------------------------------------
+    min_free_disk_mb: Annotated[int, Field(ge=0)] = Field(
+        default=500,
+        description="`orchestrator ignite` warns when a data folder has less free space, MB.",
+    )
+    ready_max_queue: Annotated[int, Field(ge=1)] = Field(
+        default=10_000,
+        description="/readyz answers 503 when this many jobs (or more) are queued.",
     )
 
     # --- webhooks -------------------------------------------------------------------
@@ -324,6 +362,17 @@ class Settings(BaseSettings):
             raise ValueError("instance names must be unique")
         return v
 
+    @field_validator("comfy_processes")
+    @classmethod
+    def _unique_processes(cls, v: list[ComfyProcessSettings]) -> list[ComfyProcessSettings]:
+        names = [p.name for p in v]
+        if len(names) != len(set(names)):
+            raise ValueError("process names must be unique")
+        ports = [p.port for p in v]
+        if len(ports) != len(set(ports)):
+            raise ValueError("process ports must be unique")
+        return v
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         base = self.config_file.parent
@@ -338,6 +387,16 @@ class Settings(BaseSettings):
         )
         if self.tilda_dump_path is not None:
             self.tilda_dump_path = _resolve(self.tilda_dump_path, base)
+        for proc in self.comfy_processes:
+            if proc.cwd is not None:
+                proc.cwd = _resolve(proc.cwd, base)
+        clash = {p.name for p in self.comfy_processes} & (
+            {i.name for i in self.comfy_instances} | ({"default"} if self.comfy_url else set())
+        )
+        if clash:
+            raise ValueError(
+                f"comfy_processes names clash with ComfyUI instance names: {sorted(clash)}"
+            )
         if self.database_url is None:
             self.database_url = f"sqlite+aiosqlite:///{data / 'orchestrator.db'}"
         else:
@@ -399,10 +458,18 @@ class Settings(BaseSettings):
                 shown = mask_db_url(str(value))
             elif name == "comfy_instances":
                 shown = ", ".join(f"{i.name}={i.url}" for i in value) or "(none)"
+            elif name == "comfy_processes":
+                shown = ", ".join(f"{p.name}=:{p.port}" for p in value) or "(none)"
             else:
                 shown = str(value)
             rows[env_name(name)] = shown
         return rows
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a child process (a supervised ComfyUI): this process's,
+    plus ``extra``. The one other place the environment is read."""
+    return {**os.environ, **extra}
 
 
 def env_name(field_name: str) -> str:

@@ -19,8 +19,10 @@ from orchestrator.config import Settings
 from orchestrator.db.engine import open_database
 from orchestrator.domain.params import COMFY_BACKENDS
 from orchestrator.engine.hub import Hub
+from orchestrator.engine.processes import ProcessSupervisor
 from orchestrator.engine.webhooks import WebhookDispatcher, WebhookOptions
 from orchestrator.engine.worker import Worker, WorkerOptions
+from orchestrator.metrics import Metrics
 from orchestrator.services import Service
 from orchestrator.storage import InputStore, OutputStore
 
@@ -36,7 +38,10 @@ def demo_enabled(settings: Settings) -> bool:
     if settings.demo_mode == "off":
         return False
     return (
-        settings.bfl_api_key is None and settings.comfy_url is None and not settings.comfy_instances
+        settings.bfl_api_key is None
+        and settings.comfy_url is None
+        and not settings.comfy_instances
+        and not settings.comfy_processes
     )
 
 
@@ -56,6 +61,8 @@ class Runtime:
     worker: Worker | None
     demo: bool
     webhooks: WebhookDispatcher | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    processes: ProcessSupervisor | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
 
@@ -120,7 +127,7 @@ async def _build_backends(
             inputs,
             deadline_s=settings.comfy_deadline_s,
             reconcile_interval_s=settings.comfy_reconcile_interval_s,
-            disabled_reason="COMFY_URL (or comfy_instances) is not set",
+            disabled_reason="COMFY_URL (or comfy_instances, comfy_processes) is not set",
             user_workflows=user_workflows,
         )
     return backends, pool
@@ -130,6 +137,10 @@ def comfy_instances(settings: Settings) -> list[ComfyInstanceConfig]:
     out = [
         ComfyInstanceConfig(name=i.name, url=str(i.url), max_in_flight=i.max_in_flight)
         for i in settings.comfy_instances
+    ]
+    out += [
+        ComfyInstanceConfig(name=p.name, url=p.url, max_in_flight=p.max_in_flight)
+        for p in settings.comfy_processes
     ]
     if settings.comfy_url is not None:
         out.insert(
@@ -177,18 +188,43 @@ async def open_runtime(
     run_worker: bool,
     worker_options: WorkerOptions | None = None,
     webhook_options: WebhookOptions | None = None,
+    start_processes: bool | None = None,
+    wait_processes: bool = False,
 ) -> AsyncIterator[Runtime]:
+    """``start_processes`` (default: ``run_worker``) starts the configured local
+    ComfyUI processes, stopped when the runtime closes; ``wait_processes`` waits
+    until they are ready (or gave up) before going on."""
     demo = demo_enabled(settings)
     async with AsyncExitStack() as stack:
         db = await open_database(settings.db_url)
         stack.push_async_callback(db.dispose)
         inputs = InputStore(settings.data_path / "inputs")
+        supervisor = None
+        pool_ref: list[ComfyPool | None] = [None]
+        start = run_worker if start_processes is None else start_processes
+        if settings.comfy_processes and start:
+
+            async def ready(_name: str) -> None:
+                if pool_ref[0] is not None:
+                    await pool_ref[0].refresh(force_info=True)
+
+            supervisor = ProcessSupervisor(
+                settings.comfy_processes, settings.data_path / "logs", on_ready=ready
+            )
+            supervisor.start()
+            # closed after the pool and the worker (the stack unwinds in reverse)
+            stack.push_async_callback(supervisor.stop)
+            if wait_processes:
+                await supervisor.wait_ready()
         backends, pool = await _build_backends(settings, stack, demo, inputs)
+        pool_ref[0] = pool
         for b in backends.values():
             stack.push_async_callback(b.aclose)
         store = OutputStore(settings.output_path, settings.jobs_path)
         hub = Hub()
         service = Service(settings, db, backends, store, hub, demo=demo, inputs=inputs, comfy=pool)
+        service.processes = supervisor
+        metrics = Metrics()
         if demo:
             log.warning(
                 "DEMO MODE: no backend is configured; jobs run on SIMULATED backends and "
@@ -214,11 +250,19 @@ async def open_runtime(
                 poll_interval_s=settings.worker_poll_interval_s,
                 shutdown_grace_s=settings.shutdown_grace_s,
             )
-            worker = Worker(service.repo, service.worker_repo, backends, store, hub, opts)
+            worker = Worker(
+                service.repo, service.worker_repo, backends, store, hub, opts, metrics=metrics
+            )
             await worker.start()
             stack.push_async_callback(worker.stop)
         runtime = Runtime(
-            settings=settings, service=service, worker=worker, demo=demo, webhooks=dispatcher
+            settings=settings,
+            service=service,
+            worker=worker,
+            demo=demo,
+            webhooks=dispatcher,
+            metrics=metrics,
+            processes=supervisor,
         )
         runtime._stack = stack
         yield runtime
@@ -259,7 +303,9 @@ async def start_worker(runtime: Runtime, options: WorkerOptions) -> Worker:
     """Start a worker inside an open runtime (one-shot commands restrict it to their
     own jobs with ``options.only_ids``); it stops when the runtime closes."""
     svc = runtime.service
-    worker = Worker(svc.repo, svc.worker_repo, svc.backends, svc.store, svc.hub, options)
+    worker = Worker(
+        svc.repo, svc.worker_repo, svc.backends, svc.store, svc.hub, options, runtime.metrics
+    )
     await worker.start()
     runtime._stack.push_async_callback(worker.stop)
     return worker

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,8 @@ from orchestrator.domain.webhooks import (
     check_url,
 )
 from orchestrator.engine.hub import Hub
+from orchestrator.engine.processes import ProcessSupervisor
+from orchestrator.ignite import IgniteReport, report, run_checks
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
 
 EVENT_POLL_S = 1.0  # how often to look for changes made by other processes
@@ -103,6 +106,8 @@ class Service:
         self.demo = demo
         self.inputs = inputs or InputStore(settings.data_path / "inputs")
         self.comfy = comfy
+        self.processes: ProcessSupervisor | None = None
+        self._health_cache: dict[str, tuple[float, BackendHealth]] = {}
 
     # --- jobs -------------------------------------------------------------------------
     async def submit(self, req: AnyRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
@@ -490,6 +495,43 @@ class Service:
             queue=queue,
             notice=notice,
         )
+
+    async def ignite(self) -> IgniteReport:
+        """Check the database, folders, FLUX key, ComfyUI instances and processes."""
+        return report(await run_checks(self))
+
+    async def cached_backend_health(self, max_age_s: float = 60.0) -> list[BackendHealth]:
+        """Every backend's health; a remote check (FLUX credits) is reused for
+        ``max_age_s``, so probes and scrapes do not call BFL each time."""
+        now = time.monotonic()
+        out = []
+        for name, b in self.backends.items():
+            hit = self._health_cache.get(name)
+            if hit is not None and now - hit[0] < max_age_s:
+                out.append(hit[1])
+                continue
+            h = await b.health()
+            if name == "flux" and h.enabled:
+                self._health_cache[name] = (now, h)
+            out.append(h)
+        return out
+
+    async def readiness(self) -> str | None:
+        """None when ready to take jobs, else the reason it is not."""
+        try:
+            await self.db.ping()
+        except Exception:
+            return "the database is unreachable"
+        backends = await self.cached_backend_health()
+        if not any(b.status in ("ok", "degraded") for b in backends):
+            reasons = "; ".join(dict.fromkeys(b.reason or b.status for b in backends))
+            return f"no backend is usable ({reasons})"
+        counts = await self.repo.counts()
+        queued = sum(by.get("queued", 0) for by in counts.values())
+        limit = self.settings.ready_max_queue
+        if queued >= limit:
+            return f"{queued} jobs are queued (READY_MAX_QUEUE={limit})"
+        return None
 
     async def live_workers(self) -> int:
         return len(await self.worker_repo.live(self.settings.lease_s))

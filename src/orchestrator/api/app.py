@@ -14,6 +14,7 @@ from orchestrator.api import (
     routes_comfy,
     routes_flux,
     routes_jobs,
+    routes_ops,
     routes_system,
     routes_webhooks,
 )
@@ -77,6 +78,7 @@ def create_app(
     app.include_router(routes_system.router)
     app.include_router(routes_system.models_router)
     app.include_router(routes_webhooks.router)
+    app.include_router(routes_ops.router)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:

@@ -13,7 +13,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from orchestrator.api.deps import ServiceDep
 from orchestrator.api.problems import Problem
 from orchestrator.domain.jobs import Job, JobEvent, JobPage, JobStatus
-from orchestrator.domain.params import AnyRequest, GenerateRequest
+from orchestrator.domain.params import AnyRequest, BackendName, GenerateRequest
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 Wait = Annotated[bool, Query(description="Wait until the job is finished.")]
@@ -67,7 +67,7 @@ async def generate(
 async def list_jobs(
     service: ServiceDep,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
-    backend: Annotated[list[str] | None, Query(max_length=32)] = None,
+    backend: Annotated[list[BackendName] | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from orchestrator.api.deps import ServiceDep
+from orchestrator.ignite import IgniteReport
 from orchestrator.services import ModelInfo, SystemHealth
 
 router = APIRouter(prefix="/api/system", tags=["system"])
@@ -26,3 +27,10 @@ async def models(
 async def health(service: ServiceDep) -> SystemHealth:
     """``demo: true`` means the backends are simulated and outputs are placeholders."""
     return await service.health()
+
+
+@router.post("/ignite", summary="Check every dependency: database, folders, FLUX, ComfyUI")
+async def ignite(service: ServiceDep) -> IgniteReport:
+    """``ok`` is false when an essential check failed; warnings name optional parts
+    that are off or degraded."""
+    return await service.ignite()

@@ -410,6 +410,7 @@ GenerateRequest = Annotated[
     Field(discriminator="backend"),
 ]
 AnyRequest = FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest
+BackendName = Literal["flux", "sdxl", "sd35", "svd", "comfy", "workflow"]
 BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy", "workflow")
 COMFY_BACKENDS: tuple[str, ...] = ("sdxl", "sd35", "svd", "comfy", "workflow")
 PARAMS_BY_BACKEND: dict[str, type[BaseModel]] = {

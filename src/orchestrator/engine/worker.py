@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
@@ -28,6 +28,9 @@ from orchestrator.domain.jobs import Job, JobError, JobStatus, UpstreamHandle
 from orchestrator.engine import recovery
 from orchestrator.engine.hub import Hub
 from orchestrator.storage import OutputStore
+
+if TYPE_CHECKING:
+    from orchestrator.metrics import Metrics
 
 log = logs.get(__name__)
 Code = errors.ErrorCode
@@ -53,6 +56,7 @@ class _Running:
         self.task = task
         self.stop_reason: StopReason | None = None
         self.submit_started = False
+        self.started = time.monotonic()
 
 
 class Worker:
@@ -64,8 +68,10 @@ class Worker:
         store: OutputStore,
         hub: Hub,
         options: WorkerOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
+        self.metrics = metrics
         self.workers = workers
         self.backends = backends
         self.store = store
@@ -328,6 +334,7 @@ class Worker:
                 outputs = await backend.fetch_outputs(job, handle, completed, self.store)
             done = await self.repo.finish(job.id, self.id, JobStatus.SUCCEEDED, outputs=outputs)
             self.hub.job_changed(job.id)
+            self._observe(job, JobStatus.SUCCEEDED)
             log.info("job succeeded", outputs=len(outputs))
             await self._manifest(done)
         except TimeoutError:
@@ -354,6 +361,15 @@ class Worker:
             if reason == "shutdown":
                 await self._leave_for_later(job, handle)
             raise
+
+    def _observe(self, job: Job, status: JobStatus, code: errors.ErrorCode | None = None) -> None:
+        if self.metrics is None:
+            return
+        r = self._running.get(job.id)
+        if r is not None:
+            self.metrics.job_finished(job.backend, status, time.monotonic() - r.started)
+        if code is not None:
+            self.metrics.upstream_error(job.backend, code.value)
 
     def _mark_submit_started(self, job_id: str) -> None:
         r = self._running.get(job_id)
@@ -388,6 +404,7 @@ class Worker:
         err = JobError.model_validate({"code": code, "message": message, "details": clean})
         await asyncio.shield(self.repo.finish(job.id, self.id, JobStatus.FAILED, error=err))
         self.hub.job_changed(job.id)
+        self._observe(job, JobStatus.FAILED, code)
         log.warning("job failed", code=code.value, error=message)
 
     async def _finish_canceled(
@@ -400,6 +417,7 @@ class Worker:
             )
         )
         self.hub.job_changed(job.id)
+        self._observe(job, JobStatus.CANCELED)
         log.info("job canceled", note=outcome.note)
 
     async def _leave_for_later(self, job: Job, handle: UpstreamHandle | None) -> None:
