@@ -354,13 +354,18 @@ class Service:
         loop_deadline = (
             None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
         )
+        await self.repo.get(job_id)  # 404 for unknown jobs
         while True:
-            job = await self.repo.get(job_id)
-            if job.status.terminal:
-                return job
-            if loop_deadline is not None and datetime.now(UTC) >= loop_deadline:
-                return job
-            await self.hub.wait_job(job_id, EVENT_POLL_S)
+            state = (await self.repo.status_of([job_id])).get(job_id)
+            if state is None or state[0].terminal:
+                return await self.repo.get(job_id)
+            wait_s = LOCAL_POLL_S if job_id in self.hub.local_jobs else EVENT_POLL_S
+            if loop_deadline is not None:
+                left = (loop_deadline - datetime.now(UTC)).total_seconds()
+                if left <= 0:
+                    return await self.repo.get(job_id)
+                wait_s = min(wait_s, left)
+            await self.hub.wait_job(job_id, wait_s)
 
     async def output(self, job_id: str, n: int) -> tuple[JobOutput, Path]:
         job = await self.repo.get(job_id)
