@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import struct
 import time
 import uuid
@@ -232,9 +231,6 @@ class OutputStore:
                 continue
         return removed
 
-    def free_bytes(self) -> int:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        return shutil.disk_usage(self.output_dir).free
 
 
 def _animation_seconds(im: Image.Image) -> float | None:

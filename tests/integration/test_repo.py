@@ -102,7 +102,7 @@ async def test_claim_respects_limits_across_owners(db: Database) -> None:
     repo = JobRepo(db)
     for _ in range(5):
         await repo.create(new_job())
-    slow = [await repo.create(new_job(model="slow")) for _ in range(2)]
+    slow = [(await repo.create(new_job(model="slow")))[0].id for _ in range(2)]
     a = await repo.claim("w1", 30, 2, groups)
     b = await repo.claim("w2", 30, 10, groups)
     assert len(a) == 2 and len(b) == 1  # backend-wide limit 3 counted across owners
@@ -110,7 +110,8 @@ async def test_claim_respects_limits_across_owners(db: Database) -> None:
     await repo.finish(a[0].id, "w1", JobStatus.SUCCEEDED)
     c = await repo.claim("w3", 30, 10, groups)
     assert len(c) == 1
-    assert not {s[0].id for s in slow} & {j.id for j in a + b + c} or True
+    # oldest first: the five "m" jobs were queued before the "slow" ones
+    assert not set(slow) & {j.id for j in a + b + c}
 
 
 async def test_sub_limit_does_not_block_others(db: Database) -> None:

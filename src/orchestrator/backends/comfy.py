@@ -51,7 +51,6 @@ from orchestrator.backends.comfy_workflows import (
     Workflow,
     WorkflowReport,
     build_prompt,
-    check_workflow,
     model_file,
     models_in,
     template_reports,
@@ -966,13 +965,3 @@ class ComfyBackend(Backend):
             },
         )
 
-
-def check_raw_workflow(
-    pool: ComfyPool, workflow: dict[str, JsonValue]
-) -> dict[str, WorkflowReport]:
-    """A raw workflow checked against every healthy instance."""
-    return {
-        i.name: check_workflow(workflow, i.object_info)  # type: ignore[arg-type]
-        for i in pool.instances.values()
-        if i.healthy
-    }

@@ -15,7 +15,6 @@ from collections.abc import Callable
 class Hub:
     def __init__(self) -> None:
         self._job_waiters: dict[str, set[asyncio.Event]] = {}
-        self._any_waiters: set[asyncio.Event] = set()
         self.queue_changed = asyncio.Event()
         # Set when a webhook delivery was queued (or replayed) in this process.
         self.webhooks_changed = asyncio.Event()
@@ -26,8 +25,6 @@ class Hub:
 
     def job_changed(self, job_id: str) -> None:
         for ev in self._job_waiters.get(job_id, ()):
-            ev.set()
-        for ev in self._any_waiters:
             ev.set()
 
     async def wait_job(self, job_id: str, timeout_s: float) -> None:
@@ -45,17 +42,6 @@ class Hub:
                 waiters.discard(ev)
                 if not waiters:
                     del self._job_waiters[job_id]
-
-    async def wait_any(self, timeout_s: float) -> None:
-        ev = asyncio.Event()
-        self._any_waiters.add(ev)
-        try:
-            async with asyncio.timeout(timeout_s):
-                await ev.wait()
-        except TimeoutError:
-            pass
-        finally:
-            self._any_waiters.discard(ev)
 
     def job_queued(self) -> None:
         self.queue_changed.set()
