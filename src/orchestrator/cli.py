@@ -314,29 +314,68 @@ def _comfy_common(
     return raw
 
 
+# Options shared by the ComfyUI text-to-image commands.
+NegativeOpt = Annotated[str | None, typer.Option("--negative", help="Negative prompt.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed")]
+StepsOpt = Annotated[int | None, typer.Option("--steps")]
+CfgOpt = Annotated[float | None, typer.Option("--cfg")]
+WidthOpt = Annotated[int | None, typer.Option("--width")]
+HeightOpt = Annotated[int | None, typer.Option("--height")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE")]
+PriorityOpt = Annotated[int, typer.Option("--priority", help="Higher runs first.")]
+WaitOpt = Annotated[bool, typer.Option("--wait/--no-wait", help="Wait and print the output paths.")]
+
+
+def _text_to_image(
+    ctx: typer.Context,
+    make: Callable[[dict[str, object]], AnyRequest],
+    base: dict[str, object],
+    *,
+    negative: str | None,
+    seed: int | None,
+    steps: int | None,
+    cfg: float | None,
+    width: int | None,
+    height: int | None,
+    param: list[str] | None,
+    wait: bool,
+) -> None:
+    settings = _settings(ctx)
+    raw = _comfy_common({**base, **_parse_params(param or [])}, seed, steps, cfg, width, height)
+    if negative is not None:
+        raw["negative_prompt"] = negative
+    req = _build(lambda: make(raw))
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
 @generate_app.command("sdxl")
 def generate_sdxl(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="What to generate.")],
-    negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    steps: Annotated[int | None, typer.Option()] = None,
-    cfg: Annotated[float | None, typer.Option()] = None,
-    width: Annotated[int | None, typer.Option()] = None,
-    height: Annotated[int | None, typer.Option()] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE")] = None,
-    priority: Annotated[int, typer.Option()] = 0,
-    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+    negative: NegativeOpt = None,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    cfg: CfgOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    param: ParamOpt = None,
+    priority: PriorityOpt = 0,
+    wait: WaitOpt = False,
 ) -> None:
     """Queue an SDXL text-to-image job on ComfyUI."""
-    settings = _settings(ctx)
-    raw = _comfy_common(
-        {"prompt": prompt, **_parse_params(param or [])}, seed, steps, cfg, width, height
+    _text_to_image(
+        ctx,
+        lambda raw: SdxlRequest(params=SdxlParams.model_validate(raw), priority=priority),
+        {"prompt": prompt},
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        width=width,
+        height=height,
+        param=param,
+        wait=wait,
     )
-    if negative is not None:
-        raw["negative_prompt"] = negative
-    req = _build(lambda: SdxlRequest(params=SdxlParams.model_validate(raw), priority=priority))
-    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
 
 
 @generate_app.command("sd35")
@@ -344,30 +383,30 @@ def generate_sd35(
     ctx: typer.Context,
     prompt: Annotated[str, typer.Argument(help="What to generate.")],
     variant: Annotated[str, typer.Option(help="large, large-turbo or medium.")] = "large",
-    negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    steps: Annotated[int | None, typer.Option()] = None,
-    cfg: Annotated[float | None, typer.Option()] = None,
-    width: Annotated[int | None, typer.Option()] = None,
-    height: Annotated[int | None, typer.Option()] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE")] = None,
-    priority: Annotated[int, typer.Option()] = 0,
-    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+    negative: NegativeOpt = None,
+    seed: SeedOpt = None,
+    steps: StepsOpt = None,
+    cfg: CfgOpt = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    param: ParamOpt = None,
+    priority: PriorityOpt = 0,
+    wait: WaitOpt = False,
 ) -> None:
     """Queue an SD3.5 text-to-image job on ComfyUI."""
-    settings = _settings(ctx)
-    raw = _comfy_common(
-        {"prompt": prompt, "variant": variant, **_parse_params(param or [])},
-        seed,
-        steps,
-        cfg,
-        width,
-        height,
+    _text_to_image(
+        ctx,
+        lambda raw: Sd35Request(params=Sd35Params.model_validate(raw), priority=priority),
+        {"prompt": prompt, "variant": variant},
+        negative=negative,
+        seed=seed,
+        steps=steps,
+        cfg=cfg,
+        width=width,
+        height=height,
+        param=param,
+        wait=wait,
     )
-    if negative is not None:
-        raw["negative_prompt"] = negative
-    req = _build(lambda: Sd35Request(params=Sd35Params.model_validate(raw), priority=priority))
-    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
 
 
 @generate_app.command("svd")
