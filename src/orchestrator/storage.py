@@ -232,7 +232,6 @@ class OutputStore:
         return removed
 
 
-
 def _animation_seconds(im: Image.Image) -> float | None:
     """Total duration of an animated image (WEBP, APNG, GIF); None for stills."""
     frames = int(getattr(im, "n_frames", 1))

@@ -964,4 +964,3 @@ class ComfyBackend(Backend):
                 "in_flight": sum(s.in_flight for s in statuses),
             },
         )
-
