@@ -133,6 +133,34 @@ class Settings(BaseSettings):
     tilda_dump_path: Path | None = Field(
         default=None, description="Folder or zip of a Tilda site export (used by the importer)."
     )
+    tilda_import_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders under which POST /api/tilda/import may read a server-side path "
+        '(JSON list, e.g. ["exports"]); TILDA_DUMP_PATH is always allowed.',
+    )
+    tilda_max_total_mb: Annotated[int, Field(ge=1)] = Field(
+        default=2048, description="Largest total uncompressed size of an export to import, MB."
+    )
+    tilda_max_files: Annotated[int, Field(ge=1)] = Field(
+        default=50_000, description="Most files an export to import may hold."
+    )
+    tilda_max_ratio: Annotated[float, Field(ge=1)] = Field(
+        default=200.0,
+        description="Highest compression ratio of one zip entry (larger than 1 MB) before "
+        "the archive is refused as a zip bomb.",
+    )
+    tilda_public_key: SecretStr | None = Field(
+        default=None, description="Tilda API public key (Business plan). Absent: API import off."
+    )
+    tilda_secret_key: SecretStr | None = Field(
+        default=None, description="Tilda API secret key. Absent: API import off."
+    )
+    tilda_project_id: str | None = Field(
+        default=None, description="Tilda project id imported by `orchestrator tilda import --api`."
+    )
+    tilda_api_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("https://api.tildacdn.info"), description="Tilda API origin."
+    )
 
     # --- server -----------------------------------------------------------------
     host: str = Field(
@@ -253,6 +281,24 @@ class Settings(BaseSettings):
         description="/readyz answers 503 when this many jobs (or more) are queued.",
     )
 
+    # --- cost ledger and budgets ---------------------------------------------------------
+    flux_prices: dict[str, Annotated[float, Field(ge=0, le=100_000)]] = Field(
+        default_factory=dict,
+        description="Credits per image by FLUX model, over BFL's list prices (used when "
+        'BFL sends no `cost`), e.g. {"flux-dev": 2.5}. 1 credit = US$0.01.',
+    )
+    comfy_gpu_second_rate: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=0.0, description="Credits per GPU-second of a ComfyUI job (0: free)."
+    )
+    v0_credits_per_1k_tokens: Annotated[float, Field(ge=0, le=100_000)] = Field(
+        default=0.0, description="Credits per 1,000 tokens of a v0 job (0: not counted)."
+    )
+    daily_budget: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="Credits all jobs together may spend per UTC day; a job that would "
+        "exceed it is refused before anything is spent. Unset: no global budget.",
+    )
+
     # --- webhooks -------------------------------------------------------------------
     webhook_secret: SecretStr | None = Field(
         default=None,
@@ -307,6 +353,9 @@ class Settings(BaseSettings):
     @field_validator(
         "bfl_api_key",
         "v0_api_key",
+        "tilda_public_key",
+        "tilda_secret_key",
+        "tilda_project_id",
         "comfy_url",
         "database_url",
         "webhook_url",
@@ -354,6 +403,16 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from None
         return v
 
+    @field_validator("flux_prices")
+    @classmethod
+    def _known_flux_models(cls, v: dict[str, float]) -> dict[str, float]:
+        from orchestrator.domain.params import FLUX_MODELS
+
+        unknown = sorted(set(v) - set(FLUX_MODELS))
+        if unknown:
+            raise ValueError(f"unknown FLUX models {unknown}; known: {sorted(FLUX_MODELS)}")
+        return v
+
     @field_validator("comfy_instances")
     @classmethod
     def _unique_names(cls, v: list[ComfyInstanceSettings]) -> list[ComfyInstanceSettings]:
@@ -387,6 +446,7 @@ class Settings(BaseSettings):
         )
         if self.tilda_dump_path is not None:
             self.tilda_dump_path = _resolve(self.tilda_dump_path, base)
+        self.tilda_import_roots = [_resolve(r, base) for r in self.tilda_import_roots]
         for proc in self.comfy_processes:
             if proc.cwd is not None:
                 proc.cwd = _resolve(proc.cwd, base)
@@ -438,7 +498,13 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every secret's plain value, for log redaction."""
         out = []
-        for v in (self.bfl_api_key, self.v0_api_key, self.webhook_secret):
+        for v in (
+            self.bfl_api_key,
+            self.v0_api_key,
+            self.webhook_secret,
+            self.tilda_public_key,
+            self.tilda_secret_key,
+        ):
             if v is not None and v.get_secret_value():
                 out.append(v.get_secret_value())
         return out

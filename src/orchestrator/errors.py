@@ -8,13 +8,16 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     ├── NotFound                           404
     │   ├── JobNotFound
     │   ├── OutputNotFound
-    │   └── DeliveryNotFound                a webhook delivery
+    │   ├── DeliveryNotFound                a webhook delivery
+    │   └── SiteNotFound                    an imported Tilda site, page, asset or import run
     ├── Conflict                           409
     │   ├── IdempotencyConflict             same Idempotency-Key, different body
     │   ├── InvalidTransition               e.g. cancelling a finished job
     │   ├── BackendDisabled                 backend not configured (reason given)
     │   └── WebhooksDisabled                a webhook was asked for without WEBHOOK_SECRET
     ├── InvalidRequest                     422  (field errors)
+    │   └── InvalidExport                   a Tilda export refused (carries an ErrorCode)
+    ├── ImportPathNotAllowed               403  a server-side import path outside the roots
     └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
         ├── TransientUpstreamError               may be retried
         │   └── RateLimited                      429 with Retry-After
@@ -59,6 +62,12 @@ class ErrorCode(StrEnum):
     PROMPT_LOST = "prompt_lost"
     INVALID_INPUT = "invalid_input"
     INTERNAL_ERROR = "internal_error"
+    # Tilda import runs (stored in ``tilda_imports.error_code``)
+    UNSAFE_ARCHIVE = "unsafe_archive"
+    CORRUPT_ARCHIVE = "corrupt_archive"
+    ARCHIVE_TOO_LARGE = "archive_too_large"
+    NOT_TILDA_EXPORT = "not_tilda_export"
+    IMPORT_FAILED = "import_failed"
 
 
 class OrchestratorError(Exception):
@@ -102,6 +111,11 @@ class DeliveryNotFound(NotFound):
     type_slug = "webhook-delivery-not-found"
 
 
+class SiteNotFound(NotFound):
+    title = "Imported site content not found"
+    type_slug = "site-not-found"
+
+
 class Conflict(OrchestratorError):
     status = 409
     title = "Conflict"
@@ -132,6 +146,25 @@ class InvalidRequest(OrchestratorError):
     status = 422
     title = "Invalid request"
     type_slug = "invalid-request"
+
+
+class InvalidExport(InvalidRequest):
+    """A Tilda export that is refused: unsafe, corrupt, too large or not Tilda's.
+    ``code`` names the problem (unsafe_archive, corrupt_archive, archive_too_large,
+    not_tilda_export)."""
+
+    title = "Tilda export refused"
+    type_slug = "invalid-export"
+
+    def __init__(self, code: ErrorCode, detail: str, **extra: JsonValue) -> None:
+        super().__init__(detail, code=code.value, **extra)
+        self.code = code
+
+
+class ImportPathNotAllowed(OrchestratorError):
+    status = 403
+    title = "Import path not allowed"
+    type_slug = "import-path-not-allowed"
 
 
 class UpstreamError(OrchestratorError):

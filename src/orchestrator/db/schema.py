@@ -65,6 +65,9 @@ jobs = sa.Table(
     sa.Column("manifest_at", UTCDateTime, nullable=True),
     sa.Column("webhook_url", sa.Text, nullable=True),
     sa.Column("webhook_events", sa.JSON, nullable=True),
+    # added in 0005: the cost ledger (``cost`` is the final or quoted cost)
+    sa.Column("cost_estimate", sa.Float, nullable=True),
+    sa.Column("gpu_seconds", sa.Float, nullable=True),
     sa.Index("ix_jobs_queue", "status", "priority", "created_at"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_backend_status", "backend", "status"),
@@ -145,4 +148,116 @@ webhook_attempts = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_webhook_attempts_delivery", "delivery_id", "id"),
+)
+
+# Per-token daily budgets, in credits (the global one is a setting). Added in 0005.
+token_budgets = sa.Table(
+    "token_budgets",
+    metadata,
+    sa.Column("token_id", sa.String(64), primary_key=True),
+    sa.Column("daily_limit", sa.Float, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# --- imported Tilda sites (migration 0006) --------------------------------------------
+sites = sa.Table(
+    "sites",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tilda_project_id", sa.String(32), nullable=True, unique=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("domain", sa.String(255), nullable=True),
+    sa.Column("home_tilda_page_id", sa.String(32), nullable=True),
+    sa.Column("last_import_id", sa.String(36), nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("imported_at", UTCDateTime, nullable=False),
+)
+
+# One row per page file; header and footer pages (role) own the shared layout blocks,
+# which other pages reference through header_tilda_id / footer_tilda_id.
+site_pages = sa.Table(
+    "site_pages",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("site_id", sa.String(36), sa.ForeignKey("sites.id"), nullable=False),
+    sa.Column("tilda_page_id", sa.String(32), nullable=False),
+    sa.Column("alias", sa.String(512), nullable=True),
+    sa.Column("file_name", sa.String(512), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("is_home", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("indexable", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("keywords", sa.Text, nullable=False),
+    sa.Column("canonical_url", sa.Text, nullable=True),
+    sa.Column("public_url", sa.Text, nullable=True),
+    sa.Column("og", sa.JSON, nullable=False),
+    sa.Column("header_tilda_id", sa.String(32), nullable=True),
+    sa.Column("footer_tilda_id", sa.String(32), nullable=True),
+    sa.Column("block_count", sa.Integer, nullable=False),
+    sa.Column("image_count", sa.Integer, nullable=False),
+    sa.Column("missing_images", sa.JSON, nullable=False),
+    sa.Column("search_text", sa.Text, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+    sa.UniqueConstraint("site_id", "tilda_page_id", name="uq_site_pages_tilda"),
+    sa.Index("ix_site_pages_site", "site_id", "file_name"),
+)
+
+site_blocks = sa.Table(
+    "site_blocks",
+    metadata,
+    sa.Column("page_id", sa.String(36), sa.ForeignKey("site_pages.id"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("record_id", sa.String(32), nullable=False),
+    sa.Column("record_type", sa.String(16), nullable=True),
+    sa.Column("code", sa.String(32), nullable=True),
+    sa.Column("placement", sa.String(16), nullable=False),
+    sa.Column("texts", sa.JSON, nullable=False),
+    sa.Column("links", sa.JSON, nullable=False),
+    sa.Column("image_asset_ids", sa.JSON, nullable=False),
+)
+
+# Files are content-addressed: one row (and one file under DATA_DIR/assets) per sha256.
+site_assets = sa.Table(
+    "site_assets",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("original_name", sa.String(512), nullable=False),
+    sa.Column("mime_type", sa.String(128), nullable=False),
+    sa.Column("width", sa.Integer, nullable=True),
+    sa.Column("height", sa.Integer, nullable=True),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+site_page_assets = sa.Table(
+    "site_page_assets",
+    metadata,
+    sa.Column("page_id", sa.String(36), sa.ForeignKey("site_pages.id"), primary_key=True),
+    sa.Column("asset_id", sa.String(64), sa.ForeignKey("site_assets.id"), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Index("ix_site_page_assets_asset", "asset_id"),
+)
+
+tilda_imports = sa.Table(
+    "tilda_imports",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("site_id", sa.String(36), nullable=True),
+    sa.Column("stage", sa.String(32), nullable=False),
+    sa.Column("done", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("total", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("report", sa.JSON, nullable=True),
+    sa.Column("error_code", sa.String(64), nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Index("ix_tilda_imports_created", "created_at", "id"),
 )
