@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from orchestrator import logs
 from orchestrator.api.deps import ServiceDep
 from orchestrator.api.problems import problem_response
+from orchestrator.ledger import today
 from orchestrator.metrics import CONTENT_TYPE, Metrics
 
 router = APIRouter(tags=["operations"])
@@ -48,6 +49,8 @@ async def metrics(request: Request, service: ServiceDep) -> Response:
     m: Metrics = request.app.state.runtime.metrics
     try:
         m.set_counts(await service.repo.counts())
+        spend = await service.ledger.repo.spend(today())
+        m.set_spend(spend.spent, spend.reserved)
     except Exception:
         log.warning("metrics: could not read job counts", exc_info=True)
     flux = next((h for h in await service.cached_backend_health() if h.name == "flux"), None)

@@ -57,6 +57,7 @@ from orchestrator.backends.comfy_workflows import (
 )
 from orchestrator.backends.user_workflows import UserWorkflow
 from orchestrator.db.jobs import NewOutput
+from orchestrator.domain.costs import gpu_seconds
 from orchestrator.domain.jobs import Job, UpstreamHandle
 from orchestrator.domain.params import (
     PARAMS_BY_BACKEND,
@@ -179,6 +180,13 @@ def read_history(entry: Mapping[str, JsonValue]) -> HistoryOutcome:
         files,
         errors.UpstreamError(Code.EXECUTION_ERROR, f"ComfyUI reported status {status_str!r}"),
     )
+
+
+def history_gpu_seconds(entry: Mapping[str, JsonValue]) -> float | None:
+    """The prompt's execution time from its history messages' timestamps."""
+    status = entry.get("status")
+    messages = status.get("messages") if isinstance(status, dict) else None
+    return gpu_seconds(messages) if isinstance(messages, list) else None
 
 
 def output_files(outputs: JsonValue) -> list[RemoteFile]:
@@ -873,11 +881,16 @@ class ComfyBackend(Backend):
 
     def _completed(self, inst: ComfyInstance, entry: dict[str, JsonValue]) -> Completed:
         outcome = read_history(entry)
+        gpu_s = history_gpu_seconds(entry)
         if outcome.error is not None:
+            if gpu_s is not None:
+                outcome.error.extra.setdefault("gpu_seconds", gpu_s)
             raise outcome.error
         if not outcome.files:
-            raise errors.UpstreamError(Code.EXECUTION_ERROR, "the workflow produced no files")
-        return Completed(outcome.files, {"instance": inst.name})
+            raise errors.UpstreamError(
+                Code.EXECUTION_ERROR, "the workflow produced no files", gpu_seconds=gpu_s
+            )
+        return Completed(outcome.files, {"instance": inst.name, "gpu_seconds": gpu_s})
 
     async def fetch_outputs(
         self, job: Job, handle: UpstreamHandle, completed: Completed, store: OutputStore

@@ -40,6 +40,7 @@ from orchestrator.domain.webhooks import (
     retry_delay,
 )
 from orchestrator.engine.hub import Hub
+from orchestrator.metrics import Metrics
 
 log = logs.get(__name__)
 
@@ -89,8 +90,10 @@ class WebhookDispatcher:
         allow_private: bool,
         timeout_s: float,
         options: WebhookOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
+        self.metrics = metrics
         self.http = http
         self.hub = hub
         self.signer = Webhook(secret)
@@ -225,6 +228,8 @@ class WebhookDispatcher:
             "status_code": status_code,
             "attempt": d.attempts + 1,
         }
+        if self.metrics is not None:
+            self.metrics.webhook_attempt(d.event, outcome.value, latency_ms / 1000)
         if not kept:
             log.warning("webhook delivery changed while sending; attempt not recorded", **fields)
         elif outcome == DeliveryStatus.SUCCEEDED:

@@ -320,7 +320,9 @@ class Worker:
                         handle = planned
                     else:
                         await self.repo.mark_submitting(job.id, self.id)
+                    t0 = time.monotonic()
                     submitted = await backend.submit(job, planned)
+                    self._timed(job, "submit", t0)
                     if submitted.handle != planned or submitted.cost is not None:
                         await self.repo.set_upstream(
                             job.id, self.id, submitted.handle, submitted.cost
@@ -330,9 +332,23 @@ class Worker:
                     log.info("submitted upstream", task_id=handle.task_id, cost=submitted.cost)
                 else:
                     log.info("re-attached to upstream task", task_id=handle.task_id)
+                t0 = time.monotonic()
                 completed = await backend.wait(job, handle, self._progress_writer(job))
+                if completed.record:
+                    await self.repo.add_event(
+                        job.id, "info", f"{job.backend} result", completed.record
+                    )
+                t1 = self._timed(job, "wait", t0)
                 outputs = await backend.fetch_outputs(job, handle, completed, self.store)
-            done = await self.repo.finish(job.id, self.id, JobStatus.SUCCEEDED, outputs=outputs)
+                self._timed(job, "fetch", t1)
+            done = await self.repo.finish(
+                job.id,
+                self.id,
+                JobStatus.SUCCEEDED,
+                outputs=outputs,
+                gpu_seconds=_number(completed.details.get("gpu_seconds")),
+                tokens=_int(completed.details.get("tokens")),
+            )
             self.hub.job_changed(job.id)
             self._observe(job, JobStatus.SUCCEEDED)
             log.info("job succeeded", outputs=len(outputs))
@@ -349,6 +365,8 @@ class Worker:
                 return
             log.warning("requeued: nothing ran upstream", reason=exc.detail)
             await self.repo.requeue(job.id, self.id, f"requeued: {exc.detail}")
+            if self.metrics is not None:
+                self.metrics.requeued(job.backend)
             self.hub.job_queued()
         except errors.UpstreamError as exc:
             await self._fail(job, exc.code, exc.detail, exc.extra)
@@ -370,6 +388,13 @@ class Worker:
             self.metrics.job_finished(job.backend, status, time.monotonic() - r.started)
         if code is not None:
             self.metrics.upstream_error(job.backend, code.value)
+
+    def _timed(self, job: Job, phase: str, started: float) -> float:
+        """Observe an upstream phase's duration; returns now (monotonic)."""
+        now = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.upstream_call(job.backend, phase, now - started)
+        return now
 
     def _mark_submit_started(self, job_id: str) -> None:
         r = self._running.get(job_id)
@@ -402,7 +427,16 @@ class Worker:
     ) -> None:
         clean = {k: v for k, v in (details or {}).items() if v is not None}
         err = JobError.model_validate({"code": code, "message": message, "details": clean})
-        await asyncio.shield(self.repo.finish(job.id, self.id, JobStatus.FAILED, error=err))
+        await asyncio.shield(
+            self.repo.finish(
+                job.id,
+                self.id,
+                JobStatus.FAILED,
+                error=err,
+                gpu_seconds=_number(clean.get("gpu_seconds")),
+                tokens=_int(clean.get("tokens")),
+            )
+        )
         self.hub.job_changed(job.id)
         self._observe(job, JobStatus.FAILED, code)
         log.warning("job failed", code=code.value, error=message)
@@ -433,3 +467,14 @@ class Worker:
             return
         await asyncio.shield(self.repo.release_leases(self.id, [job.id]))
         log.info("left running upstream for the next start to re-attach")
+
+
+def _number(value: object) -> float | None:
+    """A float from backend details (None when absent or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
