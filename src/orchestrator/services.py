@@ -17,22 +17,29 @@ import httpx2
 from pydantic import BaseModel, Field, JsonValue, ValidationError
 
 from orchestrator import __version__, errors
+from orchestrator.auth_service import Tokens
 from orchestrator.backends.base import Backend, BackendHealth
 from orchestrator.backends.comfy import ComfyInstance, ComfyPool, InstanceStatus
 from orchestrator.backends.user_workflows import UserWorkflow
+from orchestrator.backends.v0 import V0Backend
 from orchestrator.config import Settings
 from orchestrator.db.engine import Database
 from orchestrator.db.jobs import JobRepo, NewJob
+from orchestrator.db.tokens import TokenRepo
 from orchestrator.db.webhooks import WebhookRepo
 from orchestrator.db.workers import WorkerRepo
+from orchestrator.domain import auth
+from orchestrator.domain.costs import BudgetStatus
 from orchestrator.domain.jobs import Job, JobEvent, JobOutput, JobPage, JobStatus
 from orchestrator.domain.params import (
     FLUX_LIST_PRICE,
     FLUX_MODELS,
     PARAMS_BY_BACKEND,
+    V0_MODELS,
     AnyRequest,
     Sd35Params,
     SvdParams,
+    V0Params,
     WorkflowParams,
 )
 from orchestrator.domain.webhooks import (
@@ -46,6 +53,7 @@ from orchestrator.domain.webhooks import (
 from orchestrator.engine.hub import Hub
 from orchestrator.engine.processes import ProcessSupervisor
 from orchestrator.ignite import IgniteReport, report, run_checks
+from orchestrator.ledger import Ledger
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
 
 EVENT_POLL_S = 1.0  # how often to look for changes made by other processes
@@ -97,9 +105,16 @@ class Service:
             global_url=settings.webhook_url,
             max_age_s=settings.webhook_max_age_s,
         )
-        self.repo = JobRepo(db, webhooks=self.webhook_policy, on_webhook=hub.webhook_queued)
+        self.ledger = Ledger(settings, db)
+        self.repo = JobRepo(
+            db,
+            webhooks=self.webhook_policy,
+            on_webhook=hub.webhook_queued,
+            pricing=self.ledger.pricing,
+        )
         self.webhooks = WebhookRepo(db)
         self.worker_repo = WorkerRepo(db)
+        self.tokens = Tokens(TokenRepo(db), session_ttl_s=settings.session_ttl_s)
         self.backends = backends
         self.store = store
         self.hub = hub
@@ -110,9 +125,17 @@ class Service:
         self._health_cache: dict[str, tuple[float, BackendHealth]] = {}
 
     # --- jobs -------------------------------------------------------------------------
-    async def submit(self, req: AnyRequest, idempotency_key: str | None = None) -> tuple[Job, bool]:
+    async def submit(
+        self,
+        req: AnyRequest,
+        idempotency_key: str | None = None,
+        *,
+        principal: auth.Principal = auth.LOCAL,
+    ) -> tuple[Job, bool]:
         """Queue a job. Returns ``(job, created)``; ``created`` is False when the
-        idempotency key matched an earlier identical request."""
+        idempotency key matched an earlier identical request. ``principal``: who asks
+        (the job records its token); the default is the local owner (CLI, stdio MCP)."""
+        auth.require(principal, auth.submit_action(req.backend))
         backend = self._backend(req.backend)
         if not backend.enabled:
             raise errors.BackendDisabled(
@@ -131,7 +154,10 @@ class Service:
             params["init_image"] = await self.store_input(req.params.init_image)
         if isinstance(req.params, WorkflowParams):
             params["inputs"] = await self._workflow_inputs(backend, req.params)
+        if isinstance(req.params, V0Params) and isinstance(backend, V0Backend):
+            params = await backend.check_params(req.params, self.store_input)
         params = backend.prepare(params)
+        estimate = await self.ledger.estimate(req.backend, req.model)
         new = NewJob(
             id=str(uuid.uuid4()),
             backend=req.backend,
@@ -145,18 +171,22 @@ class Service:
             deadline_s=req.deadline_s,
             webhook_url=req.webhook_url,
             webhook_events=req.webhook_events,
+            cost_estimate=estimate,
+            token_id=principal.token_id,
         )
-        job, created = await self.repo.create(new)
+        job, created = await self.repo.create(new, self.ledger.guard(estimate, principal.token_id))
         if created:
             self.hub.job_queued()
         return job, created
 
-    async def retry_job(self, job_id: str) -> Job:
+    async def retry_job(self, job_id: str, *, principal: auth.Principal = auth.LOCAL) -> Job:
         """Run a finished job again: a new job (a new attempt) with the same
         backend, model, parameters, priority and webhook settings, and a fresh
-        deadline of the same length, linked by ``retry_of``. A queued or running
-        job cannot be retried (409)."""
+        deadline of the same length, linked by ``retry_of``, recorded as created by
+        ``principal``. A queued or running job cannot be retried (409)."""
         old = await self.repo.get(job_id)
+        auth.require(principal, auth.Action.RETRY_JOB, old.token_id)
+        auth.require(principal, auth.submit_action(old.backend))
         if not old.status.terminal:
             raise errors.InvalidTransition(
                 f"a {old.status.value} job cannot be retried; only a finished "
@@ -178,6 +208,8 @@ class Service:
             str(uuid.uuid4()),
             default_deadline_s=backend.default_deadline_s(),
             simulated=backend.simulated,
+            guard=self.ledger.retry_guard(principal.token_id),
+            token_id=principal.token_id,
         )
         self.hub.job_queued()
         self.hub.job_changed(job_id)
@@ -300,17 +332,19 @@ class Service:
         *,
         text: str | None = None,
         backend: Sequence[str] = (),
+        model: Sequence[str] = (),
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         cursor: str | None = None,
         limit: int = 20,
     ) -> JobPage:
         """Succeeded jobs (with their outputs) whose prompt contains ``text``,
-        optionally of some backends and created in ``[created_after, created_before)``;
+        optionally of some backends (and models) and created in ``[created_after, created_before)``;
         newest first, cursor-paginated."""
         return await self.repo.search(
             text=text or None,
             backend=backend,
+            model=model,
             status=[JobStatus.SUCCEEDED],
             created_after=created_after,
             created_before=created_before,
@@ -318,7 +352,10 @@ class Service:
             limit=limit,
         )
 
-    async def cancel_job(self, job_id: str) -> Job:
+    async def cancel_job(self, job_id: str, *, principal: auth.Principal = auth.LOCAL) -> Job:
+        """Cancel a job (below admin, only a job its token created)."""
+        owner = (await self.repo.get(job_id)).token_id
+        auth.require(principal, auth.Action.CANCEL_JOB, owner)
         job = await self.repo.request_cancel(job_id)
         self.hub.cancel_requested(job_id)
         self.hub.job_changed(job_id)
@@ -349,6 +386,18 @@ class Service:
                     continue
                 await self.hub.wait_job(job_id, EVENT_POLL_S)
 
+    async def follow_all_events(self, after_id: int | None = None) -> AsyncIterator[JobEvent]:
+        """Every job's events after ``after_id`` (default: from now on), live, forever:
+        the server-wide stream behind the UI's "job finished" notices."""
+        last = await self.repo.last_event_id() if after_id is None else after_id
+        while True:
+            batch = await self.repo.events_since(last)
+            for ev in batch:
+                last = ev.id
+                yield ev
+            if not batch:
+                await self.hub.wait_any_job(EVENT_POLL_S)
+
     async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""
         loop_deadline = (
@@ -376,6 +425,23 @@ class Service:
                     raise errors.OutputNotFound(f"output {n} of job {job_id} is missing on disk")
                 return out, path
         raise errors.OutputNotFound(f"job {job_id} has no output {n}", job_id=job_id, n=n)
+
+    # --- costs and budgets --------------------------------------------------------------
+    async def set_token_budget(
+        self, token_id: str, daily_limit: float, *, principal: auth.Principal = auth.LOCAL
+    ) -> BudgetStatus:
+        """Give a token a daily budget, in credits (admin only; the token must exist)."""
+        auth.require(principal, auth.Action.MANAGE_TOKENS)
+        await self.tokens.repo.get(token_id)  # 404 for an unknown token
+        await self.ledger.set_budget(token_id, daily_limit)
+        return next(b for b in await self.ledger.budgets() if b.token_id == token_id)
+
+    async def clear_token_budget(
+        self, token_id: str, *, principal: auth.Principal = auth.LOCAL
+    ) -> None:
+        auth.require(principal, auth.Action.MANAGE_TOKENS)
+        if not await self.ledger.clear_budget(token_id):
+            raise errors.NotFound(f"token {token_id!r} has no budget", token_id=token_id)
 
     # --- backends, models, health -------------------------------------------------------
     def _backend(self, name: str) -> Backend:
@@ -415,16 +481,17 @@ class Service:
                 continue
             if backend in (None, name) and name in self.backends:
                 b = self.backends[name]
-                out.append(
-                    ModelInfo(
-                        backend=name,
-                        model=name,
-                        max_active=min(lim for _k, lim in b.limit_groups(name))
-                        if b.enabled
-                        else None,
-                        params_schema=pcls.model_json_schema(),
+                for model in V0_MODELS if name == "v0" else (name,):
+                    out.append(
+                        ModelInfo(
+                            backend=name,
+                            model=model,
+                            max_active=min(lim for _k, lim in b.limit_groups(model))
+                            if b.enabled
+                            else None,
+                            params_schema=pcls.model_json_schema(),
+                        )
                     )
-                )
         return out
 
     def comfy_pool(self) -> ComfyPool:

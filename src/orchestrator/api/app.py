@@ -8,14 +8,18 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from orchestrator import __version__
+from orchestrator import __version__, ui
 from orchestrator.api import (
+    auth,
     problems,
     routes_comfy,
+    routes_costs,
+    routes_events,
     routes_flux,
     routes_jobs,
     routes_ops,
     routes_system,
+    routes_tokens,
     routes_webhooks,
 )
 from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
@@ -24,6 +28,7 @@ from orchestrator.engine.webhooks import WebhookOptions
 from orchestrator.engine.worker import WorkerOptions
 from orchestrator.mcp_server import build_mcp, transport_security
 from orchestrator.runtime import Runtime, open_runtime
+from orchestrator.ui import login
 
 DESCRIPTION = """
 Durable image and video generation jobs on FLUX and on a pool of ComfyUI servers
@@ -57,6 +62,7 @@ def create_app(
             webhook_options=webhook_options,
         ) as runtime:
             app.state.runtime = runtime
+            await auth.announce(settings, runtime.service.tokens)
             # A mounted app's own lifespan never runs: the MCP sessions live here,
             # inside the runtime they use, and end before it closes.
             async with mcp.session_manager.run():
@@ -68,10 +74,13 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    # Every route, public ones listed in api/auth.py excepted, needs a credential.
+    auth.install(app, settings, lambda: get_runtime(app).service.tokens)
     app.add_middleware(BodyLimitMiddleware)
     app.add_middleware(RequestIdMiddleware)
     problems.install(app)
     problems.document(app)
+    auth.document(app)
     app.include_router(routes_jobs.router)
     app.include_router(routes_flux.router)
     app.include_router(routes_comfy.router)
@@ -79,10 +88,15 @@ def create_app(
     app.include_router(routes_system.models_router)
     app.include_router(routes_webhooks.router)
     app.include_router(routes_ops.router)
+    app.include_router(routes_tokens.router)
+    app.include_router(login.router)
+    app.include_router(routes_costs.router)
+    app.include_router(routes_events.router)
+    ui.install(app)
 
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+        return RedirectResponse("/ui/")
 
     # MCP over streamable HTTP at /mcp, calling this app's service in-process. Its
     # route joins the app's own routes (rather than a catch-all mount at "/"), so

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -61,18 +61,49 @@ def problem_response(
     )
 
 
+# Renders an error as an HTML page (installed by the web UI): (request, status,
+# title, detail) -> response.
+HtmlErrorPage = Callable[[Request, int, str, str | None], Response]
+
+
+def wants_html(request: Request) -> bool:
+    """An HTML error page is for the web UI's pages (``/ui``, not its static files)
+    when the client asks for HTML; everything else gets problem+json."""
+    path = request.url.path
+    if not (path == "/ui" or path.startswith("/ui/")) or path.startswith("/ui/static/"):
+        return False
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _answer(
+    request: Request,
+    status: int,
+    title: str,
+    slug: str,
+    detail: str | None = None,
+    extra: dict[str, JsonValue] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    page: HtmlErrorPage | None = getattr(request.app.state, "html_error_page", None)
+    if page is not None and wants_html(request):
+        response = page(request, status, title, detail)
+        response.headers.update(dict(headers or {}))
+        return response
+    return problem_response(request, status, title, slug, detail, extra, headers)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.OrchestratorError)
-    async def _domain(request: Request, exc: errors.OrchestratorError) -> JSONResponse:
+    async def _domain(request: Request, exc: errors.OrchestratorError) -> Response:
         extra = dict(exc.extra)
         if isinstance(exc, errors.UpstreamError):
             extra["code"] = exc.code.value
         if exc.status >= 500:
             log.error("request failed", error=exc.detail, kind=type(exc).__name__)
-        return problem_response(request, exc.status, exc.title, exc.type_slug, exc.detail, extra)
+        return _answer(request, exc.status, exc.title, exc.type_slug, exc.detail, extra)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         field_errors: list[JsonValue] = [
             {
                 "loc": [p for p in e.get("loc", ()) if isinstance(p, str | int)],
@@ -88,24 +119,24 @@ def install(app: FastAPI) -> None:
             assert isinstance(loc, list)
             where = ".".join(str(p) for p in loc)
         detail = f"{len(field_errors)} invalid field(s)" + (f", first: {where}" if where else "")
-        return problem_response(
+        return _answer(
             request, 422, "Invalid request", "invalid-request", detail, {"errors": field_errors}
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         title = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}.get(
             exc.status_code, "HTTP error"
         )
         slug = title.lower().replace(" ", "-")
-        return problem_response(
+        return _answer(
             request, exc.status_code, title, slug, str(exc.detail), headers=exc.headers
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error")
-        return problem_response(
+        return _answer(
             request,
             500,
             "Internal error",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -24,6 +24,7 @@ from orchestrator.db import webhooks as webhooks_db
 from orchestrator.db.engine import Database, cancel_safe
 from orchestrator.db.schema import job_events, job_outputs, jobs
 from orchestrator.domain import limits
+from orchestrator.domain.costs import Pricing, final_cost
 from orchestrator.domain.jobs import (
     EventKind,
     Job,
@@ -37,6 +38,12 @@ from orchestrator.domain.jobs import (
     transition,
 )
 from orchestrator.domain.webhooks import WebhookEvent, WebhookPolicy
+
+
+# A budget check run inside the job-creating transaction; raises to refuse.
+Guard = Callable[[AsyncConnection], Awaitable[None]]
+# The same for a retry: given the old job's backend and model, returns the new estimate.
+RetryGuard = Callable[[AsyncConnection, str, str], Awaitable[float]]
 
 
 class LeaseLost(Exception):
@@ -62,6 +69,8 @@ class NewJob:
     retry_of: str | None = None
     webhook_url: str | None = None
     webhook_events: Sequence[WebhookEventName] | None = None
+    cost_estimate: float | None = None
+    token_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,10 +104,12 @@ class JobRepo:
         *,
         webhooks: WebhookPolicy | None = None,
         on_webhook: Callable[[], None] | None = None,
+        pricing: Pricing | None = None,
     ) -> None:
         self.db = db
         self.webhooks = webhooks
         self.on_webhook = on_webhook
+        self.pricing = pricing or Pricing()
 
     def _queued(self, n: int) -> None:
         if n and self.on_webhook is not None:
@@ -106,13 +117,17 @@ class JobRepo:
 
     # --- create and read ---------------------------------------------------------
     @cancel_safe
-    async def create(self, new: NewJob) -> tuple[Job, bool]:
+    async def create(self, new: NewJob, guard: Guard | None = None) -> tuple[Job, bool]:
         """Insert a job; returns ``(job, created)``. With an idempotency key already
         used, returns the existing job (``created=False``) when the request hash
-        matches, else raises :class:`errors.IdempotencyConflict`."""
+        matches, else raises :class:`errors.IdempotencyConflict`. ``guard`` (a budget
+        check) runs in the inserting transaction, serialised with every other guarded
+        insert, and may raise to refuse the job; it is skipped for a repeated key."""
         now = utcnow()
         try:
-            async with self.db.write() as conn:
+            async with self.db.write(claim_lock=guard is not None) as conn:
+                if guard is not None and not await _key_used(conn, new.idempotency_key):
+                    await guard(conn)
                 await conn.execute(
                     jobs.insert().values(
                         id=new.id,
@@ -133,6 +148,8 @@ class JobRepo:
                         retry_of=new.retry_of,
                         webhook_url=new.webhook_url,
                         webhook_events=_events_list(new.webhook_events),
+                        cost_estimate=new.cost_estimate,
+                        token_id=new.token_id,
                     )
                 )
                 await _event(conn, new.id, "created", status=JobStatus.QUEUED, at=now)
@@ -168,18 +185,28 @@ class JobRepo:
             retry_of=new.retry_of,
             webhook_url=new.webhook_url,
             webhook_events=_events_list(new.webhook_events),
+            cost_estimate=new.cost_estimate,
+            token_id=new.token_id,
         )
         return job, True
 
     @cancel_safe
     async def retry(
-        self, job_id: str, new_id: str, *, default_deadline_s: float, simulated: bool
+        self,
+        job_id: str,
+        new_id: str,
+        *,
+        default_deadline_s: float,
+        simulated: bool,
+        guard: RetryGuard | None = None,
+        token_id: str | None = None,
     ) -> Job:
         """A new queued job with a finished job's backend, model, parameters,
         priority, deadline and webhook settings, linked by ``retry_of``; an event on
-        each job says so. Only a terminal job can be retried."""
+        each job says so. Only a terminal job can be retried. ``guard`` (a budget
+        check, given the old job) runs first in the transaction and may refuse."""
         now = utcnow()
-        async with self.db.write() as conn:
+        async with self.db.write(claim_lock=guard is not None) as conn:
             row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
             if row is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
@@ -192,6 +219,9 @@ class JobRepo:
                     job_id=job_id,
                 )
             deadline_s = row.deadline_s if row.deadline_s is not None else default_deadline_s
+            estimate = row.cost_estimate
+            if guard is not None:
+                estimate = await guard(conn, str(row.backend), str(row.model))
             await conn.execute(
                 jobs.insert().values(
                     id=new_id,
@@ -210,6 +240,8 @@ class JobRepo:
                     retry_of=job_id,
                     webhook_url=row.webhook_url,
                     webhook_events=row.webhook_events,
+                    cost_estimate=estimate,
+                    token_id=token_id,
                 )
             )
             await _event(
@@ -266,6 +298,7 @@ class JobRepo:
         text: str | None = None,
         backend: Sequence[str] = (),
         status: Sequence[JobStatus] = (),
+        model: Sequence[str] = (),
         created_after: datetime | None = None,
         created_before: datetime | None = None,
         cursor: str | None = None,
@@ -283,6 +316,8 @@ class JobRepo:
             q = q.where(jobs.c.status.in_([s.value for s in status]))
         if backend:
             q = q.where(jobs.c.backend.in_(list(backend)))
+        if model:
+            q = q.where(jobs.c.model.in_(list(model)))
         if created_after is not None:
             q = q.where(jobs.c.created_at >= created_after)
         if created_before is not None:
@@ -333,19 +368,22 @@ class JobRepo:
         )
         async with self.db.read() as conn:
             rows = (await conn.execute(q)).all()
-        return [
-            JobEvent(
-                id=r.id,
-                job_id=r.job_id,
-                at=r.at,
-                kind=r.kind,
-                status=JobStatus(r.status) if r.status else None,
-                progress=r.progress,
-                message=r.message,
-                data=r.data or {},
-            )
-            for r in rows
-        ]
+        return [_job_event(r) for r in rows]
+
+    @cancel_safe
+    async def events_since(self, after_id: int, limit: int = 500) -> list[JobEvent]:
+        """Events of every job after ``after_id``, oldest first (the server-wide stream)."""
+        q = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q.limit(limit))).all()
+        return [_job_event(r) for r in rows]
+
+    @cancel_safe
+    async def last_event_id(self) -> int:
+        """The newest event's id (0 when there is none)."""
+        async with self.db.read() as conn:
+            value = (await conn.execute(sa.select(sa.func.max(job_events.c.id)))).scalar()
+        return int(value or 0)
 
     @cancel_safe
     async def status_of(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, bool]]:
@@ -670,9 +708,12 @@ class JobRepo:
         error: JobError | None = None,
         outputs: Sequence[NewOutput] = (),
         message: str | None = None,
+        gpu_seconds: float | None = None,
+        tokens: int | None = None,
     ) -> Job:
         """Move a job to a terminal state with its outputs or error, in one
-        transaction. ``owner=None`` acts without a lease (a queued job)."""
+        transaction, recording its final cost (``domain/costs.final_cost``).
+        ``owner=None`` acts without a lease (a queued job)."""
         now = utcnow()
         async with self.db.write() as conn:
             if owner is None:
@@ -685,12 +726,31 @@ class JobRepo:
             else:
                 current = await self._owned_status(conn, job_id, owner)
             transition(current, status)
+            ledger = (
+                await conn.execute(
+                    sa.select(jobs.c.backend, jobs.c.model, jobs.c.cost, jobs.c.upstream).where(
+                        jobs.c.id == job_id
+                    )
+                )
+            ).one()
             values: dict[str, object] = {
                 "status": status.value,
                 "finished_at": now,
                 "updated_at": now,
                 "lease_owner": None,
                 "lease_expires_at": None,
+                "gpu_seconds": gpu_seconds,
+                "cost": final_cost(
+                    backend=ledger.backend,
+                    model=ledger.model,
+                    status=status,
+                    submitted=ledger.upstream is not None,
+                    quoted=ledger.cost,
+                    error_code=error.code if error is not None else None,
+                    gpu_seconds=gpu_seconds,
+                    tokens=tokens,
+                    pricing=self.pricing,
+                ),
             }
             if status == JobStatus.SUCCEEDED:
                 values["progress"] = 1.0
@@ -825,6 +885,27 @@ async def _event(
     )
 
 
+def _job_event(r: sa.Row[tuple[object, ...]]) -> JobEvent:
+    m = r._mapping
+    return JobEvent(
+        id=m["id"],
+        job_id=m["job_id"],
+        at=m["at"],
+        kind=m["kind"],
+        status=JobStatus(m["status"]) if m["status"] else None,
+        progress=m["progress"],
+        message=m["message"],
+        data=m["data"] or {},
+    )
+
+
+async def _key_used(conn: AsyncConnection, key: str | None) -> bool:
+    if key is None:
+        return False
+    found = await conn.execute(sa.select(jobs.c.id).where(jobs.c.idempotency_key == key))
+    return found.first() is not None
+
+
 def _events_list(events: Sequence[WebhookEventName] | None) -> list[WebhookEventName] | None:
     return None if events is None else list(events)
 
@@ -866,6 +947,8 @@ async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: 
         error=error,
         upstream=UpstreamHandle.model_validate(m["upstream"]) if m["upstream"] else None,
         cost=m["cost"],
+        cost_estimate=m["cost_estimate"],
+        gpu_seconds=m["gpu_seconds"],
         simulated=bool(m["simulated"]),
         cancel_requested=bool(m["cancel_requested"]),
         deadline_at=m["deadline_at"],
@@ -876,6 +959,7 @@ async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: 
         retry_of=m["retry_of"],
         webhook_url=m["webhook_url"],
         webhook_events=m["webhook_events"],
+        token_id=m["token_id"],
     )
     if outputs:
         await _attach_outputs(conn, [job])

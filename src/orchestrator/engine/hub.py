@@ -22,10 +22,26 @@ class Hub:
         # Jobs a worker of this process is running: their changes are always signalled
         # here, so waiters need not poll the database for them.
         self.local_jobs: set[str] = set()
+        # Waiters for a change of any job (the server-wide event stream).
+        self._any_waiters: set[asyncio.Event] = set()
 
     def job_changed(self, job_id: str) -> None:
         for ev in self._job_waiters.get(job_id, ()):
             ev.set()
+        for ev in self._any_waiters:
+            ev.set()
+
+    async def wait_any_job(self, timeout_s: float) -> None:
+        """Return when any job changes in this process, or after ``timeout_s``."""
+        ev = asyncio.Event()
+        self._any_waiters.add(ev)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await ev.wait()
+        except TimeoutError:
+            pass
+        finally:
+            self._any_waiters.discard(ev)
 
     async def wait_job(self, job_id: str, timeout_s: float) -> None:
         """Return when ``job_id`` changes in this process, or after ``timeout``."""
@@ -45,6 +61,8 @@ class Hub:
 
     def job_queued(self) -> None:
         self.queue_changed.set()
+        for ev in self._any_waiters:
+            ev.set()
 
     def webhook_queued(self) -> None:
         self.webhooks_changed.set()
