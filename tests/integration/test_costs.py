@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 
 import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import TEST_KEY
 from typer.testing import CliRunner
 
@@ -253,3 +254,20 @@ async def test_costs_api_and_cli(settings_for: Callable[..., Settings], tmp_path
     assert res.exit_code == 2
     res = runner.invoke(cli_app, ["budget", "list", "--json"], env=env)
     assert res.exit_code == 0 and json.loads(res.stdout)[0]["scope"] == "global"
+
+
+async def test_retries_and_phases_are_counted(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair
+) -> None:
+    """A poll answered 503 twice is retried (stamina) and counted by its cause."""
+    fake, _ = fake_bfl
+    fake.faults.add("poll", status=503, count=2)
+    async with runtime(settings_for()) as rt:
+        job, _ = await rt.service.submit(dev("retry me"))
+        assert (await rt.service.wait_for(job.id, 20)).status == JobStatus.SUCCEEDED
+        families = {f.name: f for f in text_string_to_metric_families(rt.metrics.render().decode())}
+    retries = [
+        s for s in families["orchestrator_upstream_retries"].samples if s.name.endswith("_total")
+    ]
+    assert sum(s.value for s in retries) == 2
+    assert {s.labels["error"] for s in retries} == {"TransientUpstreamError"}

@@ -98,6 +98,18 @@ def test_metrics_after_a_job(make_settings: Callable[..., Settings]) -> None:
     ]
     assert durations and durations[0].value == 1
     assert "orchestrator_upstream_errors" in families
+    phases = {
+        s.labels["phase"]: s.value
+        for s in families["orchestrator_upstream_call_duration_seconds"].samples
+        if s.name.endswith("_count") and s.labels["backend"] == "flux"
+    }
+    assert phases == {"submit": 1, "wait": 1, "fetch": 1}
+    spend = {
+        s.labels["kind"]: s.value for s in families["orchestrator_spent_today_credits"].samples
+    }
+    assert spend == {"spent": 2.5, "reserved": 0.0}  # flux-dev's cost, in credits
+    assert "orchestrator_upstream_retries" in families
+    assert "orchestrator_requeues" in families
 
 
 def _free_port() -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 from starlette.applications import Starlette
@@ -293,6 +294,20 @@ async def test_failing_receiver_is_retried_until_it_succeeds(
             dev("flaky", webhook_url=f"{receiver.base_url}/flaky", webhook_events=["completed"])
         )
         [d] = await until(svc, lambda items: settled(items, 1), job_id=job.id)
+        scraped = text_string_to_metric_families(rt.metrics.render().decode())
+        families = {f.name: f for f in scraped}
+    attempts = {
+        (s.labels["event"], s.labels["outcome"]): s.value
+        for s in families["orchestrator_webhook_attempts"].samples
+        if s.name.endswith("_total")
+    }
+    assert attempts == {("job.completed", "retrying"): 2, ("job.completed", "delivered"): 1}
+    [count] = [
+        s
+        for s in families["orchestrator_webhook_attempt_duration_seconds"].samples
+        if s.name.endswith("_count")
+    ]
+    assert count.value == 3
     assert d.status == DeliveryStatus.SUCCEEDED and d.event.value == "job.completed"
     assert d.attempts == 3 and d.last_status_code == 200 and d.last_error is None
     assert [a.status_code for a in d.attempt_log] == [500, 503, 200]
