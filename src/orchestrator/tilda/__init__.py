@@ -1,0 +1,1 @@
+"""Tilda website export import: parsing, safe archive reading, the importer, the API client."""
