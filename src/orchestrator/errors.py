@@ -9,6 +9,7 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     │   ├── JobNotFound
     │   ├── OutputNotFound
     │   ├── DeliveryNotFound                a webhook delivery
+    │   ├── TokenNotFound                   an API token
     │   └── SiteNotFound                    an imported Tilda site, page, asset or import run
     ├── Conflict                           409
     │   ├── IdempotencyConflict             same Idempotency-Key, different body
@@ -17,7 +18,9 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     │   └── WebhooksDisabled                a webhook was asked for without WEBHOOK_SECRET
     ├── InvalidRequest                     422  (field errors)
     │   └── InvalidExport                   a Tilda export refused (carries an ErrorCode)
+    ├── Forbidden                          403  the token's scope does not allow it
     ├── ImportPathNotAllowed               403  a server-side import path outside the roots
+    ├── BudgetExceeded                     402  a daily budget would be exceeded
     └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
         ├── TransientUpstreamError               may be retried
         │   └── RateLimited                      429 with Retry-After
@@ -62,6 +65,7 @@ class ErrorCode(StrEnum):
     PROMPT_LOST = "prompt_lost"
     INVALID_INPUT = "invalid_input"
     INTERNAL_ERROR = "internal_error"
+    STREAM_INTERRUPTED = "stream_interrupted"  # a streamed answer (v0) broke off, retries spent
     # Tilda import runs (stored in ``tilda_imports.error_code``)
     UNSAFE_ARCHIVE = "unsafe_archive"
     CORRUPT_ARCHIVE = "corrupt_archive"
@@ -116,6 +120,11 @@ class SiteNotFound(NotFound):
     type_slug = "site-not-found"
 
 
+class TokenNotFound(NotFound):
+    title = "API token not found"
+    type_slug = "token-not-found"
+
+
 class Conflict(OrchestratorError):
     status = 409
     title = "Conflict"
@@ -161,10 +170,28 @@ class InvalidExport(InvalidRequest):
         self.code = code
 
 
+class Forbidden(OrchestratorError):
+    """Authenticated, but the token's scope (or ownership of the job) does not
+    allow the action."""
+
+    status = 403
+    title = "Forbidden"
+    type_slug = "forbidden"
+
+
 class ImportPathNotAllowed(OrchestratorError):
     status = 403
     title = "Import path not allowed"
     type_slug = "import-path-not-allowed"
+
+
+class BudgetExceeded(OrchestratorError):
+    """A job was refused before anything was spent: it would take a daily budget
+    (global or its token's) over its limit."""
+
+    status = 402
+    title = "Budget exceeded"
+    type_slug = "budget-exceeded"
 
 
 class UpstreamError(OrchestratorError):

@@ -43,6 +43,8 @@ EXTENSIONS = {
     "image/gif": "gif",
     "video/mp4": "mp4",
     "video/webm": "webm",
+    "text/x-typescript": "tsx",
+    "text/markdown": "md",
 }
 
 
@@ -106,6 +108,14 @@ class OutputStore:
             "generator": "orchestrator",
         }
 
+    async def save_text(self, job: Job, n: int, text: str, *, mime_type: str) -> NewOutput:
+        """A text output (generated code, Markdown), UTF-8, saved like any other."""
+
+        async def one() -> AsyncIterator[bytes]:
+            yield text.encode("utf-8")
+
+        return await self.save(job, n, one(), mime_type=mime_type)
+
     async def save(
         self,
         job: Job,
@@ -145,7 +155,9 @@ class OutputStore:
         meta: dict[str, JsonValue],
     ) -> NewOutput:
         with partial.open("rb") as fh:
-            sniffed = sniff_mime(fh.read(16))
+            # text we wrote ourselves is what it says; a binary download is sniffed
+            text = (mime_type or "").startswith("text/")
+            sniffed = None if text else sniff_mime(fh.read(16))
         mime = sniffed or (mime_type or "application/octet-stream")
         payload = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
         if mime == "image/png":

@@ -41,6 +41,8 @@ class RemoteFile:
 class Completed:
     files: list[RemoteFile]
     details: dict[str, JsonValue] = field(default_factory=dict)
+    # Facts the worker records in the job's events (kind "info"), e.g. token usage.
+    record: dict[str, JsonValue] | None = None
 
 
 @dataclass(frozen=True)

@@ -405,13 +405,70 @@ class WorkflowRequest(_RequestBase):
         return self.params.name
 
 
+# --- v0 (page code generation) -------------------------------------------------------
+
+V0_MODELS: tuple[str, ...] = ("v0-1.5-md", "v0-1.5-lg")
+
+
+class V0Params(BaseModel):
+    """A v0 code-generation job: a prompt, optionally an imported site page (its texts
+    and a few of its images) as context, and image inputs."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: Literal["v0-1.5-md", "v0-1.5-lg"] = Field(
+        default="v0-1.5-md", description="v0-1.5-md (everyday), v0-1.5-lg (harder pages)."
+    )
+    prompt: Annotated[str, Field(min_length=1, max_length=20_000)] = Field(
+        description="What to build."
+    )
+    system: Annotated[str, Field(max_length=20_000)] | None = Field(
+        default=None, description="Extra system instructions, after the built-in ones."
+    )
+    site_page_id: Annotated[str, Field(min_length=1, max_length=128)] | None = Field(
+        default=None, description="An imported Tilda page whose texts and images are context."
+    )
+    page_images: Annotated[int, Field(ge=0, le=8)] = Field(
+        default=4, description="How many of the page's images to send (0 to 8)."
+    )
+    images: Annotated[list[InputImage], Field(max_length=8)] = Field(
+        default_factory=list,
+        description="Image inputs: base64 or data: URLs, output:<job>/<n>, asset:<id>.",
+    )
+    output_format: Literal["tsx", "md"] = Field(
+        default="tsx",
+        description="tsx: one page component (the code of the answer's code block); "
+        "md: the whole answer as Markdown.",
+    )
+    max_completion_tokens: Annotated[int, Field(ge=1, le=128_000)] | None = Field(
+        default=None, description="Upper bound on the answer's length, tokens."
+    )
+
+
+class V0Request(_RequestBase):
+    backend: Literal["v0"] = "v0"
+    params: V0Params
+
+    @property
+    def model(self) -> str:
+        return self.params.model
+
+
 GenerateRequest = Annotated[
-    FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest,
+    FluxRequest
+    | SdxlRequest
+    | Sd35Request
+    | SvdRequest
+    | ComfyRequest
+    | WorkflowRequest
+    | V0Request,
     Field(discriminator="backend"),
 ]
-AnyRequest = FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest
-BackendName = Literal["flux", "sdxl", "sd35", "svd", "comfy", "workflow"]
-BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy", "workflow")
+AnyRequest = (
+    FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest | V0Request
+)
+BackendName = Literal["flux", "sdxl", "sd35", "svd", "comfy", "workflow", "v0"]
+BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy", "workflow", "v0")
 COMFY_BACKENDS: tuple[str, ...] = ("sdxl", "sd35", "svd", "comfy", "workflow")
 PARAMS_BY_BACKEND: dict[str, type[BaseModel]] = {
     "sdxl": SdxlParams,
@@ -419,4 +476,5 @@ PARAMS_BY_BACKEND: dict[str, type[BaseModel]] = {
     "svd": SvdParams,
     "comfy": ComfyRawParams,
     "workflow": WorkflowParams,
+    "v0": V0Params,
 }
