@@ -128,6 +128,8 @@ async def test_generate_wait_progress_output_and_resources(
             "list_workflows",
             "search_outputs",
             "get_output",
+            "ignite",
+            "cost_report",
         }
         job = structured(
             await c.call_tool(
@@ -548,3 +550,30 @@ async def test_search_query_on_each_database(db_url: str) -> None:
         assert {page.items[0].id, rest.items[0].id} == both and rest.next_cursor is None
     finally:
         await db.dispose()
+
+
+async def test_ignite_and_cost_report_tools(server: OrchestratorMCP, runtime: Runtime) -> None:
+    async with Client(server) as c:
+        report = structured(await c.call_tool("ignite", {}))
+        assert report["ok"] is True
+        components = {check["component"]: check["status"] for check in report["checks"]}
+        assert components["database"] == "ok" and components["flux"] == "ok"
+        job = structured(
+            await c.call_tool("generate", {"backend": "flux", "params": FLUX, "wait": True})
+        )
+        assert job["status"] == "succeeded"
+        costs = structured(await c.call_tool("cost_report", {"group_by": ["backend", "model"]}))
+        assert costs["currency"] == "credits" and costs["total"] == 2.5
+        assert costs["rows"] == [
+            {
+                "day": None,
+                "backend": "flux",
+                "model": "flux-dev",
+                "token_id": None,
+                "jobs": 1,
+                "cost": 2.5,
+                "gpu_seconds": 0.0,
+            }
+        ]
+        bad = await c.call_tool("cost_report", {"group_by": ["colour"]})
+        assert bad.is_error
