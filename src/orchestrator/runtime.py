@@ -15,6 +15,7 @@ from orchestrator.backends.base import Backend
 from orchestrator.backends.comfy import ComfyBackend, ComfyInstanceConfig, ComfyPool
 from orchestrator.backends.flux import FluxBackend
 from orchestrator.backends.user_workflows import load_user_workflows
+from orchestrator.backends.v0_wiring import build_v0_backend
 from orchestrator.config import Settings
 from orchestrator.db.engine import open_database
 from orchestrator.domain.params import COMFY_BACKENDS
@@ -118,6 +119,9 @@ async def _build_backends(
     else:
         flux = FluxBackend(http, base_url=str(settings.flux_base_url), api_key=None)
     backends: dict[str, Backend] = {"flux": flux}
+    backends["v0"] = await build_v0_backend(
+        settings, stack, http, demo=demo, inputs=inputs, http_timeout=http_timeout(settings)
+    )
     pool = await _build_comfy_pool(settings, stack, http, demo)
     user_workflows, _problems = load_user_workflows(settings.comfy_workflows_dir)
     for kind in COMFY_BACKENDS:
@@ -224,6 +228,7 @@ async def open_runtime(
         hub = Hub()
         service = Service(settings, db, backends, store, hub, demo=demo, inputs=inputs, comfy=pool)
         service.processes = supervisor
+        stack.push_async_callback(service.tilda.aclose)  # background Tilda imports
         metrics = Metrics()
         if demo:
             log.warning(
@@ -241,7 +246,9 @@ async def open_runtime(
             level = log.warning if settings.webhook_url else log.info
             level("webhooks disabled", reason=reason)
         elif run_worker:
-            dispatcher = await _start_webhooks(settings, stack, service, hub, webhook_options)
+            dispatcher = await _start_webhooks(
+                settings, stack, service, hub, webhook_options, metrics
+            )
         worker = None
         if run_worker:
             opts = worker_options or WorkerOptions(
@@ -274,6 +281,7 @@ async def _start_webhooks(
     service: Service,
     hub: Hub,
     options: WebhookOptions | None,
+    metrics: Metrics,
 ) -> WebhookDispatcher:
     assert settings.webhook_secret is not None
     http = await stack.enter_async_context(
@@ -293,6 +301,7 @@ async def _start_webhooks(
         allow_private=settings.webhook_allow_private,
         timeout_s=settings.webhook_timeout_s,
         options=options,
+        metrics=metrics,
     )
     await dispatcher.start()
     stack.push_async_callback(dispatcher.stop)

@@ -42,6 +42,7 @@ from orchestrator.domain.params import (
     V0Params,
     WorkflowParams,
 )
+from orchestrator.domain.tilda import SitePageDetail, parse_asset_ref
 from orchestrator.domain.webhooks import (
     DeliveryStatus,
     UrlProblem,
@@ -55,6 +56,7 @@ from orchestrator.engine.processes import ProcessSupervisor
 from orchestrator.ignite import IgniteReport, report, run_checks
 from orchestrator.ledger import Ledger
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
+from orchestrator.tilda.service import TildaService, resolve_flux_assets
 
 EVENT_POLL_S = 1.0  # how often to look for changes made by other processes
 LOCAL_POLL_S = 10.0  # a safety net for jobs this process runs (changes are signalled)
@@ -123,6 +125,7 @@ class Service:
         self.comfy = comfy
         self.processes: ProcessSupervisor | None = None
         self._health_cache: dict[str, tuple[float, BackendHealth]] = {}
+        self.tilda = TildaService(settings, db)  # imported Tilda sites (orchestrator.tilda)
 
     # --- jobs -------------------------------------------------------------------------
     async def submit(
@@ -152,6 +155,8 @@ class Service:
         params: dict[str, JsonValue] = typed.model_dump(mode="json", exclude={"model"})
         if isinstance(req.params, SvdParams):
             params["init_image"] = await self.store_input(req.params.init_image)
+        if req.backend == "flux":
+            params = await resolve_flux_assets(params, self.tilda)  # asset:<id> images
         if isinstance(req.params, WorkflowParams):
             params["inputs"] = await self._workflow_inputs(backend, req.params)
         if isinstance(req.params, V0Params) and isinstance(backend, V0Backend):
@@ -304,7 +309,12 @@ class Service:
         if value.startswith("input:"):
             self.inputs.path(value)  # must exist
             return value
-        if value.startswith("output:"):
+        if parse_asset_ref(value) is not None:  # an imported Tilda image
+            try:
+                _asset, data = await self.tilda.asset_bytes(value)
+            except errors.SiteNotFound as exc:
+                raise errors.InvalidRequest(exc.detail, field="image") from None
+        elif value.startswith("output:"):
             job_id, _, n = value.removeprefix("output:").partition("/")
             if not n.isdigit():
                 raise errors.InvalidRequest("use output:<job id>/<n>", field="init_image")
@@ -313,6 +323,15 @@ class Service:
         else:
             data = decode_image_data(value)
         return await asyncio.to_thread(self.inputs.save, data)
+
+    async def get_site_page(self, page_id: str) -> SitePageDetail:
+        """An imported Tilda page: texts by block, links, images (as assets)."""
+        return await self.tilda.get_page(page_id)
+
+    async def asset_path(self, asset_id: str) -> Path:
+        """The file of an imported asset (id, or ``asset:<id>``)."""
+        _asset, path = await self.tilda.asset_file(parse_asset_ref(asset_id) or asset_id)
+        return path
 
     async def get_job(self, job_id: str) -> Job:
         return await self.repo.get(job_id)

@@ -5,6 +5,7 @@ detail, asset files, import status."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import shutil
 import time
@@ -13,6 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from pydantic import JsonValue
 
 from orchestrator import errors, logs
 from orchestrator.config import Settings
@@ -274,3 +277,29 @@ class TildaService:
 
     def remove_upload_dir(self) -> None:
         shutil.rmtree(self.data_dir / UPLOADS_DIR, ignore_errors=True)
+
+
+# Where generation parameters take an image that may be given as ``asset:<id>``.
+FLUX_IMAGE_FIELDS = (
+    "image_prompt",
+    "input_image",
+    "input_image_2",
+    "input_image_3",
+    "input_image_4",
+)
+
+
+async def resolve_flux_assets(
+    params: dict[str, JsonValue], tilda: TildaService
+) -> dict[str, JsonValue]:
+    """FLUX sends images inline: each ``asset:<id>`` becomes the asset's base64."""
+    out = dict(params)
+    for name in FLUX_IMAGE_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str) and parse_asset_ref(value) is not None:
+            try:
+                _asset, data = await tilda.asset_bytes(value)
+            except errors.SiteNotFound as exc:
+                raise errors.InvalidRequest(exc.detail, field=name) from None
+            out[name] = base64.b64encode(data).decode("ascii")
+    return out
