@@ -315,6 +315,7 @@ def make_settings(root: Path, db_url: str | None, overrides: Mapping[str, object
             "data_dir": data_dir,
             "database_url": db_url or f"sqlite+aiosqlite:///{data_dir / 'orchestrator.db'}",
             "demo_mode": "off",
+            "auth_disabled": True,  # the loopback benchmark calls the API without a token
             "log_level": "WARNING",
             "log_format": "console",
             **overrides,

@@ -55,6 +55,8 @@ def make_settings(tmp_path: Path, clean_env: Path) -> Callable[..., Settings]:
             "flux_poll_interval_s": 0.02,
             "http_connect_timeout_s": 2.0,
             "http_read_timeout_s": 5.0,
+            # Most tests call the API without a token; auth tests turn it back on.
+            "auth_disabled": True,
         }
         base.update(overrides)
         return load_settings(clean_env, base)

@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -20,7 +21,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator import errors, logs
+from orchestrator.cli_tokens import token_app
 from orchestrator.config import Settings, load_settings
+from orchestrator.domain.costs import GROUP_KEYS
 from orchestrator.domain.jobs import Job, JobStatus
 from orchestrator.domain.params import (
     AnyRequest,
@@ -48,9 +51,12 @@ app = typer.Typer(
 generate_app = typer.Typer(help="Queue a generation job.", no_args_is_help=True)
 jobs_app = typer.Typer(help="List, show, cancel and retry jobs.", no_args_is_help=True)
 config_app = typer.Typer(help="Show and check the configuration.", no_args_is_help=True)
+budget_app = typer.Typer(help="Daily budgets (credits per UTC day).", no_args_is_help=True)
 app.add_typer(generate_app, name="generate")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_app, name="config")
+app.add_typer(token_app, name="token")
+app.add_typer(budget_app, name="budget")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -131,11 +137,20 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (ORCHESTRATOR_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (ORCHESTRATOR_PORT).")] = None,
     worker: Annotated[bool, typer.Option(help="Run the job worker in this process.")] = True,
+    auth: Annotated[
+        bool,
+        typer.Option(
+            "--auth/--no-auth",
+            help="--no-auth: serve without tokens (AUTH_DISABLED; loopback binds only).",
+        ),
+    ] = True,
 ) -> None:
-    """Serve the HTTP API (and run the worker)."""
+    """Serve the HTTP API, web UI and MCP (and run the worker)."""
     from orchestrator.api.app import create_app
 
-    settings = _settings(ctx, verbose=True, host=host, port=port)
+    settings = _settings(
+        ctx, verbose=True, host=host, port=port, auth_disabled=None if auth else True
+    )
     application = create_app(settings, run_worker=worker and settings.worker_enabled)
     config = uvicorn.Config(
         application,
@@ -659,6 +674,113 @@ def config_check(ctx: typer.Context) -> None:
 
 
 # --- fakes -------------------------------------------------------------------------------
+
+
+# --- costs and budgets ------------------------------------------------------------------
+
+
+@app.command("costs")
+def costs(
+    ctx: typer.Context,
+    since: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="First UTC day.")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(formats=["%Y-%m-%d"], help="Last UTC day (inclusive).")
+    ] = None,
+    by: Annotated[
+        list[str] | None,
+        typer.Option(help="Group by day, backend, model or token (repeatable; default day)."),
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Only this token's jobs.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What generation cost, in credits (1 credit = US$0.01); default the last 30 days."""
+    keys = by or ["day"]
+    bad = [k for k in keys if k not in GROUP_KEYS]
+    if bad:
+        err.print(f"[red]unknown --by {bad}; use {', '.join(GROUP_KEYS)}[/]")
+        raise typer.Exit(2)
+    settings = _settings(ctx)
+    report = _with_runtime(
+        settings,
+        lambda rt: rt.service.ledger.report(
+            since=since.date() if since else None,
+            until=until.date() if until else None,
+            group_by=[k for k in GROUP_KEYS if k in keys],
+            token_id=token,
+        ),
+    )
+    if as_json:
+        out.print_json(report.model_dump_json())
+        return
+    table = Table(title=f"costs {report.since} .. {report.until} ({report.currency})")
+    for key in report.group_by:
+        table.add_column(key)
+    table.add_column("jobs", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("GPU s", justify="right")
+    for row in report.rows:
+        cells = {
+            "day": str(row.day),
+            "backend": row.backend or "",
+            "model": row.model or "",
+            "token": row.token_id or "(none)",
+        }
+        table.add_row(
+            *(cells[k] for k in report.group_by),
+            str(row.jobs),
+            f"{row.cost:g}",
+            f"{row.gpu_seconds:g}",
+        )
+    out.print(table)
+    out.print(f"total: {report.total:g} {report.currency} over {report.jobs} jobs")
+
+
+@budget_app.command("list")
+def budget_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The global budget and token budgets, with today's spend."""
+    settings = _settings(ctx)
+    rows = _with_runtime(settings, lambda rt: rt.service.ledger.budgets())
+    if as_json:
+        typer.echo(json.dumps([r.model_dump(mode="json") for r in rows]))
+        return
+    table = Table("budget", "daily limit", "spent", "reserved", "remaining", title=str(rows[0].day))
+    for r in rows:
+        name = "global" if r.scope == "global" else f"token {r.token_id}"
+        limit = "none" if r.daily_limit is None else f"{r.daily_limit:g}"
+        remaining = "" if r.remaining is None else f"{r.remaining:g}"
+        table.add_row(name, limit, f"{r.spent:g}", f"{r.reserved:g}", remaining)
+    out.print(table)
+
+
+@budget_app.command("set")
+def budget_set(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(help="The token's id (see `token list`).")],
+    daily: Annotated[float, typer.Option(min=0, help="Credits per UTC day.")],
+) -> None:
+    """Give a token a daily budget (the global one is the DAILY_BUDGET setting)."""
+    settings = _settings(ctx)
+
+    _with_runtime(settings, lambda rt: rt.service.set_token_budget(token_id, daily))
+    out.print(f"token {token_id}: {daily:g} credits per day")
+
+
+@budget_app.command("clear")
+def budget_clear(
+    ctx: typer.Context,
+    token_id: Annotated[str, typer.Argument(help="The token's id.")],
+) -> None:
+    """Remove a token's daily budget."""
+    settings = _settings(ctx)
+    if not _with_runtime(settings, lambda rt: rt.service.ledger.clear_budget(token_id)):
+        err.print(f"token {token_id} has no budget")
+        raise typer.Exit(1)
+    out.print(f"token {token_id}: no budget")
 
 
 @app.command("fake-bfl", hidden=True)

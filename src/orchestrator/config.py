@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import ipaddress
 import os
 import tempfile
 from collections.abc import Mapping
@@ -180,6 +181,16 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: simulate backends when none is configured; on: always; off: never.",
     )
+    auth_disabled: bool = Field(
+        default=False,
+        description="Serve without authentication (no API token needed). Allowed only "
+        "when ORCHESTRATOR_HOST is a loopback address (127.0.0.1, ::1, localhost).",
+    )
+    session_ttl_s: Annotated[float, Field(ge=60, le=90 * 86_400)] = Field(
+        default=43_200.0,
+        description="How long a web UI login lasts, seconds (the session also ends on "
+        "logout or when its token is revoked).",
+    )
 
     # --- FLUX (Black Forest Labs) ---------------------------------------------------
     bfl_api_key: SecretStr | None = Field(
@@ -240,6 +251,15 @@ class Settings(BaseSettings):
     # --- v0 -----------------------------------------------------------------------
     v0_api_key: SecretStr | None = Field(
         default=None, description="v0 API key for page generation. Absent: v0 disabled."
+    )
+    v0_base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("https://api.v0.dev"), description="v0 Model API origin."
+    )
+    v0_max_active: Annotated[int, Field(ge=1, le=1000)] = Field(
+        default=4, description="v0 jobs streaming at once."
+    )
+    v0_deadline_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="Default deadline of a v0 job, seconds."
     )
 
     # --- outbound HTTP ---------------------------------------------------------------
@@ -413,6 +433,17 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown FLUX models {unknown}; known: {sorted(FLUX_MODELS)}")
         return v
 
+    @field_validator("auth_disabled")
+    @classmethod
+    def _auth_off_only_on_loopback(cls, v: bool, info: ValidationInfo) -> bool:
+        host = info.data.get("host")
+        if v and isinstance(host, str) and not is_loopback(host):
+            raise ValueError(
+                f"authentication can be turned off only when the server binds to a "
+                f"loopback address (127.0.0.1, ::1, localhost), not ORCHESTRATOR_HOST={host}"
+            )
+        return v
+
     @field_validator("comfy_instances")
     @classmethod
     def _unique_names(cls, v: list[ComfyInstanceSettings]) -> list[ComfyInstanceSettings]:
@@ -536,6 +567,17 @@ def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
     """The environment for a child process (a supervised ComfyUI): this process's,
     plus ``extra``. The one other place the environment is read."""
     return {**os.environ, **extra}
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def env_name(field_name: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
 import sys
 from collections.abc import Iterable, MutableMapping
 from typing import Literal, TextIO
@@ -22,13 +23,21 @@ SECRET_KEY_PARTS = (
     "secret",
     "authorization",
     "password",
+    "cookie",
 )
 REDACTED = "[redacted]"
+# Secrets recognisable by their shape: Orchestrator's API tokens (orch_…) and UI
+# session cookies (orchs_…), and whatever follows "Bearer" in a header.
+SECRET_PATTERNS = (
+    re.compile(r"\borchs?_[A-Za-z0-9_-]{8,}"),
+    re.compile(r"(?i)(?<=bearer )\s*[^\s\"',;]+"),
+)
 
 
 class SecretRedactor:
-    """Removes known secret values anywhere in an event, and masks keys whose
-    name says they hold a secret."""
+    """Removes known secret values and anything shaped like an API token, session
+    cookie or bearer credential anywhere in an event, and masks keys whose name says
+    they hold a secret."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self.secrets = [s for s in secrets if s and len(s) >= 4]
@@ -38,6 +47,8 @@ class SecretRedactor:
             for s in self.secrets:
                 if s in value:
                     value = value.replace(s, REDACTED)
+            for pattern in SECRET_PATTERNS:
+                value = pattern.sub(REDACTED, value)
             return value
         if isinstance(value, dict):
             return {k: self._scrub_item(str(k), v) for k, v in value.items()}
@@ -45,7 +56,9 @@ class SecretRedactor:
             return [self._scrub(v) for v in value]
         if isinstance(value, int | float | bool) or value is None:
             return value
-        return self._scrub(str(value)) if self.secrets else value
+        text = str(value)
+        scrubbed = self._scrub(text)
+        return scrubbed if scrubbed != text else value
 
     def _scrub_item(self, key: str, value: object) -> object:
         lowered = key.lower()

@@ -16,7 +16,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,6 +35,8 @@ from pydantic import AnyUrl, BaseModel, Field, JsonValue, TypeAdapter, Validatio
 from orchestrator import __version__, errors, logs
 from orchestrator.backends.user_workflows import UserWorkflow
 from orchestrator.config import Settings
+from orchestrator.domain import auth
+from orchestrator.domain.costs import CostReport, GroupKey
 from orchestrator.domain.jobs import Job, JobError, JobStatus
 from orchestrator.domain.params import (
     BACKENDS,
@@ -44,6 +46,7 @@ from orchestrator.domain.params import (
     AnyRequest,
     GenerateRequest,
 )
+from orchestrator.ignite import IgniteReport
 from orchestrator.services import ModelInfo, Service
 
 log = logs.get(__name__)
@@ -192,6 +195,24 @@ def _base_url(ctx: Context[Any, Any] | None) -> str | None:
         return None
     base = getattr(request, "base_url", None)
     return None if base is None else str(base).rstrip("/")
+
+
+def principal_of(ctx: Context[Any, Any] | None) -> auth.Principal:
+    """Who calls a tool. Over HTTP: the principal the auth middleware put on the
+    request that carried the call (``request.state.principal``). Over stdio or in
+    memory there is no HTTP request: the local owner."""
+    if ctx is None:
+        return auth.LOCAL
+    try:
+        request = ctx.request_context.request
+    except ValueError:
+        return auth.LOCAL
+    if request is None:
+        return auth.LOCAL
+    principal = getattr(getattr(request, "state", None), "principal", None)
+    if isinstance(principal, auth.Principal):
+        return principal
+    raise ToolError("not authenticated: send Authorization: Bearer <token>")
 
 
 def summarize(
@@ -422,7 +443,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         except ValidationError as exc:
             raise ToolError(_validation_message(exc, body)) from None
         with _tool_errors():
-            job, created = await service.submit(req, idempotency_key)
+            job, created = await service.submit(req, idempotency_key, principal=principal_of(ctx))
             note = None
             if wait and not job.status.terminal:
                 job, note = await _wait(service, job, ctx, timeout_s)
@@ -465,7 +486,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         (cancel_requested). BFL has no cancel: a submitted FLUX task may still be billed."""
         service = get_service()
         with _tool_errors():
-            job = await service.cancel_job(job_id)
+            job = await service.cancel_job(job_id, principal=principal_of(ctx))
         return summarize(service, job, base_url=_base_url(ctx))
 
     @mcp.tool()
@@ -482,6 +503,30 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
             raise ToolError(f"unknown backend {backend!r}; use one of: {', '.join(BACKENDS)}")
         with _tool_errors():
             return ModelList(models=get_service().models(backend))
+
+    @mcp.tool()
+    async def ignite(ctx: Context[Any, Any]) -> IgniteReport:
+        """Check everything and start what is configured to be started: database,
+        data folders and free space, the FLUX key and credit balance, each ComfyUI
+        instance (version, devices, memory, template nodes and model files), the v0
+        key, and local ComfyUI processes. ``ok`` is false if anything essential failed."""
+        with _tool_errors():
+            auth.require(principal_of(ctx), auth.Action.IGNITE)
+            return await get_service().ignite()
+
+    @mcp.tool()
+    async def cost_report(
+        since: date | None = None,
+        until: date | None = None,
+        group_by: list[GroupKey] | None = None,
+    ) -> CostReport:
+        """What generation cost, in credits (1 credit = US$0.01), for jobs created on
+        UTC days ``since``..``until`` (default: the last 30 days), grouped by any of
+        day, backend, model and token (default: day)."""
+        with _tool_errors():
+            return await get_service().ledger.report(
+                since=since, until=until, group_by=group_by or ["day"]
+            )
 
     @mcp.tool()
     async def list_workflows() -> WorkflowList:

@@ -28,6 +28,8 @@ def clean_environ(**extra: str) -> dict[str, str]:
         env.pop(env_name(name), None)
         env.pop(name.upper(), None)
     env.pop("ORCHESTRATOR_CONFIG", None)
+    # Served APIs here are called without a token (test_auth covers auth on).
+    env["AUTH_DISABLED"] = "true"
     env.update(extra)
     return env
 

@@ -61,7 +61,13 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     root = tmp_path_factory.mktemp("hostile")
     config = root / "orchestrator.toml"
     s = load_settings(
-        config, {"data_dir": root / "data", "demo_mode": "on", "worker_enabled": False}
+        config,
+        {
+            "data_dir": root / "data",
+            "demo_mode": "on",
+            "worker_enabled": False,
+            "auth_disabled": True,  # fuzz the operations, not the 401 (see test_auth)
+        },
     )
     counter = StatusCounter(create_app(s))
     try:

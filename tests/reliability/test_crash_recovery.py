@@ -93,6 +93,7 @@ def clean_environ(**extra: str) -> dict[str, str]:
         env.pop(name.upper(), None)
     env.pop("ORCHESTRATOR_CONFIG", None)
     env.pop(SEED_ENV, None)
+    env["AUTH_DISABLED"] = "true"  # the API is called without a token here
     env.update(extra)
     return env
 

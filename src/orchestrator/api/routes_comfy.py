@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Response
 from pydantic import JsonValue
 
-from orchestrator.api.deps import ServiceDep
+from orchestrator.api.deps import PrincipalDep, ServiceDep
 from orchestrator.api.routes_jobs import (
     PROBLEMS,
     WAITED_RESPONSES,
@@ -32,6 +32,7 @@ router = APIRouter(prefix="/api/comfy", tags=["comfy"])
 async def comfy_prompt(
     body: Annotated[ComfyRawParams, Body()],
     service: ServiceDep,
+    principal: PrincipalDep,
     response: Response,
     wait: Wait = False,
     timeout_s: WaitTimeout = 120,
@@ -42,7 +43,13 @@ async def comfy_prompt(
     healthy instance; its outputs are whatever the workflow saves."""
     req = ComfyRequest(params=body, priority=priority)
     return await submit_and_maybe_wait(
-        service, req, response, idempotency_key=idempotency_key, wait=wait, timeout_s=timeout_s
+        service,
+        req,
+        response,
+        principal=principal,
+        idempotency_key=idempotency_key,
+        wait=wait,
+        timeout_s=timeout_s,
     )
 
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Response
 
-from orchestrator.api.deps import ServiceDep
+from orchestrator.api.deps import PrincipalDep, ServiceDep
 from orchestrator.api.routes_jobs import (
     WAITED_RESPONSES,
     IdempotencyKey,
@@ -30,6 +30,7 @@ router = APIRouter(prefix="/api/flux", tags=["flux"])
 async def flux_generate(
     params: Annotated[FluxParams, Body()],
     service: ServiceDep,
+    principal: PrincipalDep,
     response: Response,
     wait: Wait = False,
     timeout_s: WaitTimeout = 120,
@@ -41,7 +42,13 @@ async def flux_generate(
     ``timeout_s`` with the job still running (202)."""
     req = FluxRequest(params=params, priority=priority)
     return await submit_and_maybe_wait(
-        service, req, response, idempotency_key=idempotency_key, wait=wait, timeout_s=timeout_s
+        service,
+        req,
+        response,
+        principal=principal,
+        idempotency_key=idempotency_key,
+        wait=wait,
+        timeout_s=timeout_s,
     )
 
 

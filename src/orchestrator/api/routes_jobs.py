@@ -10,8 +10,9 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from orchestrator.api.deps import ServiceDep
+from orchestrator.api.deps import PrincipalDep, ServiceDep
 from orchestrator.api.problems import Problem
+from orchestrator.domain.auth import Principal
 from orchestrator.domain.jobs import Job, JobEvent, JobPage, JobStatus
 from orchestrator.domain.params import AnyRequest, BackendName, GenerateRequest
 
@@ -48,6 +49,7 @@ IdempotencyKey = Annotated[
 async def generate(
     body: GenerateRequest,
     service: ServiceDep,
+    principal: PrincipalDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> Job:
@@ -56,7 +58,7 @@ async def generate(
 
     Cancelling a FLUX job stops polling, but BFL has no cancel: a task already
     submitted may still finish upstream and be billed."""
-    job, created = await service.submit(body, idempotency_key)
+    job, created = await service.submit(body, idempotency_key, principal=principal)
     if not created:
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/api/jobs/{job.id}"
@@ -82,11 +84,11 @@ async def get_job(job_id: str, service: ServiceDep) -> Job:
 
 
 @router.post("/jobs/{job_id}/cancel", responses=PROBLEMS, summary="Cancel a job")
-async def cancel_job(job_id: str, service: ServiceDep) -> Job:
+async def cancel_job(job_id: str, service: ServiceDep, principal: PrincipalDep) -> Job:
     """A queued job is canceled at once. A running job is canceled by its worker
     (the returned job has ``cancel_requested``). FLUX tasks cannot be stopped
     upstream: polling stops, and BFL may still bill the task."""
-    return await service.cancel_job(job_id)
+    return await service.cancel_job(job_id, principal=principal)
 
 
 @router.post(
@@ -95,12 +97,14 @@ async def cancel_job(job_id: str, service: ServiceDep) -> Job:
     responses=PROBLEMS,
     summary="Run a finished job again, as a new job",
 )
-async def retry_job(job_id: str, service: ServiceDep, response: Response) -> Job:
+async def retry_job(
+    job_id: str, service: ServiceDep, principal: PrincipalDep, response: Response
+) -> Job:
     """Queues a new job with the same backend, model, parameters, priority and
     webhook settings, and a fresh deadline; its ``retry_of`` names this job. Any
     finished job (succeeded, failed or canceled) can be retried; a queued or running
     one is a 409 ``invalid-transition`` problem."""
-    job = await service.retry_job(job_id)
+    job = await service.retry_job(job_id, principal=principal)
     response.headers["Location"] = f"/api/jobs/{job.id}"
     return job
 
@@ -164,13 +168,14 @@ async def submit_and_maybe_wait(
     req: AnyRequest,
     response: Response,
     *,
+    principal: Principal,
     idempotency_key: str | None,
     wait: bool,
     timeout_s: float,
 ) -> Job:
     """Queue ``req``; with ``wait``, answer when the job is finished (200), or after
     ``timeout_s`` with the job still going (202)."""
-    job, _ = await service.submit(req, idempotency_key)
+    job, _ = await service.submit(req, idempotency_key, principal=principal)
     if wait:
         job = await service.wait_for(job.id, timeout_s)
     response.status_code = status.HTTP_200_OK if job.status.terminal else status.HTTP_202_ACCEPTED

@@ -65,12 +65,15 @@ jobs = sa.Table(
     sa.Column("manifest_at", UTCDateTime, nullable=True),
     sa.Column("webhook_url", sa.Text, nullable=True),
     sa.Column("webhook_events", sa.JSON, nullable=True),
+    # added in 0004: the API token that created the job (None: the local owner)
+    sa.Column("token_id", sa.String(36), nullable=True),
     # added in 0005: the cost ledger (``cost`` is the final or quoted cost)
     sa.Column("cost_estimate", sa.Float, nullable=True),
     sa.Column("gpu_seconds", sa.Float, nullable=True),
     sa.Index("ix_jobs_queue", "status", "priority", "created_at"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_backend_status", "backend", "status"),
+    sa.Index("ix_jobs_token", "token_id"),
 )
 
 job_outputs = sa.Table(
@@ -148,6 +151,34 @@ webhook_attempts = sa.Table(
     sa.Column("status_code", sa.Integer, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
     sa.Index("ix_webhook_attempts_delivery", "delivery_id", "id"),
+)
+
+# API tokens (0004): only the sha256 of each secret is kept, looked up by that hash.
+# Tokens are revoked, never deleted, so jobs.token_id always names one.
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False),
+    sa.Column("scope", sa.String(16), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("prefix", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("last_used_at", UTCDateTime, nullable=True),
+    sa.Column("revoked_at", UTCDateTime, nullable=True),
+)
+
+# Web UI sessions (0004): the cookie holds a random secret, this table its sha256.
+# A session ends when it expires, on logout, or when its token is revoked.
+ui_sessions = sa.Table(
+    "ui_sessions",
+    metadata,
+    sa.Column("id_hash", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(36), sa.ForeignKey("api_tokens.id"), nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+    sa.Index("ix_ui_sessions_token", "token_id"),
+    sa.Index("ix_ui_sessions_expires", "expires_at"),
 )
 
 # Per-token daily budgets, in credits (the global one is a setting). Added in 0005.

@@ -101,7 +101,15 @@ class Job(BaseModel):
     error: JobError | None = None
     upstream: UpstreamHandle | None = None
     outputs: list[JobOutput] = Field(default_factory=list)
-    cost: float | None = Field(default=None, description="Upstream cost (BFL credits).")
+    cost: float | None = Field(
+        default=None,
+        description="Cost in credits (1 credit = US$0.01): final once the job ended; "
+        "while it runs, BFL's quote if one was sent.",
+    )
+    cost_estimate: float | None = Field(
+        default=None, description="The estimate reserved against budgets when it was queued."
+    )
+    gpu_seconds: float | None = Field(default=None, description="ComfyUI execution time.")
     simulated: bool = Field(default=False, description="Ran on a simulated (demo) backend.")
     cancel_requested: bool = False
     deadline_at: datetime
@@ -111,6 +119,11 @@ class Job(BaseModel):
     updated_at: datetime
     retry_of: str | None = Field(
         default=None, description="The job this one retries (POST /api/jobs/{id}/retry)."
+    )
+    token_id: str | None = Field(
+        default=None,
+        description="The API token that created the job (null: the local owner, or "
+        "authentication disabled).",
     )
     webhook_url: str | None = Field(
         default=None, description="Where this job's webhook events are sent."
