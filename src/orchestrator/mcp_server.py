@@ -46,6 +46,7 @@ from orchestrator.domain.params import (
     AnyRequest,
     GenerateRequest,
 )
+from orchestrator.domain.tilda import SitePageDetail, SitePagePage
 from orchestrator.ignite import IgniteReport
 from orchestrator.services import ModelInfo, Service
 
@@ -59,7 +60,9 @@ Diffusion and raw or user workflows on ComfyUI). Call list_models for the backen
 the JSON Schema of each one's params, then generate (wait=true streams progress until
 the job is done). get_output returns a preview image plus a link to the full file
 (output://<job id>/<n>). Jobs survive restarts; the same idempotency_key returns the
-same job."""
+same job. Imported Tilda website pages: list_site_pages, then get_site_page for texts and
+images; an image's asset id, written asset:<id>, is accepted as image_prompt,
+input_image or init_image."""
 
 _REQUEST = TypeAdapter[AnyRequest](GenerateRequest)
 
@@ -563,6 +566,31 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
             items=[summarize(service, j, base_url=base) for j in page.items],
             next_cursor=page.next_cursor,
         )
+
+    @mcp.tool()
+    async def list_site_pages(
+        site_id: Annotated[str | None, Field(max_length=64, description="A site id.")] = None,
+        query: Annotated[
+            str | None,
+            Field(max_length=200, description="Text in the title, alias or block texts."),
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=200)] = 20,
+        offset: Annotated[int, Field(ge=0)] = 0,
+    ) -> SitePagePage:
+        """Pages imported from Tilda website exports (all sites, or one), optionally
+        those containing the query text; with total, for paging by offset."""
+        with _tool_errors():
+            return await get_service().tilda.list_pages(
+                site_id=site_id, text=query, limit=limit, offset=offset
+            )
+
+    @mcp.tool()
+    async def get_site_page(page_id: str) -> SitePageDetail:
+        """One imported page: SEO fields, its blocks in order (catalogue code, texts
+        with line breaks, links, image asset ids), the shared header and footer blocks,
+        and its images (use asset:<id> as an image input of generate)."""
+        with _tool_errors():
+            return await get_service().get_site_page(page_id)
 
     @mcp.tool(structured_output=False)
     async def get_output(

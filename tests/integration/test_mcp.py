@@ -130,6 +130,8 @@ async def test_generate_wait_progress_output_and_resources(
             "get_output",
             "ignite",
             "cost_report",
+            "list_site_pages",
+            "get_site_page",
         }
         job = structured(
             await c.call_tool(

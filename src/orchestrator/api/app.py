@@ -19,6 +19,7 @@ from orchestrator.api import (
     routes_jobs,
     routes_ops,
     routes_system,
+    routes_tilda,
     routes_tokens,
     routes_webhooks,
 )
@@ -92,6 +93,7 @@ def create_app(
     app.include_router(login.router)
     app.include_router(routes_costs.router)
     app.include_router(routes_events.router)
+    app.include_router(routes_tilda.router)
     ui.install(app)
 
     @app.get("/", include_in_schema=False)

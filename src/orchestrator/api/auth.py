@@ -83,6 +83,7 @@ RULES: tuple[Rule, ...] = (
     rule("POST", "/api/webhooks/deliveries/{delivery_id}/replay", ADMIN),
     rule("POST", "/api/system/ignite", ADMIN),
     rule("POST", "/api/comfy/prompt", ADMIN),  # a raw workflow runs any installed node
+    rule("POST", "/api/tilda/import", ADMIN),  # reads server folders, writes DATA_DIR
     # --- generate --------------------------------------------------------------------
     rule("POST", "/api/generate", GENERATE),
     rule("POST", "/api/flux/generate", GENERATE),
@@ -103,6 +104,7 @@ RULES: tuple[Rule, ...] = (
     rule(LOOK, "/api/comfy/queue", READ),
     rule(LOOK, "/api/system/health", READ),
     rule(LOOK, "/api/webhooks/deliveries", READ),
+    rule(LOOK, "/api/tilda/{path:path}", READ),
     rule(LOOK, "/metrics", READ),
     rule("GET POST DELETE", "/mcp", READ),  # each tool checks its own action
     rule(LOOK, "/", READ),
