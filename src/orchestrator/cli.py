@@ -21,6 +21,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from orchestrator import errors, logs
+from orchestrator.cli_tilda import tilda_app
 from orchestrator.cli_tokens import token_app
 from orchestrator.config import Settings, load_settings
 from orchestrator.domain.costs import GROUP_KEYS
@@ -57,6 +58,7 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(budget_app, name="budget")
+app.add_typer(tilda_app, name="tilda")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -427,7 +429,9 @@ def generate_sd35(
 @generate_app.command("svd")
 def generate_svd(
     ctx: typer.Context,
-    init_image: Annotated[Path, typer.Option(help="The first frame (PNG, JPEG, WEBP).")],
+    init_image: Annotated[
+        Path, typer.Option(help="The first frame (PNG, JPEG, WEBP), or asset:<id>.")
+    ],
     frames: Annotated[int | None, typer.Option(help="Video frames.")] = None,
     fps: Annotated[int | None, typer.Option(help="Conditioning fps.")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
@@ -438,13 +442,15 @@ def generate_svd(
 ) -> None:
     """Queue a Stable Video Diffusion image-to-video job on ComfyUI."""
     settings = _settings(ctx)
-    try:
-        data = init_image.expanduser().read_bytes()
-    except OSError as exc:
-        err.print(f"[bold red]Cannot read {init_image}:[/] {exc.strerror}")
-        raise typer.Exit(2) from None
+    image = str(init_image)
+    if not image.startswith("asset:"):  # else an imported Tilda image
+        try:
+            image = base64.b64encode(init_image.expanduser().read_bytes()).decode()
+        except OSError as exc:
+            err.print(f"[bold red]Cannot read {init_image}:[/] {exc.strerror}")
+            raise typer.Exit(2) from None
     raw = _comfy_common(
-        {"init_image": base64.b64encode(data).decode(), **_parse_params(param or [])},
+        {"init_image": image, **_parse_params(param or [])},
         seed,
         steps,
         None,

@@ -20,6 +20,7 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     │   └── InvalidExport                   a Tilda export refused (carries an ErrorCode)
     ├── Forbidden                          403  the token's scope does not allow it
     ├── ImportPathNotAllowed               403  a server-side import path outside the roots
+    ├── TildaApiError                      502  the Tilda API failed (import through the API)
     ├── BudgetExceeded                     402  a daily budget would be exceeded
     └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
         ├── TransientUpstreamError               may be retried
@@ -192,6 +193,14 @@ class BudgetExceeded(OrchestratorError):
     status = 402
     title = "Budget exceeded"
     type_slug = "budget-exceeded"
+
+
+class TildaApiError(OrchestratorError):
+    """The Tilda API refused a call or answered something unusable."""
+
+    status = 502
+    title = "Tilda API error"
+    type_slug = "tilda-api-error"
 
 
 class UpstreamError(OrchestratorError):
