@@ -271,6 +271,7 @@ class Answer:
     model: str | None
     chunks: int
     attempts: int
+    retries: list[str] = field(default_factory=list)  # why each earlier attempt failed
 
 
 @dataclass
@@ -306,15 +307,20 @@ class V0Client:
         """Stream one completion, retrying what may be retried (see `RetryPolicy`)."""
         policy = RetryPolicy()
         last: str = ""
+        retries: list[str] = []
         try:
             async for attempt in stamina.retry_context(
                 on=policy, attempts=None, timeout=None, wait_max=10.0
             ):
                 with attempt:
-                    if attempt.num > 1 and on_retry is not None:
-                        await on_retry(attempt.num, last)
+                    if attempt.num > 1:
+                        retries.append(last[:300])
+                        if on_retry is not None:
+                            await on_retry(attempt.num, last)
                     try:
-                        return await self._complete_once(body, attempt.num, on_stream)
+                        answer = await self._complete_once(body, attempt.num, on_stream)
+                        answer.retries = retries
+                        return answer
                     except errors.UpstreamError as exc:
                         last = exc.detail
                         raise
@@ -571,6 +577,7 @@ class V0Backend(Backend):
             "answer_chars": len(answer.text),
             "chunks": answer.chunks,
             "attempts": answer.attempts,
+            "retried_after": list[JsonValue](answer.retries),
         }
         # "tokens" is what the cost ledger counts
         details: dict[str, JsonValue] = {
