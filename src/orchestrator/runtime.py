@@ -15,6 +15,8 @@ from orchestrator.backends.base import Backend
 from orchestrator.backends.comfy import ComfyBackend, ComfyInstanceConfig, ComfyPool
 from orchestrator.backends.flux import FluxBackend
 from orchestrator.backends.user_workflows import load_user_workflows
+from orchestrator.backends.v0 import V0Backend
+from orchestrator.backends.v0_pages import TildaPages
 from orchestrator.backends.v0_wiring import build_v0_backend
 from orchestrator.config import Settings
 from orchestrator.db.engine import open_database
@@ -229,6 +231,9 @@ async def open_runtime(
         service = Service(settings, db, backends, store, hub, demo=demo, inputs=inputs, comfy=pool)
         service.processes = supervisor
         stack.push_async_callback(service.tilda.aclose)  # background Tilda imports
+        v0 = backends.get("v0")
+        if isinstance(v0, V0Backend):
+            v0.pages = TildaPages(service.tilda)  # imported pages as v0 context
         metrics = Metrics()
         if demo:
             log.warning(
