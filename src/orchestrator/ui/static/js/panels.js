@@ -88,6 +88,7 @@ export class Panel {
     const requestId = err && err.requestId ? err.requestId : null;
     if (!(err instanceof ApiError)) console.error(err);  // a script error: keep the stack for developers
     this.el.classList.add("has-error");
+    if (this.body.getAttribute("aria-busy") === "true") this.body.replaceChildren();  // no "Loading…" forever
     this.body.setAttribute("aria-busy", "false");
     if (this.errorBox) {
       this.errorBox.hidden = false;
