@@ -77,13 +77,15 @@ class FakeTilda:
 
     def _images_of(self, html: str) -> list[dict[str, str]]:
         """Every image file the page references (variants included), as {from, to}."""
-        out = []
         folder = self.config.export_dir / "images"
+        files = {p.name.lower(): p.name for p in folder.iterdir()}
+        names: dict[str, None] = {}
         for ref in parse.image_refs(html):
-            name = parse.image_name(ref)
-            if (folder / name).is_file():
-                out.append({"from": f"{self.config.public_base_url}/cdn/{name}", "to": name})
-        return out
+            for candidate in (parse.image_name(ref), parse.original_image_name(ref)):
+                if candidate.lower() in files:
+                    names[files[candidate.lower()]] = None
+        base = self.config.public_base_url
+        return [{"from": f"{base}/cdn/{name}", "to": name} for name in names]
 
     async def _api(self, request: Request) -> Response:
         method = request.path_params["method"]

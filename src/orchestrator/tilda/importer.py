@@ -155,6 +155,12 @@ def prepare(
             if host:
                 domain = host
                 break
+    if domain is not None:  # links to the own domain, also when only canonical URLs name it
+        resolver = parse.LinkResolver(
+            aliases=resolver.aliases,
+            file_alias=resolver.file_alias,
+            domains=frozenset({domain, f"www.{domain.removeprefix('www.')}"}),
+        )
     home_id = None
     if htaccess.home_file:
         home_id = _page_id_of_file(htaccess.home_file, pages)
@@ -231,7 +237,7 @@ def prepare(
                 placement=placement,
                 texts=[SiteTextField(field=t.field, text=t.text, html=t.html) for t in b.texts],
                 links=[
-                    SiteLink(href=lk.href, text=lk.text, target_alias=lk.target_alias)
+                    SiteLink(href=lk.href, text=lk.text, target_alias=resolver.target(lk.href))
                     for lk in b.links
                 ],
                 image_asset_ids=asset_ids(b.image_refs),
