@@ -113,7 +113,7 @@ class Tokens:
         row = await self.repo.create(
             secrets.token_hex(8), name, Scope(scope), hash_secret(secret), secret[:SHOWN_CHARS]
         )
-        log.info("api token created", principal_id=row.id, name=name, scope=row.scope.value)
+        log.info("api token created", id=row.id, name=name, scope=row.scope.value)
         return NewToken(token=_info(row), secret=secret)
 
     async def all(self, *, principal: Principal = auth.LOCAL) -> list[TokenInfo]:
@@ -125,7 +125,7 @@ class Tokens:
         auth.require(principal, auth.Action.MANAGE_TOKENS)
         row = await self.repo.revoke(token_id)
         self._touched.pop(token_id, None)
-        log.info("api token revoked", principal_id=token_id, name=row.name)
+        log.info("api token revoked", id=token_id, name=row.name)
         return _info(row)
 
     async def count_active(self) -> int:
@@ -166,7 +166,7 @@ class Tokens:
         cookie = new_secret(SESSION_PREFIX)
         expires = datetime.now(UTC) + timedelta(seconds=self.session_ttl_s)
         await self.repo.create_session(hash_secret(cookie), row.id, expires)
-        log.info("ui session started", principal_id=row.id, name=row.name)
+        log.info("ui session started", id=row.id, name=row.name)
         principal = Principal(token_id=row.id, name=row.name, scope=row.scope, via="session")
         return principal, cookie, expires
 

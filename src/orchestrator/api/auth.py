@@ -84,6 +84,7 @@ RULES: tuple[Rule, ...] = (
     rule("POST", "/api/system/ignite", ADMIN),
     rule("POST", "/api/comfy/prompt", ADMIN),  # a raw workflow runs any installed node
     rule("POST", "/api/tilda/import", ADMIN),  # reads server folders, writes DATA_DIR
+    rule("PUT DELETE", "/api/budgets/tokens/{token_id}", ADMIN),
     # --- generate --------------------------------------------------------------------
     rule("POST", "/api/generate", GENERATE),
     rule("POST", "/api/flux/generate", GENERATE),
@@ -96,6 +97,7 @@ RULES: tuple[Rule, ...] = (
     rule(LOOK, "/api/jobs", READ),
     rule(LOOK, "/api/jobs/{job_id}", READ),
     rule(LOOK, "/api/jobs/{job_id}/events", READ),
+    rule(LOOK, "/api/events", READ),
     rule(LOOK, "/api/outputs/{job_id}/{n}", READ),
     rule(LOOK, "/api/models", READ),
     rule(LOOK, "/api/flux/models", READ),
@@ -104,6 +106,8 @@ RULES: tuple[Rule, ...] = (
     rule(LOOK, "/api/comfy/queue", READ),
     rule(LOOK, "/api/system/health", READ),
     rule(LOOK, "/api/webhooks/deliveries", READ),
+    rule(LOOK, "/api/costs", READ),
+    rule(LOOK, "/api/budgets", READ),
     rule(LOOK, "/api/tilda/{path:path}", READ),
     rule(LOOK, "/metrics", READ),
     rule("GET POST DELETE", "/mcp", READ),  # each tool checks its own action

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from orchestrator import errors
+from orchestrator.api.deps import get_principal
 from orchestrator.domain.jobs import Job, JobStatus
 from orchestrator.domain.params import BACKENDS
 from orchestrator.ui import csrf, error_page, media, rerun, thumbs
@@ -224,9 +225,12 @@ async def rerun_job(request: Request, job_id: str) -> Response:
     if not await csrf.verify(request):
         return error_page.csrf_rejected(request)
     service = service_of(request)
+    principal = get_principal(request)
     job = await service.get_job(job_id)
     if rerun.has_seed(job):
-        new, _ = await service.submit(rerun.with_new_seed(job, random.randint(0, 2**53)))
+        new, _ = await service.submit(
+            rerun.with_new_seed(job, random.randint(0, 2**53)), principal=principal
+        )
     else:
-        new = await service.retry_job(job_id)
+        new = await service.retry_job(job_id, principal=principal)
     return RedirectResponse(f"/ui/jobs/{new.id}", status_code=303)
