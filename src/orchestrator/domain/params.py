@@ -72,7 +72,9 @@ class _Sized(_FluxBase):
     width: Dimension = Field(default=1024, description="Multiple of 32, 256 to 1440.")
     height: Dimension = Field(default=768, description="Multiple of 32, 256 to 1440.")
     image_prompt: ImageInput | None = Field(
-        default=None, description="Base64 image for FLUX Redux image prompting."
+        default=None,
+        description="Base64 image for FLUX Redux image prompting, or asset:<id> (an imported "
+        "Tilda image).",
     )
 
 
@@ -107,7 +109,9 @@ class _KontextBase(_FluxBase):
     prompt: Annotated[str, Field(min_length=1, max_length=10_000)] = Field(
         description="The edit or generation instruction (required)."
     )
-    input_image: ImageInput | None = Field(default=None, description="Base64 or URL.")
+    input_image: ImageInput | None = Field(
+        default=None, description="Base64, URL, or asset:<id> (an imported Tilda image)."
+    )
     input_image_2: ImageInput | None = None
     input_image_3: ImageInput | None = None
     input_image_4: ImageInput | None = None
@@ -319,7 +323,9 @@ class Sd35Params(_TextToImage):
 
 class SvdParams(_ComfyBase):
     model: Literal["svd"] = "svd"
-    init_image: InputImage = Field(description="The first frame (base64, or output:<job>/<n>).")
+    init_image: InputImage = Field(
+        description="The first frame (base64, output:<job>/<n>, or asset:<id>)."
+    )
     frames: Annotated[int, Field(ge=1, le=128)] = 14
     fps: Annotated[int, Field(ge=1, le=60)] = 6
     motion_bucket_id: Annotated[int, Field(ge=1, le=1023)] = 127
