@@ -35,6 +35,7 @@ test: lint typecheck unit
 
 bench: install
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/tilda_import.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

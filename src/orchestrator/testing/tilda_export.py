@@ -45,9 +45,12 @@ def variant(name: str, kind: str) -> str:
 
 
 def png(seed: int, size: tuple[int, int] = (48, 32)) -> bytes:
+    """A small PNG, different for every seed."""
     colour = ((seed * 67) % 256, (seed * 131) % 256, (seed * 29 + 90) % 256)
+    im = Image.new("RGB", size, colour)
+    im.putpixel((0, 0), ((seed >> 16) & 255, (seed >> 8) & 255, seed & 255))
     buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
+    im.save(buf, "PNG")
     return buf.getvalue()
 
 

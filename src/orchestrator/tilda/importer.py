@@ -19,6 +19,7 @@ nothing and step 3 touches no row but the run's.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mimetypes
 import re
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
@@ -46,6 +48,7 @@ log = logs.get(__name__)
 ASSETS_DIR = "assets"
 STAGING_DIR = ".staging"
 ASSET_ID_CHARS = 32
+IN_MEMORY_BYTES = 32 * 1024 * 1024  # a file up to this size is hashed before staging
 EXTRA_EXTENSIONS = {
     "image/svg+xml": "svg",
     "image/x-icon": "ico",
@@ -365,29 +368,42 @@ def _stage(
     n: int,
     by_sha: dict[str, AssetRecord],
 ) -> tuple[AssetRecord, tuple[Path, Path] | None]:
-    staging.mkdir(parents=True, exist_ok=True)
+    """Hash one file; stage it only when its content is not stored yet. Small files
+    stay in memory until then (a re-import writes nothing); big ones spill to disk."""
     tmp = staging / f"{n}.part"
     digest = hashlib.sha256()
     size = 0
-    head = b""
-    with tmp.open("wb") as out:
+    held: list[bytes] = []
+    out: BinaryIO | None = None
+    try:
         for chunk in source.chunks(name):
-            if not head:
-                head = chunk[:64]
             digest.update(chunk)
             size += len(chunk)
+            if out is None and size <= IN_MEMORY_BYTES:
+                held.append(chunk)
+                continue
+            if out is None:
+                staging.mkdir(parents=True, exist_ok=True)
+                out = tmp.open("wb")
+                out.writelines(held)
+                held = []
             out.write(chunk)
+    finally:
+        if out is not None:
+            out.close()
     sha = digest.hexdigest()
     if sha in by_sha:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
         return by_sha[sha], None
+    data = b"".join(held) if out is None else None
+    head = data[:64] if data is not None else tmp.read_bytes()[:64]
     mime, ext = _mime_and_ext(head, name)
     rel = f"{ASSETS_DIR}/{sha[:2]}/{sha}.{ext}"
     final = data_dir / rel
     width = height = None
     if mime.startswith("image/") and mime != "image/svg+xml":
         try:
-            with Image.open(tmp) as im:
+            with Image.open(io.BytesIO(data) if data is not None else tmp) as im:
                 width, height = im.size
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
             pass
@@ -403,8 +419,11 @@ def _stage(
     )
     by_sha[sha] = record
     if final.exists():
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
         return record, None
+    if data is not None:
+        staging.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
     return record, (tmp, final)
 
 
