@@ -28,7 +28,7 @@ from mcp.server.mcpserver.exceptions import (
     ToolError,
 )
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import ResourceLink
+from mcp_types import ResourceLink, TextContent
 from PIL import Image as PILImage
 from pydantic import AnyUrl, BaseModel, Field, JsonValue, TypeAdapter, ValidationError
 
@@ -598,12 +598,23 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         ctx: Context[Any, Any],
         n: Annotated[int, Field(ge=0)] = 0,
         max_px: Annotated[int, Field(ge=64, le=2048)] = PREVIEW_DEFAULT_PX,
-    ) -> list[Image | ResourceLink]:
+    ) -> list[Image | TextContent | ResourceLink]:
         """An output of a finished job: a preview image (at most max_px on its longer
-        side, about 1 MB; the first frame of a video) plus a link to the full file."""
+        side, about 1 MB; the first frame of a video), or the text of a text output (v0
+        code, at most 200,000 characters), plus a link to the full file."""
         service = get_service()
         with _tool_errors():
             out, path = await service.output(job_id, n)
+        if out.mime_type.startswith("text/"):
+            text = await asyncio.to_thread(path.read_text, "utf-8", "replace")
+            link = ResourceLink(
+                type="resource_link",
+                name=f"{job_id}-{n}",
+                uri=f"output://{job_id}/{n}",
+                mime_type=out.mime_type,
+                size=out.size_bytes,
+            )
+            return [TextContent(type="text", text=text[:200_000]), link]
         try:
             data, fmt = await asyncio.to_thread(make_preview, path, max_px)
         except (OSError, ValueError) as exc:
