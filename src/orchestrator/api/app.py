@@ -77,7 +77,10 @@ def create_app(
     )
     # Every route, public ones listed in api/auth.py excepted, needs a credential.
     auth.install(app, settings, lambda: get_runtime(app).service.tokens)
-    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(  # Tilda export zips may be larger than other bodies
+        BodyLimitMiddleware,
+        per_path={"/api/tilda/import": settings.tilda_max_total_mb * 1024 * 1024},
+    )
     app.add_middleware(RequestIdMiddleware)
     problems.install(app)
     problems.document(app)

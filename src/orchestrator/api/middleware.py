@@ -7,6 +7,7 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Mapping
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,22 +64,29 @@ class BodyLimitMiddleware:
     """413 for request bodies over ``max_bytes``: by Content-Length when given, else
     by counting while the body streams in (nothing oversized is buffered)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int = MAX_BODY_BYTES,
+        per_path: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = dict(per_path or {})  # e.g. a larger limit for uploads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope.get("path", ""), self.max_bytes)
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared < 0 or declared > self.max_bytes:
-                    await _too_large(scope, send, self.max_bytes)
+                if declared < 0 or declared > limit:
+                    await _too_large(scope, send, limit)
                     return
         received = 0
         refused = False
@@ -90,11 +98,11 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # Answer now; the app sees the client go away, and whatever it
                     # answers itself is dropped.
                     refused = True
-                    await _too_large(scope, send, self.max_bytes)
+                    await _too_large(scope, send, limit)
                     return {"type": "http.disconnect"}
             return message
 
