@@ -215,3 +215,46 @@ def test_ignite_renders_its_checks(page: Page, shot: Shot) -> None:
     expect(table).to_be_visible(timeout=20_000)
     expect(table.locator("tr[data-component='database']")).to_contain_text("ok")
     shot(page, "backends-ignite")
+
+
+def test_use_as_input_and_pick_an_output(page: Page, ui_server: UiServer, shot: Shot) -> None:
+    """From a job's image to an SVD job: the image input is prefilled with the
+    output reference; the picker dialog can choose another; the result plays."""
+    first = api_job(ui_server, "a sailing boat")
+    page.goto(f"/ui/jobs/{first}")
+    page.get_by_role("link", name="Use as input: animate").click()
+    page.wait_for_url(re.compile(r"/ui/generate\?backend=svd"))
+    expect(page.locator("#f-init_image")).to_have_value(f"output:{first}/0")
+    expect(page.locator(".image-preview img")).to_be_visible()
+    # Pick another output in the dialog instead.
+    second = api_job(ui_server, "a hot air balloon")
+    page.get_by_role("button", name="Pick an output or asset…").click()
+    dialog = page.locator("#picker")
+    choice = dialog.locator(f"[data-pick-value='output:{second}/0']")
+    expect(choice).to_be_visible()
+    shot(page, "generate-picker")
+    choice.click()
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#f-init_image")).to_have_value(f"output:{second}/0")
+    page.fill("#f-frames", "4")
+    page.fill("#f-width", "256")
+    page.fill("#f-height", "256")
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f-]{36}$"))
+    expect(page.locator("#job-panel .badge.status-succeeded")).to_be_visible(timeout=30_000)
+    output = page.locator("#job-panel .outputs img, #job-panel .outputs video").first
+    expect(output).to_be_visible()
+    expect(page.locator("dl.params")).to_contain_text("input:")
+    shot(page, "job-svd")
+
+
+def test_text_outputs_show_as_code(page: Page, ui_server: UiServer, shot: Shot) -> None:
+    page.goto("/ui/generate?backend=v0&model=v0-1.5-md")
+    page.fill("#f-prompt", "a pricing page with three plans")
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f-]{36}$"))
+    code = page.locator("#job-panel pre.code code").first
+    expect(code).to_be_visible(timeout=30_000)
+    expect(code).not_to_be_empty()
+    expect(page.locator("#job-panel a[download]").first).to_be_visible()
+    shot(page, "job-text")

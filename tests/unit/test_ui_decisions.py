@@ -161,6 +161,7 @@ def test_new_seed_for_flux_keeps_everything_else() -> None:
         ("workflow", "upscale", {"name": "upscale", "inputs": {"seed": 3}}, ("inputs", "seed")),
         ("workflow", "plain", {"name": "plain", "inputs": {"scale": 2}}, None),
         ("comfy", "raw", {"workflow": {"1": {"class_type": "A", "inputs": {}}}}, None),
+        ("v0", "v0-1.5-md", {"prompt": "a page", "output_format": "tsx"}, None),
     ],
 )
 def test_request_body_sets_the_seed_where_there_is_one(

@@ -11,7 +11,7 @@ from pydantic import JsonValue
 from orchestrator.domain.params import MAX_IMAGE_CHARS
 
 Widget = Literal[
-    "text", "textarea", "integer", "number", "select", "checkbox", "seed", "image", "json"
+    "text", "textarea", "integer", "number", "select", "checkbox", "seed", "image", "images", "json"
 ]
 LONG_TEXT = 1000  # strings that may be longer than this get a textarea
 
@@ -123,12 +123,27 @@ def field_for(name: str, prop: dict[str, JsonValue], required: bool) -> FormFiel
             max_length=max_len,
             **common,
         )
+    items = schema.get("items")
+    if kind == "array" and isinstance(items, dict):
+        item_max = items.get("maxLength")
+        if isinstance(item_max, int) and item_max >= MAX_IMAGE_CHARS:
+            return FormField(widget="images", **common)
     return FormField(widget="json", **common)
 
 
+def model_in_params(backend: str, schema: dict[str, JsonValue]) -> bool:
+    """Whether the request's ``params.model`` must carry the picked model: FLUX's
+    discriminator, or a model field with several choices (v0)."""
+    props = schema.get("properties")
+    prop = props.get("model") if isinstance(props, dict) else None
+    if backend == "flux":
+        return True
+    return isinstance(prop, dict) and "const" not in prop and "enum" in _unwrap(prop)[0]
+
+
 def fields_for(schema: dict[str, JsonValue]) -> list[FormField]:
-    """Every editable field of an object schema, in declaration order, with the
-    prompt first."""
+    """Every editable field of an object schema (but the model), in declaration
+    order, with the prompt first."""
     props = schema.get("properties")
     if not isinstance(props, dict):
         return []
@@ -136,8 +151,8 @@ def fields_for(schema: dict[str, JsonValue]) -> list[FormField]:
     required = set(required_list) if isinstance(required_list, list) else set()
     out: list[FormField] = []
     for name, prop in props.items():
-        if not isinstance(prop, dict):
-            continue
+        if not isinstance(prop, dict) or name == "model":
+            continue  # the model is chosen by the page's model picker
         f = field_for(name, prop, name in required)
         if f is not None:
             out.append(f)

@@ -62,8 +62,11 @@ async def generate(
             "enabled": enabled,
             "reasons": reasons,
             "fields": fields,
+            "send_model": forms.model_in_params(chosen.backend, chosen.params_schema),
             "prefill_image": image,
-            "prefill_field": next((f.name for f in fields if f.widget == "image"), None),
+            "prefill_field": next(
+                (f.name for f in fields if f.widget in ("image", "images")), None
+            ),
             "image_sources": pickers.IMAGE_SOURCES,
         },
         active="generate",

@@ -15,7 +15,7 @@ def has_seed(job: Job) -> bool:
     if job.backend == "workflow":
         inputs = job.params.get("inputs")
         return isinstance(inputs, dict) and "seed" in inputs
-    return job.backend != "comfy"
+    return "seed" in job.params
 
 
 def request_body(job: Job, seed: int | None) -> dict[str, JsonValue]:

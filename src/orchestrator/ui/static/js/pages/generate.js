@@ -35,21 +35,47 @@ for (const b of form.querySelectorAll("[data-randomize]")) {
 }
 
 // --- image inputs ------------------------------------------------------------------------
+const isMultiple = (input) => "multiple" in input.closest(".image-input").dataset;
+
+/** The chosen references of an image input (a list for multi-image fields). */
+function values(input) {
+  if (!input.value) return [];
+  if (!isMultiple(input)) return [input.value];
+  const list = JSON.parse(input.value);
+  return Array.isArray(list) ? list : [];
+}
+
+/** Set (single) or add (multiple) a reference; ``thumb`` previews refs like asset:<id>. */
+function choose(input, value, thumb) {
+  if (isMultiple(input)) input.value = JSON.stringify([...values(input), value]);
+  else input.value = value;
+  if (thumb) {
+    const thumbs = JSON.parse(input.dataset.thumbs || "{}");
+    thumbs[value] = thumb;
+    input.dataset.thumbs = JSON.stringify(thumbs);
+  }
+  preview(input);
+}
+
 function preview(input) {
   const box = input.closest(".image-input").querySelector(".image-preview");
-  const value = input.value;
   box.replaceChildren();
-  if (!value) {
+  const chosen = values(input);
+  if (!chosen.length) {
     box.append(Object.assign(document.createElement("span"), { className: "muted small", textContent: "No image" }));
     return;
   }
-  let src = null;
-  if (value.startsWith("data:image/")) src = value;
-  else if (value.startsWith("output:")) src = `/ui/thumbs/${value.slice(7)}`;
-  else if (input.dataset.thumb) src = input.dataset.thumb;
-  if (src) box.append(Object.assign(document.createElement("img"), { src, alt: "chosen image" }));
-  const label = value.startsWith("data:") ? `uploaded (${Math.round(value.length * 0.75 / 1024)} KB)` : value;
-  box.append(Object.assign(document.createElement("code"), { className: "small", textContent: label }));
+  const thumbs = JSON.parse(input.dataset.thumbs || "{}");
+  for (const value of chosen) {
+    const fig = document.createElement("figure");
+    let src = thumbs[value] || null;
+    if (value.startsWith("data:image/")) src = value;
+    else if (value.startsWith("output:")) src = `/ui/thumbs/${value.slice(7)}`;
+    if (src) fig.append(Object.assign(document.createElement("img"), { src, alt: "chosen image" }));
+    const label = value.startsWith("data:") ? `uploaded (${Math.round(value.length * 0.75 / 1024)} KB)` : value;
+    fig.append(Object.assign(document.createElement("code"), { className: "small", textContent: label }));
+    box.append(fig);
+  }
 }
 
 for (const input of form.querySelectorAll(".image-input input[type=hidden]")) preview(input);
@@ -64,14 +90,19 @@ for (const file of form.querySelectorAll("input[type=file][data-upload]")) {
       return;
     }
     const reader = new FileReader();
-    reader.addEventListener("load", () => { target.value = String(reader.result); delete target.dataset.thumb; preview(target); });
+    reader.addEventListener("load", () => choose(target, String(reader.result)));
     reader.addEventListener("error", () => toast(`Could not read ${f.name}.`, { kind: "error" }));
     reader.readAsDataURL(f);
   }));
 }
 
 for (const b of form.querySelectorAll("[data-clear]")) {
-  b.addEventListener("click", () => { const t = document.getElementById(b.dataset.clear); t.value = ""; preview(t); });
+  b.addEventListener("click", () => {
+    const t = document.getElementById(b.dataset.clear);
+    t.value = "";
+    delete t.dataset.thumbs;
+    preview(t);
+  });
 }
 
 // The picker dialog: one tab per image source (see ui/pickers.py); each lists
@@ -102,9 +133,7 @@ search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeo
 pickerPanel.el.addEventListener("click", pickerPanel.guard((e) => {
   const choice = e.target instanceof Element ? e.target.closest("[data-pick-value]") : null;
   if (!choice || !pickTarget) return;
-  pickTarget.value = choice.dataset.pickValue;
-  if (choice.dataset.pickThumb) pickTarget.dataset.thumb = choice.dataset.pickThumb;
-  preview(pickTarget);
+  choose(pickTarget, choice.dataset.pickValue, choice.dataset.pickThumb);
   dialog.close();
 }));
 
@@ -150,6 +179,7 @@ function body() {
     if (widget === "checkbox") value = input.checked;
     else if (["integer", "number", "seed"].includes(widget)) value = raw === "" ? undefined : Number(raw);
     else if (widget === "select" || widget === "image") value = raw === "" ? undefined : raw;
+    else if (widget === "images") value = values(input).length ? values(input) : undefined;
     else if (widget === "json") {
       if (raw === "") value = undefined;
       else {
@@ -163,7 +193,7 @@ function body() {
   const backend = form.dataset.backend;
   const model = form.dataset.model;
   let p = params;
-  if (backend === "flux") p = { ...params, model };
+  if ("sendModel" in form.dataset) p = { ...params, model };
   else if (backend === "workflow") p = { name: model, inputs: params };
   return { backend, params: p, ...top };
 }
