@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,8 @@ def test_import_browse_and_use_as_inputs(
     assert r.json()["type"].endswith("/import-path-not-allowed")
     r = http.post("/api/tilda/import", json={"path": str(exports / ".." / "..")})
     assert r.status_code == 403
+    r = http.post("/api/tilda/import", json={"path": str(exports / "v3")})
+    assert r.status_code == 422 and "no export folder" in r.json()["detail"]
     r = http.post("/api/tilda/import", json={})  # no TILDA_DUMP_PATH set
     assert r.status_code == 422 and "TILDA_DUMP_PATH" in r.json()["detail"]
 
@@ -121,8 +124,6 @@ def test_import_browse_and_use_as_inputs(
 
     # a hostile upload: accepted as a run, which fails with the reason
     evil = tmp_path / "evil.zip"
-    import zipfile
-
     with zipfile.ZipFile(evil, "w") as zf:
         zf.writestr("../../escape.html", "<div id='allrecords'></div>")
     r = http.post("/api/tilda/import", files={"file": ("evil.zip", evil.read_bytes())})

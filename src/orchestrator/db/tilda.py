@@ -135,9 +135,12 @@ class TildaRepo:
     @cancel_safe
     async def progress(self, run_id: str, stage: str, done: int, total: int) -> None:
         async with self.db.write() as conn:
-            await conn.execute(
+            await conn.execute(  # never over a finished run's final state
                 tilda_imports.update()
-                .where(tilda_imports.c.id == run_id)
+                .where(
+                    tilda_imports.c.id == run_id,
+                    tilda_imports.c.status == ImportStatus.RUNNING.value,
+                )
                 .values(stage=stage, done=done, total=total)
             )
 

@@ -97,6 +97,8 @@ class TildaService:
                 "the path is not under TILDA_DUMP_PATH or TILDA_IMPORT_ROOTS",
                 setting="TILDA_IMPORT_ROOTS",
             )
+        if not resolved.exists():
+            raise errors.InvalidRequest(f"no export folder or zip at {raw}", path=raw)
         return resolved
 
     async def create_run(self, source: str) -> ImportRun:
