@@ -38,6 +38,8 @@ from orchestrator.domain.params import (
     SdxlRequest,
     SvdParams,
     SvdRequest,
+    V0Params,
+    V0Request,
     WorkflowParams,
     WorkflowRequest,
 )
@@ -519,6 +521,50 @@ def generate_workflow(
             priority=priority,
         )
     )
+    raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
+
+
+@generate_app.command("v0")
+def generate_v0(
+    ctx: typer.Context,
+    prompt: Annotated[str, typer.Argument(help="The page to build.")],
+    page: Annotated[
+        str | None, typer.Option(help="An imported site page id, as context (texts, images).")
+    ] = None,
+    image: Annotated[
+        list[str] | None, typer.Option(help="An image input: a file, or asset:<id>.")
+    ] = None,
+    model: Annotated[str, typer.Option(help="v0-1.5-md or v0-1.5-lg.")] = "v0-1.5-md",
+    output_format: Annotated[
+        str, typer.Option("--format", help="tsx (a page component) or md (the answer).")
+    ] = "tsx",
+    system: Annotated[str | None, typer.Option(help="Extra system instructions.")] = None,
+    priority: Annotated[int, typer.Option()] = 0,
+    wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
+) -> None:
+    """Generate page code with v0 from a prompt and, optionally, an imported page."""
+    settings = _settings(ctx)
+    images: list[str] = []
+    for value in image or []:
+        if value.startswith("asset:"):
+            images.append(value)
+            continue
+        try:
+            images.append(base64.b64encode(Path(value).expanduser().read_bytes()).decode())
+        except OSError as exc:
+            err.print(f"[bold red]Cannot read {value}:[/] {exc.strerror}")
+            raise typer.Exit(2) from None
+    fields: dict[str, object] = {
+        "prompt": prompt,
+        "model": model,
+        "output_format": output_format,
+        "images": images,
+    }
+    if page is not None:
+        fields["site_page_id"] = page
+    if system is not None:
+        fields["system"] = system
+    req = _build(lambda: V0Request(params=V0Params.model_validate(fields), priority=priority))
     raise typer.Exit(_with_runtime(settings, lambda rt: _generate(rt, req, None, wait)))
 
 

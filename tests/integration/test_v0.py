@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -18,6 +19,8 @@ import pytest
 from mcp import Client
 from mcp_types import ResourceLink, TextContent
 from PIL import Image
+from tests.integration.test_cli import clean_environ
+from tests.integration.test_cli import run as run_cli
 
 from orchestrator import errors
 from orchestrator.api.app import create_app
@@ -368,7 +371,7 @@ async def test_cancel_mid_stream(settings_for: Callable[..., Settings], fake_v0:
     assert fake.completed == 0
 
 
-async def test_no_reattach_after_restart(fake_v0: FakePair, tmp_path: Any) -> None:
+async def test_no_reattach_after_restart(fake_v0: FakePair, tmp_path: Path) -> None:
     """A worker that takes over a v0 job from a dead one fails it clearly instead of
     paying for the answer again."""
     fake, served = fake_v0
@@ -510,3 +513,20 @@ def test_http_api_generate(make_settings: Callable[..., Settings]) -> None:
         models = client.get("/api/models", params={"backend": "v0"})
         assert models.status_code == 200, models.text
         assert {m["model"] for m in models.json()} == {"v0-1.5-md", "v0-1.5-lg"}
+
+
+def test_cli_generate_v0(tmp_path: Path) -> None:
+    """`orchestrator generate v0 --wait` in demo mode prints the .tsx and .md paths;
+    an invalid model is refused with the field named."""
+    env = clean_environ(DATA_DIR=str(tmp_path / "data"), DEMO_MODE="on")
+    picture = tmp_path / "p.png"
+    picture.write_bytes(image())
+    args = ["generate", "v0", "A bakery page", "--image", str(picture), "--wait"]
+    done = run_cli(args, tmp_path, env, timeout=90)
+    assert done.returncode == 0, done.stderr
+    code_path, md_path = (Path(line) for line in done.stdout.split())
+    assert code_path.suffix == ".tsx" and md_path.suffix == ".md"
+    assert "export default function Page()" in code_path.read_text(encoding="utf-8")
+    assert "<img " in code_path.read_text(encoding="utf-8")  # the image went along
+    bad = run_cli(["generate", "v0", "x", "--model", "gpt-4o"], tmp_path, env)
+    assert bad.returncode == 2 and "model" in bad.stderr
