@@ -10,6 +10,7 @@ import io
 import os
 import zipfile
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,14 @@ import sqlalchemy as sa
 
 from orchestrator.config import Settings
 from orchestrator.db.engine import Database, open_database
-from orchestrator.db.schema import site_assets, site_blocks, site_page_assets, site_pages, sites
+from orchestrator.db.schema import (
+    site_assets,
+    site_blocks,
+    site_page_assets,
+    site_pages,
+    sites,
+    tilda_imports,
+)
 from orchestrator.domain.tilda import ImportRun, ImportStatus, SitePageDetail
 from orchestrator.testing import tilda_export as te
 from orchestrator.testing.fake_tilda import FakeTilda, FakeTildaConfig
@@ -457,3 +465,20 @@ async def test_limits_on_files_and_size(
             assert (await tilda.repo.counts())["site_pages"] == 0
         finally:
             await db.dispose()
+
+
+async def test_a_run_whose_process_ended_shows_as_interrupted(tilda: TildaService) -> None:
+    long_ago = datetime.now(UTC) - timedelta(minutes=10)
+    orphan = await tilda.repo.create_run("export.zip", long_ago)
+    await tilda.repo.start_run(orphan.id, long_ago)
+    shown = await tilda.get_import(orphan.id)
+    assert shown.status == ImportStatus.FAILED and shown.error_code == "interrupted"
+    fresh = await tilda.create_run("other.zip")  # records it
+    assert (await tilda.get_import(fresh.id)).status == ImportStatus.QUEUED
+    async with tilda.repo.db.read() as conn:
+        status = (
+            await conn.execute(
+                sa.select(tilda_imports.c.status).where(tilda_imports.c.id == orphan.id)
+            )
+        ).scalar_one()
+    assert status == "failed"

@@ -290,5 +290,6 @@ tilda_imports = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=True),
     sa.Column("finished_at", UTCDateTime, nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     sa.Index("ix_tilda_imports_created", "created_at", "id"),
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -41,6 +41,9 @@ from orchestrator.domain.tilda import (
 )
 
 ERROR_MAX_CHARS = 2000
+STALE_S = 60.0  # a running import beats every few seconds; silent this long: it ended
+INTERRUPTED = "interrupted"
+INTERRUPTED_MESSAGE = "the import stopped without finishing (its process ended); run it again"
 
 
 @dataclass
@@ -119,8 +122,10 @@ class TildaRepo:
                     done=0,
                     total=0,
                     created_at=now,
+                    heartbeat_at=now,
                 )
             )
+            await _fail_stale(conn, now)
         return await self.get_run(run_id)
 
     @cancel_safe
@@ -129,19 +134,33 @@ class TildaRepo:
             await conn.execute(
                 tilda_imports.update()
                 .where(tilda_imports.c.id == run_id)
-                .values(status=ImportStatus.RUNNING.value, stage="reading", started_at=now)
+                .values(
+                    status=ImportStatus.RUNNING.value,
+                    stage="reading",
+                    started_at=now,
+                    heartbeat_at=now,
+                )
             )
 
     @cancel_safe
-    async def progress(self, run_id: str, stage: str, done: int, total: int) -> None:
+    async def progress(
+        self, run_id: str, stage: str | None, done: int, total: int, now: datetime
+    ) -> None:
+        """Record progress (``stage`` None: only the heartbeat), never over a finished
+        run's final state."""
+        values: dict[str, object] = {"heartbeat_at": now}
+        if stage is not None:
+            values.update(stage=stage, done=done, total=total)
         async with self.db.write() as conn:
-            await conn.execute(  # never over a finished run's final state
+            await conn.execute(
                 tilda_imports.update()
                 .where(
                     tilda_imports.c.id == run_id,
-                    tilda_imports.c.status == ImportStatus.RUNNING.value,
+                    tilda_imports.c.status.in_(
+                        [ImportStatus.RUNNING.value, ImportStatus.QUEUED.value]
+                    ),
                 )
-                .values(stage=stage, done=done, total=total)
+                .values(values)
             )
 
     @cancel_safe
@@ -458,6 +477,24 @@ class TildaRepo:
         return out
 
 
+async def _fail_stale(conn: AsyncConnection, now: datetime) -> None:
+    """Runs whose process stopped beating (it ended mid-import) become failed."""
+    await conn.execute(
+        tilda_imports.update()
+        .where(
+            tilda_imports.c.status.in_([ImportStatus.RUNNING.value, ImportStatus.QUEUED.value]),
+            tilda_imports.c.heartbeat_at < now - timedelta(seconds=STALE_S),
+        )
+        .values(
+            status=ImportStatus.FAILED.value,
+            stage="failed",
+            error_code=INTERRUPTED,
+            error_message=INTERRUPTED_MESSAGE,
+            finished_at=now,
+        )
+    )
+
+
 def _chunks(items: list[str], n: int) -> list[list[str]]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
@@ -564,9 +601,26 @@ def _asset(m: sa.RowMapping) -> SiteAsset:
 
 def _run(m: sa.RowMapping) -> ImportRun:
     report = m["report"]
+    status = ImportStatus(m["status"])
+    stale = not status.terminal and m["heartbeat_at"] < datetime.now(UTC) - timedelta(
+        seconds=STALE_S
+    )
+    if stale:  # shown as it will be recorded by the next import
+        return ImportRun(
+            id=m["id"],
+            status=ImportStatus.FAILED,
+            source=m["source"],
+            site_id=m["site_id"],
+            progress=ImportProgress(stage="failed", done=m["done"], total=m["total"]),
+            error_code=INTERRUPTED,
+            error_message=INTERRUPTED_MESSAGE,
+            created_at=m["created_at"],
+            started_at=m["started_at"],
+            finished_at=m["heartbeat_at"],
+        )
     return ImportRun(
         id=m["id"],
-        status=ImportStatus(m["status"]),
+        status=status,
         source=m["source"],
         site_id=m["site_id"],
         progress=ImportProgress(stage=m["stage"], done=m["done"], total=m["total"]),

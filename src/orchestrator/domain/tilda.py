@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 ASSET_REF_PREFIX = "asset:"
 
@@ -142,8 +142,10 @@ class ImportReport(BaseModel):
     missing_images: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def no_change(self) -> bool:
+        """True when the import changed nothing (a re-import of the same export)."""
         return not (
             self.added or self.changed or self.removed or self.layout_changed or self.assets_added
         )

@@ -101,7 +101,9 @@ def prepare(
     sitemap = parse.parse_sitemap(sitemap_text) if sitemap_text is not None else None
     html_files = sorted(n for n in names if "/" not in n and n.lower().endswith((".html", ".htm")))
     body_files = {m[1].lower() + ".html": n for n in names if (m := BODY_FILE.match(n))}
-    file_alias = {f.lower(): a for a, f in htaccess.aliases.items()}
+    file_alias: dict[str, str] = {}
+    for alias_, target in htaccess.aliases.items():
+        file_alias.setdefault(target.lower(), alias_)
     domains = {sitemap.domain} if sitemap is not None and sitemap.domain else set()
     resolver = parse.LinkResolver(
         aliases=frozenset(htaccess.aliases),
@@ -250,7 +252,7 @@ def prepare(
 
     records: list[PageRecord] = []
     for p in pages.values():
-        alias = p.alias or htaccess.alias_of(p.file_name)
+        alias = p.alias or file_alias.get(p.file_name.lower())
         if p.tilda_page_id in header_ids or (alias == "header" and not p.header_id):
             role = "header"
         elif p.tilda_page_id in footer_ids or (alias == "footer" and not p.footer_id):

@@ -36,6 +36,7 @@ from orchestrator.tilda.archive import ExportSource, Limits, open_export
 log = logs.get(__name__)
 
 PROGRESS_WRITE_S = 0.25
+HEARTBEAT_S = 5.0
 UPLOADS_DIR = "tilda-uploads"
 
 OnProgress = Callable[[str, int, int], None]
@@ -55,6 +56,7 @@ class _Progress:
     done: int = 0
     total: int = 0
     version: int = 0
+    started: bool = False
 
     def set(self, stage: str, done: int, total: int) -> None:
         self.stage, self.done, self.total = stage, done, total
@@ -179,51 +181,70 @@ class TildaService:
             if on_progress is not None:
                 on_progress(stage, done, total)
 
-        async with self._lock:
-            await self.repo.start_run(run_id, datetime.now(UTC))
-            writer = asyncio.create_task(self._write_progress(run_id, state))
-            source: ExportSource | None = None
-            try:
-                started = time.perf_counter()
-                source = await asyncio.to_thread(opener)
-                outcome = await importer.run_import(
-                    self.repo, source, self.data_dir, run_id, progress
-                )
-                self.last_timings = {
-                    **outcome.timings,
-                    "total_s": time.perf_counter() - started,
-                }
-            except errors.InvalidExport as exc:
-                await self.repo.fail_run(run_id, exc.code.value, exc.detail, datetime.now(UTC))
-            except errors.OrchestratorError as exc:
-                await self.repo.fail_run(
-                    run_id, ErrorCode.IMPORT_FAILED.value, exc.detail, datetime.now(UTC)
-                )
-            except Exception as exc:
-                log.exception("tilda import failed", run_id=run_id)
-                await self.repo.fail_run(
-                    run_id,
-                    ErrorCode.INTERNAL_ERROR.value,
-                    f"the import failed unexpectedly: {type(exc).__name__}",
-                    datetime.now(UTC),
-                )
-            finally:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
-                if source is not None:
-                    source.close()
+        writer = asyncio.create_task(self._write_progress(run_id, state))
+        try:
+            async with self._lock:
+                await self._run_locked(run_id, opener, progress, state)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _run_locked(
+        self,
+        run_id: str,
+        opener: Callable[[], ExportSource],
+        progress: OnProgress,
+        state: _Progress,
+    ) -> None:
+        """One import; every failure is recorded on the run (never raised)."""
+        await self.repo.start_run(run_id, datetime.now(UTC))
+        state.started = True
+        source: ExportSource | None = None
+        try:
+            started = time.perf_counter()
+            source = await asyncio.to_thread(opener)
+            outcome = await importer.run_import(self.repo, source, self.data_dir, run_id, progress)
+            self.last_timings = {**outcome.timings, "total_s": time.perf_counter() - started}
+        except errors.InvalidExport as exc:
+            await self.repo.fail_run(run_id, exc.code.value, exc.detail, datetime.now(UTC))
+        except errors.OrchestratorError as exc:
+            await self.repo.fail_run(
+                run_id, ErrorCode.IMPORT_FAILED.value, exc.detail, datetime.now(UTC)
+            )
+        except Exception as exc:
+            log.exception("tilda import failed", run_id=run_id)
+            await self.repo.fail_run(
+                run_id,
+                ErrorCode.INTERNAL_ERROR.value,
+                f"the import failed unexpectedly: {type(exc).__name__}",
+                datetime.now(UTC),
+            )
+        finally:
+            if source is not None:
+                source.close()
 
     async def _write_progress(self, run_id: str, state: _Progress) -> None:
+        """Progress when it changes, and a heartbeat every HEARTBEAT_S (a run that
+        stops beating is shown as interrupted)."""
         seen = -1
+        beat = time.monotonic()
         while True:
             await asyncio.sleep(PROGRESS_WRITE_S)
-            if state.version != seen and state.stage != "done":
-                seen = state.version
-                try:
-                    await self.repo.progress(run_id, state.stage, state.done, state.total)
-                except Exception:
-                    log.warning("could not record import progress", run_id=run_id)
+            changed = state.version != seen and state.started and state.stage != "done"
+            if not changed and time.monotonic() - beat < HEARTBEAT_S:
+                continue
+            seen, beat = state.version, time.monotonic()
+            try:
+                await self.repo.progress(
+                    run_id,
+                    state.stage if changed else None,
+                    state.done,
+                    state.total,
+                    datetime.now(UTC),
+                )
+            except Exception:
+                log.warning("could not record import progress", run_id=run_id)
 
     async def get_import(self, run_id: str) -> ImportRun:
         return await self.repo.get_run(run_id)

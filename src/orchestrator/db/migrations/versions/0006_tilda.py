@@ -104,6 +104,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime, nullable=False),
         sa.Column("started_at", UTCDateTime, nullable=True),
         sa.Column("finished_at", UTCDateTime, nullable=True),
+        sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     )
     op.create_index("ix_tilda_imports_created", "tilda_imports", ["created_at", "id"])
 
