@@ -114,7 +114,13 @@ def test_cancel_a_running_job(page: Page, ui_server: UiServer, shot: Shot) -> No
         expect(row.locator(".badge.status-running")).to_be_visible(timeout=10_000)
         shot(page, "jobs")
         row.get_by_role("button", name="Cancel").click()
-        expect(page.get_by_role("status").filter(has_text=job_id[:8])).to_be_visible()
+        short = job_id[:8]
+        outcome = re.compile(rf"Cancel requested for job {short}\.|Job {short} canceled\.")
+        expect(page.get_by_role("status").filter(has_text=outcome)).to_be_visible()
+        # ...and the server-wide stream's notice once the worker has stopped it.
+        expect(
+            page.get_by_role("status").filter(has_text=f"Job {short} was canceled.")
+        ).to_be_visible()
         # The table updates itself, without a reload.
         expect(row.locator(".badge.status-canceled")).to_be_visible(timeout=10_000)
         expect(row.get_by_role("button", name="Retry")).to_be_visible()
@@ -181,10 +187,14 @@ def test_gallery_search(page: Page, ui_server: UiServer, shot: Shot) -> None:
     expect(page.locator("#lightbox img")).to_be_visible()
 
 
+@pytest.fixture(scope="module")
+def finished_job(ui_server: UiServer) -> str:
+    return api_job(ui_server, "a red bicycle")
+
+
 @pytest.mark.parametrize("scheme", ["light", "dark"])
-def test_every_page_renders(page: Page, ui_server: UiServer, shot: Shot, scheme: str) -> None:
+def test_every_page_renders(page: Page, finished_job: str, shot: Shot, scheme: str) -> None:
     """Each page loads with its panels and without a panel error, in both themes."""
-    api_job(ui_server, "a red bicycle")
     page.emulate_media(color_scheme=scheme)  # type: ignore[arg-type]
     suffix = "" if scheme == "light" else "-dark"
     for name, path, ready in [

@@ -86,9 +86,13 @@ def _answer(
 ) -> Response:
     page: HtmlErrorPage | None = getattr(request.app.state, "html_error_page", None)
     if page is not None and wants_html(request):
-        response = page(request, status, title, detail)
-        response.headers.update(dict(headers or {}))
-        return response
+        try:
+            response = page(request, status, title, detail)
+        except Exception:  # the error page itself failed: fall back to the problem
+            log.exception("error page failed")
+        else:
+            response.headers.update(dict(headers or {}))
+            return response
     return problem_response(request, status, title, slug, detail, extra, headers)
 
 
@@ -129,9 +133,7 @@ def install(app: FastAPI) -> None:
             exc.status_code, "HTTP error"
         )
         slug = title.lower().replace(" ", "-")
-        return _answer(
-            request, exc.status_code, title, slug, str(exc.detail), headers=exc.headers
-        )
+        return _answer(request, exc.status_code, title, slug, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -137,8 +137,8 @@ def settings_notes(service: Service) -> list[str]:
     notes: list[str] = []
     if service.demo:
         notes.append(
-            "Demo mode: no backend is configured, so FLUX and ComfyUI are simulated and "
-            "outputs are placeholders. Set BFL_API_KEY or COMFY_URL for real ones."
+            "Demo mode: backends that are not configured are simulated, and their outputs "
+            "are placeholders. Set BFL_API_KEY or COMFY_URL for real ones."
         )
     for name, b in service.backends.items():
         if not b.enabled:

@@ -46,6 +46,7 @@ def render(
     """Render a template to a response with the shared context (navigation, CSRF
     token, principal, request id), setting the CSRF cookie when it is new."""
     principal = getattr(request.state, "principal", None)
+    runtime = getattr(request.app.state, "runtime", None)
     shared: dict[str, Any] = {
         "request": request,
         "nav": list(nav.NAV),
@@ -53,6 +54,7 @@ def render(
         "csrf_token": csrf.token_for(request),
         "csrf_field": csrf.CSRF_FIELD,
         "principal": principal,
+        "demo": bool(getattr(runtime, "demo", False)),
         "request_id": getattr(request.state, "request_id", None),
         "version": __version__,
         "now": datetime.now(UTC),
