@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -360,6 +361,19 @@ def corrupt_entry(tmp_path: Path) -> Path:
     return out
 
 
+def lying_sizes(tmp_path: Path) -> Path:
+    """A 3 MB page that declares 1,000 bytes (a bomb that lies about its size)."""
+    path = _zip_with(tmp_path, "project1/page1.html", b"\0" * (3 * 1024 * 1024))
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(io.BytesIO(bytes(data))) as zf:
+        info = zf.getinfo("project1/page1.html")
+    struct.pack_into("<I", data, info.header_offset + 22, 1000)
+    central = data.rfind(b"PK\x01\x02")  # the appended entry's record is the last one
+    struct.pack_into("<I", data, central + 24, 1000)
+    path.write_bytes(bytes(data))
+    return path
+
+
 def non_utf8_name(tmp_path: Path) -> Path:
     path = _zip_with(tmp_path, "project1/images/XX-name.png", te.png(3))
     raw = path.read_bytes().replace(b"images/XX-name.png", b"images/\xff\xfe-name.png")
@@ -404,6 +418,7 @@ HOSTILE: list[tuple[Callable[[Path], Path], str, str]] = [
     (zip_bomb, "unsafe_archive", "zip bomb"),
     (truncated, "corrupt_archive", "not a readable zip"),
     (corrupt_entry, "corrupt_archive", "corrupt"),
+    (lying_sizes, "corrupt_archive", "CRC"),
     (non_utf8_name, "unsafe_archive", "not valid UTF-8"),
     (not_tilda, "not_tilda_export", "not a Tilda export"),
     (not_a_zip, "corrupt_archive", "not a readable zip"),
