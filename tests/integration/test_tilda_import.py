@@ -27,7 +27,8 @@ from orchestrator.db.schema import (
     sites,
     tilda_imports,
 )
-from orchestrator.domain.tilda import ImportRun, ImportStatus, SitePageDetail
+from orchestrator.db.tilda import ImportPlan, TildaRepo
+from orchestrator.domain.tilda import ImportReport, ImportRun, ImportStatus, SitePageDetail
 from orchestrator.testing import tilda_export as te
 from orchestrator.testing.fake_tilda import FakeTilda, FakeTildaConfig
 from orchestrator.testing.serve import serve_in_thread
@@ -497,3 +498,19 @@ async def test_a_run_whose_process_ended_shows_as_interrupted(tilda: TildaServic
             )
         ).scalar_one()
     assert status == "failed"
+
+
+class FailingRepo(TildaRepo):
+    """Fault injection: the database write of an import fails."""
+
+    async def apply(self, run_id: str, plan: ImportPlan, now: datetime) -> ImportReport:
+        raise RuntimeError("the database went away")
+
+
+async def test_a_failed_database_write_leaves_no_files(tilda: TildaService, tmp_path: Path) -> None:
+    te.build_export(tmp_path / "export")
+    tilda.repo = FailingRepo(tilda.repo.db)
+    run = await tilda.import_path(tmp_path / "export")
+    assert run.status == ImportStatus.FAILED and run.error_code == "internal_error"
+    assert files_under(tilda.data_dir / "assets") == {}  # moved files removed, staging too
+    assert all(n == 0 for n in (await tilda.repo.counts()).values())
