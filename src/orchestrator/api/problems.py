@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -96,6 +97,18 @@ def _answer(
     return problem_response(request, status, title, slug, detail, extra, headers)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette's 405 names only the
+    first route that matched the path, e.g. GET but not POST /api/tokens)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for ctx in iter_route_contexts(request.app.routes):
+        regex = getattr(ctx, "path_regex", None)
+        if regex is not None and ctx.methods and regex.match(path):
+            methods |= ctx.methods
+    return ", ".join(sorted(methods))
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.OrchestratorError)
     async def _domain(request: Request, exc: errors.OrchestratorError) -> Response:
@@ -133,7 +146,10 @@ def install(app: FastAPI) -> None:
             exc.status_code, "HTTP error"
         )
         slug = title.lower().replace(" ", "-")
-        return _answer(request, exc.status_code, title, slug, str(exc.detail), headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(request)
+        return _answer(request, exc.status_code, title, slug, str(exc.detail), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
