@@ -514,3 +514,20 @@ async def test_a_failed_database_write_leaves_no_files(tilda: TildaService, tmp_
     assert run.status == ImportStatus.FAILED and run.error_code == "internal_error"
     assert files_under(tilda.data_dir / "assets") == {}  # moved files removed, staging too
     assert all(n == 0 for n in (await tilda.repo.counts()).values())
+
+
+async def test_two_sites_share_identical_images(tilda: TildaService, tmp_path: Path) -> None:
+    te.build_export(tmp_path / "a")
+    te.build_export(tmp_path / "b", project_id="5550001")
+    first = succeeded(await tilda.import_path(tmp_path / "a"))
+    second = succeeded(await tilda.import_path(tmp_path / "b"))
+    assert first.report is not None and second.report is not None
+    assert second.report.site_id != first.report.site_id
+    assert len(second.report.added) == 7
+    assert second.report.assets_added == 0  # the same files, stored once
+    sites_ = {s.tilda_project_id: s for s in await tilda.list_sites()}
+    assert set(sites_) == {te.PROJECT_ID, "5550001"}
+    only_b = await tilda.list_pages(site_id=sites_["5550001"].id, limit=100)
+    assert only_b.total == 7
+    assert {p.tilda_project_id for p in only_b.items} == {"5550001"}
+    assert (await tilda.list_pages()).total == 14
