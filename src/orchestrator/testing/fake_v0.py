@@ -585,7 +585,7 @@ class FakeV0:
                 "model": ask.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
             }
-            return f"data: {json.dumps(chunk)}\n\n".encode()
+            return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
 
         await send(
             {
