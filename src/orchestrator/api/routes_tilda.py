@@ -3,6 +3,7 @@ and browse sites, pages (blocks, texts, images) and asset files."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -99,7 +100,7 @@ async def start_import(request: Request, service: ServiceDep, response: Response
             body = ImportRequest.model_validate_json(raw) if raw.strip() else ImportRequest()
         except (ValidationError, json.JSONDecodeError) as exc:
             raise errors.InvalidRequest(f"invalid import request: {exc}") from None
-        path = tilda.allowed_path(body.path)
+        path = await asyncio.to_thread(tilda.allowed_path, body.path)
         run = await tilda.start_import(path, source=path.name)
     response.headers["Location"] = f"/api/tilda/imports/{run.id}"
     return run

@@ -84,6 +84,12 @@ class TildaService:
                     "no path given and TILDA_DUMP_PATH is not set", setting="TILDA_DUMP_PATH"
                 )
             return dump
+        try:
+            return self._allowed(raw, dump)
+        except (OSError, ValueError) as exc:  # NUL bytes, names too long…
+            raise errors.InvalidRequest(f"not a usable path: {exc}") from None
+
+    def _allowed(self, raw: str, dump: Path | None) -> Path:
         candidate = Path(raw)
         if not candidate.is_absolute():
             base = dump if dump is not None and dump.is_dir() else None
