@@ -268,3 +268,40 @@ def test_text_outputs_show_as_code(page: Page, ui_server: UiServer, shot: Shot) 
     expect(code).not_to_be_empty()
     expect(page.locator("#job-panel a[download]").first).to_be_visible()
     shot(page, "job-text")
+
+
+def test_a_dropped_stream_and_a_script_error_stay_in_their_panel(
+    page: Page, ui_server: UiServer, shot: Shot
+) -> None:
+    ui_server.fake.config.task_duration_s = 60.0
+    try:
+        job_id = api_job(ui_server, "a job whose stream breaks", wait=False)
+        events = f"**/api/jobs/{job_id}/events*"
+        # 1. The job's live stream answers 500: the status panel says so, with a toast.
+        page.route(events, lambda route: route.fulfill(status=500, body="down"))
+        page.goto(f"/ui/jobs/{job_id}")
+        error = page.locator("#job-panel .panel-error")
+        expect(error).to_contain_text("Live updates for this job were interrupted")
+        expect(page.locator(".toast[role=alert]").filter(has_text="interrupted")).to_be_visible()
+        expect(page.locator("#timeline-panel .timeline")).to_be_visible()  # unaffected
+        expect(page.locator("#timeline-panel .panel-error")).to_be_hidden()
+        shot(page, "job-stream-dropped")
+        # 2. A malformed event makes the panel's own script throw: caught, shown there.
+        page.unroute(events)
+        bad = "event: transition\ndata: {not json\n\n"
+        page.route(
+            events,
+            lambda route: route.fulfill(status=200, content_type="text/event-stream", body=bad),
+        )
+        page.reload()
+        expect(page.locator(".toast[role=alert]").filter(has_text="JSON")).to_be_visible()
+        expect(page.locator("#job-panel")).to_have_class(re.compile("has-error"))
+        expect(page.locator("#timeline-panel .panel-error")).to_be_hidden()
+        # The rest of the page still works: cancel the job from its button.
+        page.unroute(events)
+        page.locator(".page-head").get_by_role("button", name="Cancel").click()
+        expect(
+            page.get_by_role("status").filter(has_text=f"Job {job_id[:8]} was canceled.")
+        ).to_be_visible()
+    finally:
+        ui_server.fake.config.task_duration_s = TASK_S

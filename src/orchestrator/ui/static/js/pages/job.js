@@ -16,9 +16,14 @@ function showButtons() {
   head.querySelector('[data-action="retry"]').hidden = !done;
 }
 
+// A broken live stream stays on show until the stream is back (a re-render of
+// the panel's content does not hide it).
+let streamProblem = null;
+
 summary.onRender(() => {
   const s = summary.body.querySelector("[data-status]");
   if (s) { status = s.dataset.status; showButtons(); }
+  if (streamProblem && !isTerminal(status)) summary.fail(streamProblem, { toastIt: false });
 });
 
 bindJobActions(head, { onDone: refreshAll, onError: (err) => summary.fail(err), navigateOnRetry: true });
@@ -29,12 +34,21 @@ let stream = null;
 function follow() {
   if (isTerminal(status)) return;
   stream = new EventSource(`/api/jobs/${jobId}/events`);
-  let failedOnce = false;
-  stream.addEventListener("open", () => { if (failedOnce) { summary.clearError(); refreshAll(); } });
+  let failedOnce = streamProblem !== null;
+  stream.addEventListener("open", () => {
+    if (failedOnce) { streamProblem = null; summary.clearError(); refreshAll(); }
+  });
   stream.addEventListener("error", () => {
     if (isTerminal(status)) { stream.close(); return; }
     failedOnce = true;
-    summary.fail(new Error("Live updates for this job were interrupted; reconnecting…"));
+    const closed = stream.readyState === EventSource.CLOSED;
+    streamProblem = new Error(
+      closed
+        ? "Live updates for this job were interrupted (the stream was refused); retrying in 5 s…"
+        : "Live updates for this job were interrupted; reconnecting…",
+    );
+    summary.fail(streamProblem);
+    if (closed) setTimeout(() => { if (!isTerminal(status)) { stream.close(); follow(); } }, 5000);
   });
   const onEvent = summary.guard((msg) => {
     const ev = JSON.parse(msg.data);
