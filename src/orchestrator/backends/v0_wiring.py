@@ -28,6 +28,7 @@ async def build_v0_backend(
     key = settings.v0_api_key.get_secret_value() if settings.v0_api_key is not None else None
     simulated = False
     if key is None and demo:
+        from orchestrator.testing.asgi_stream import StreamingASGITransport
         from orchestrator.testing.fake_v0 import FakeV0, FakeV0Config
 
         fake = FakeV0(
@@ -36,7 +37,8 @@ async def build_v0_backend(
             )
         )
         http = await stack.enter_async_context(
-            httpx2.AsyncClient(transport=httpx2.ASGITransport(app=fake.app), timeout=http_timeout)
+            # in process, streamed as it is written (progress shows while v0 "types")
+            httpx2.AsyncClient(transport=StreamingASGITransport(fake.app), timeout=http_timeout)
         )
         base_url, key, simulated = SIMULATED_V0_ORIGIN, SIMULATED_V0_KEY, True
     return V0Backend(

@@ -1,8 +1,8 @@
 """A fake of the v0 Model API (OpenAI-compatible chat completions), for tests and demo mode.
 
-Use it in-process through ``httpx2.ASGITransport(app=fake.app)`` (which buffers the
-whole answer, so a stream arrives at once) or serve ``fake.app`` on 127.0.0.1 (see
-`orchestrator.testing.serve`) to stream for real.
+Use it in-process through ``StreamingASGITransport(fake.app)`` (``testing.asgi_stream``;
+demo mode does) or ``httpx2.ASGITransport(app=fake.app)`` (which buffers the whole
+answer), or serve ``fake.app`` on 127.0.0.1 (see `orchestrator.testing.serve`).
 
 * ``POST /v1/chat/completions`` needs ``Authorization: Bearer <key>`` (401 otherwise),
   validates the body as OpenAI does (model one of ``config.models``, messages with
