@@ -19,7 +19,11 @@ import io
 import json
 import os
 import re
+import signal
+import socket
+import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -33,6 +37,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from starlette.routing import Mount, Route, WebSocketRoute
+from tests.integration.test_cli import CLI, clean_environ
 from typer.testing import CliRunner
 
 from orchestrator import errors, logs
@@ -526,6 +531,42 @@ def test_auth_cannot_be_turned_off_off_loopback(tmp_path: Path) -> None:
     assert by_env.exit_code == 2 and "AUTH_DISABLED" in by_env.stderr
     on_loopback = runner.invoke(cli_app, [*base, "config", "check"], env={"AUTH_DISABLED": "1"})
     assert on_loopback.exit_code == 0, on_loopback.output
+
+
+def test_a_fresh_serve_is_closed_and_says_how_to_get_in(tmp_path: Path) -> None:
+    """`make run` on a fresh machine: auth on, no token yet, one warning saying how."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = clean_environ(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"),
+        XDG_DATA_HOME=str(tmp_path / "home" / ".local" / "share"),
+        AUTH_DISABLED="false",
+        ORCHESTRATOR_PORT=str(port),
+        LOG_FORMAT="json",
+    )
+    proc = subprocess.Popen(
+        [*CLI, "serve"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        with httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
+            for _ in range(400):
+                try:
+                    if c.get("/healthz").status_code == 200:
+                        break
+                except httpx2.TransportError:
+                    time.sleep(0.05)
+            assert c.get("/api/jobs").status_code == 401
+            assert c.get("/mcp").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    lines = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
+    hints = [ln for ln in lines if "token create" in ln["event"]]
+    assert len(hints) == 1 and hints[0]["level"] == "warning"
+    assert "--scope admin" in hints[0]["event"] and "orch_" not in err
 
 
 async def test_serve_says_how_to_create_the_first_token(
