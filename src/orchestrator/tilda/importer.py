@@ -589,7 +589,10 @@ async def run_import(
         db_started = time.perf_counter()
         try:
             report = await repo.apply(run_id, prepared.plan, datetime.now(UTC))
-        except BaseException:
+        except Exception:
+            # The transaction rolled back: nothing refers to the new files. (A cancel
+            # lets the transaction finish first, committed or not, so the files stay:
+            # an unreferenced file is harmless, a referenced missing one is not.)
             await asyncio.to_thread(remove_files, created)
             raise
         prepared.timings["db_s"] = time.perf_counter() - db_started
