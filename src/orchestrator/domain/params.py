@@ -471,7 +471,13 @@ GenerateRequest = Annotated[
     Field(discriminator="backend"),
 ]
 AnyRequest = (
-    FluxRequest | SdxlRequest | Sd35Request | SvdRequest | ComfyRequest | WorkflowRequest | V0Request
+    FluxRequest
+    | SdxlRequest
+    | Sd35Request
+    | SvdRequest
+    | ComfyRequest
+    | WorkflowRequest
+    | V0Request
 )
 BackendName = Literal["flux", "sdxl", "sd35", "svd", "comfy", "workflow", "v0"]
 BACKENDS: tuple[str, ...] = ("flux", "sdxl", "sd35", "svd", "comfy", "workflow", "v0")
