@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 from playwright.sync_api import Page, Route, expect
-
-from conftest import TASK_S, UiServer
+from tests.browser.conftest import TASK_S, UiServer
 
 pytestmark = pytest.mark.browser
 Shot = Callable[[Page, str], Path]

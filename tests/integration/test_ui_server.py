@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx2
 import pytest
 from fastapi import FastAPI
+from tests.conftest import TEST_KEY
 
-from conftest import TEST_KEY
 from orchestrator.api.app import create_app
 from orchestrator.config import Settings
 from orchestrator.testing.fake_bfl import FakeBfl
