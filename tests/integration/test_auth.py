@@ -495,6 +495,31 @@ async def test_mcp_over_http_acts_for_the_bearer(server: Server) -> None:
     assert ignite.is_error and "admin" in ignite.content[0].text
 
 
+# --- auth disabled (loopback) ------------------------------------------------------------
+
+
+def test_with_auth_disabled_other_sites_still_cannot_post(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(demo_mode="on", worker_enabled=False)
+    assert settings.auth_disabled
+    with (
+        serve_in_thread(create_app(settings), lifespan="on") as served,
+        httpx2.Client(base_url=served.base_url, timeout=30) as c,
+    ):
+        who = c.get("/api/auth/whoami").json()
+        assert who["auth_enabled"] is False and who["principal"]["via"] == "auth-disabled"
+        assert c.post("/api/generate", json=FLUX_JOB).status_code == 202  # curl, scripts
+        same = c.post("/api/generate", json=FLUX_JOB, headers={"Origin": served.base_url})
+        assert same.status_code == 202
+        evil = c.post("/api/generate", json=FLUX_JOB, headers={"Origin": "http://evil.example"})
+        assert evil.status_code == 403 and evil.json()["type"].endswith("cross-site")
+        job_id = same.json()["id"]
+        form = c.post(f"/ui/jobs/{job_id}/rerun", data={"x": "1"})
+        assert form.status_code == 403  # the UI's forms need the CSRF token even so
+        assert c.get("/ui/login", follow_redirects=False).status_code == 303
+
+
 # --- the CLI and settings -----------------------------------------------------------------
 
 

@@ -140,8 +140,10 @@ def test_forbidden_says_why() -> None:
         ("GET", "/api/tokens", Scope.ADMIN),
         ("POST", "/api/tokens", Scope.ADMIN),
         ("DELETE", "/api/tokens/t1", Scope.ADMIN),
-        ("GET", "/api/not-a-route", Scope.READ),  # unknown and safe: read
-        ("PUT", "/api/not-a-route", Scope.ADMIN),  # unknown and unsafe: admin
+        ("GET", "/api/not-a-route", Scope.ADMIN),  # no rule: fail closed
+        ("GET", "/api/tokens/", Scope.ADMIN),
+        ("PUT", "/api/not-a-route", Scope.ADMIN),
+        ("HEAD", "/mcp/", Scope.ADMIN),
         ("DELETE", "/api/jobs/abc", Scope.ADMIN),
     ],
 )
@@ -152,6 +154,36 @@ def test_route_table(method: str, path: str, need: api_auth.Requirement) -> None
 def test_public_routes_are_few() -> None:
     public = sorted(r.template for r in api_auth.RULES if r.need == api_auth.PUBLIC)
     assert public == ["/healthz", "/readyz", "/ui/login", "/ui/static/{path:path}"]
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "expected"),
+    [
+        ("/api/tokens", "", "/api/tokens"),
+        ("/orch/api/tokens", "/orch", "/api/tokens"),
+        ("/orch", "/orch", "/"),
+        ("/orchestra/api", "/orch", "/orchestra/api"),
+        ("/api/tokens", "/orch", "/api/tokens"),
+    ],
+)
+def test_rules_see_the_path_the_router_sees(path: str, root_path: str, expected: str) -> None:
+    assert api_auth.route_path({"type": "http", "path": path, "root_path": root_path}) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "cross"),
+    [
+        ({"host": "127.0.0.1:8000"}, False),  # curl, scripts
+        ({"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000"}, False),
+        ({"host": "127.0.0.1:8000", "origin": "http://evil.example"}, True),
+        ({"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:9999"}, True),
+        ({"host": "127.0.0.1:8000", "origin": "null"}, True),
+        ({"host": "127.0.0.1:8000", "sec-fetch-site": "cross-site"}, True),
+        ({"host": "127.0.0.1:8000", "sec-fetch-site": "same-origin"}, False),
+    ],
+)
+def test_cross_site_requests(headers: dict[str, str], cross: bool) -> None:
+    assert api_auth.cross_site(Headers(headers)) is cross
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,12 @@ method must carry the CSRF token (``ui/csrf.py``), else 403. The principal is pu
 the ASGI scope's state: ``request.state.principal``.
 
 :data:`RULES` is the one table of what each route needs; :func:`decide` reads it.
-Routes not in it need ``read`` for safe methods and ``admin`` for anything else, and
-a test fails while any route of the app is missing from it.
+A request no rule matches needs ``admin`` (fail closed), and a test fails while any
+route of the app is missing from the table.
+
+With AUTH_DISABLED (loopback only) every request acts as an admin, but a page from
+another site still cannot post: unsafe requests to the UI must pass the CSRF check,
+and unsafe requests whose ``Origin`` is another site are refused.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
+from urllib.parse import urlsplit
 
 import structlog
 from fastapi import FastAPI
@@ -131,12 +136,29 @@ def explicit_rule(method: str, path: str) -> Rule | None:
 
 
 def decide(method: str, path: str) -> Requirement:
-    """What a request needs: its rule's requirement, else ``read`` for a safe
-    method and ``admin`` for anything else (fail closed)."""
+    """What a request needs: its rule's requirement, else ``admin`` (fail closed)."""
     r = explicit_rule(method, path)
-    if r is not None:
-        return r.need
-    return READ if method.upper() in SAFE_METHODS else ADMIN
+    return ADMIN if r is None else r.need
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the server's ``root_path`` (as
+    Starlette's routing does), so a rule cannot be side-stepped by a prefix."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :] or "/"
+    return path
+
+
+def cross_site(headers: Headers) -> bool:
+    """True when a browser says the request comes from a page of another site."""
+    if headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    return origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
 
 
 def wants_login_page(method: str, path: str, headers: Headers) -> bool:
@@ -176,10 +198,21 @@ class AuthMiddleware:
             return
         state = scope.setdefault("state", {})
         method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
-        path: str = scope["path"]
+        path = route_path(scope)
         headers = Headers(scope=scope)
         if self.disabled:
             state["principal"] = auth.AUTH_DISABLED
+            if method not in SAFE_METHODS and cross_site(headers):
+                await _problem(
+                    scope,
+                    receive,
+                    send,
+                    403,
+                    "Forbidden",
+                    "cross-site",
+                    "a page of another site cannot change anything here",
+                )
+                return
             if method not in SAFE_METHODS and path.startswith("/ui/") and path != "/ui/login":
                 # No login, but a page from another site must not post to the UI.
                 onward = await self._check_csrf(scope, receive, send)
