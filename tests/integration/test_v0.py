@@ -188,6 +188,7 @@ async def test_page_job_streams_and_stores_code(
         assert info.data["images_sent"] == 3
     [sent] = fake.requests
     assert sent["model"] == "v0-1.5-md" and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
     system, user = sent["messages"]  # type: ignore[misc]
     assert system == {"role": "system", "content": vp.SYSTEM_TSX}
     parts = user["content"]
@@ -273,6 +274,26 @@ async def test_asset_images_go_along(
         assert job.params["images"] == ["asset:gallery"]
     parts = fake.requests[0]["messages"][1]["content"]  # type: ignore[index]
     assert [p["type"] for p in parts] == ["text", "image_url"]  # type: ignore[index,union-attr]
+
+
+async def test_server_refusing_stream_options(
+    settings_for: Callable[..., Settings], fake_v0: FakePair
+) -> None:
+    """A server that refuses OpenAI's stream_options still answers; usage is then
+    unknown, and later jobs do not ask for it again."""
+    fake, _ = fake_v0
+    fake.config.accept_stream_options = False
+    async with runtime(settings_for()) as rt:
+        for prompt in ("first page", "second page"):
+            job = await run(rt, v0(prompt))
+            assert job.status == JobStatus.SUCCEEDED, job.error
+            [info] = [e for e in await rt.service.events(job.id) if e.kind == "info"]
+            assert info.data["usage"] is None
+        backend = rt.service.backends["v0"]
+        assert isinstance(backend, V0Backend) and backend.client is not None
+        assert backend.client.ask_usage is False
+    assert [r.get("stream_options") for r in fake.requests] == [None, None]
+    assert fake.completed == 2
 
 
 @pytest.mark.parametrize(

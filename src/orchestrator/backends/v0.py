@@ -292,6 +292,9 @@ class V0Client:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self._key = api_key
+        # Token usage comes in a last chunk when asked with OpenAI's stream_options; a
+        # server that refuses the field is asked without it from then on.
+        self.ask_usage = True
 
     @property
     def url(self) -> str:
@@ -304,7 +307,23 @@ class V0Client:
         on_stream: OnStream | None = None,
         on_retry: OnRetry | None = None,
     ) -> Answer:
-        """Stream one completion, retrying what may be retried (see `RetryPolicy`)."""
+        """Stream one completion, retrying what may be retried (see `RetryPolicy`).
+        ``stream_options`` is added to ``body`` (for token usage) unless the server
+        refused it before."""
+        if self.ask_usage:
+            asked: dict[str, JsonValue] = {**body, "stream_options": {"include_usage": True}}
+            try:
+                return await self._complete(asked, on_stream, on_retry)
+            except errors.UpstreamError as exc:
+                if exc.code != Code.INVALID_PARAMS or "stream_options" not in exc.detail:
+                    raise
+                log.warning("v0 refused stream_options; asking without (no token usage)")
+                self.ask_usage = False
+        return await self._complete(body, on_stream, on_retry)
+
+    async def _complete(
+        self, body: dict[str, JsonValue], on_stream: OnStream | None, on_retry: OnRetry | None
+    ) -> Answer:
         policy = RetryPolicy()
         last: str = ""
         retries: list[str] = []
@@ -539,7 +558,6 @@ class V0Backend(Backend):
                 "model": params.model,
                 "messages": list[JsonValue](prepared.messages),
                 "stream": True,
-                "stream_options": {"include_usage": True},
             }
             if params.max_completion_tokens is not None:
                 body["max_completion_tokens"] = params.max_completion_tokens

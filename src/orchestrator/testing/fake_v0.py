@@ -17,6 +17,8 @@ answer), or serve ``fake.app`` on 127.0.0.1 (see `orchestrator.testing.serve`).
   ``chat.completion``. ``max_completion_tokens`` cuts the answer (``finish_reason:
   "length"``). Tokens are counted as characters / 4 (images: 85 each).
 * The magic marker ``[no-code]`` in the prompt gives an answer without a code block.
+* ``config.accept_stream_options = False`` refuses ``stream_options`` (400), as a
+  strict server that does not know the field would.
 * ``/_fake/*`` admin endpoints (faults, reset, state, config) for out-of-process use.
 
 Fault injection (`FakeV0.faults.add`, or ``POST /_fake/faults``) applies to the next
@@ -74,6 +76,8 @@ class FakeV0Config:
     chunk_chars: int = 24
     chunk_delay_s: float = 0.0
     label: str | None = None
+    # False: refuse ``stream_options`` as an unknown field, like a strict server
+    accept_stream_options: bool = True
 
 
 @dataclass(frozen=True)
@@ -228,10 +232,16 @@ class Ask:
     prompt_chars: int
 
 
-def parse_request(doc: object, models: tuple[str, ...]) -> Ask:
+def parse_request(
+    doc: object, models: tuple[str, ...], *, accept_stream_options: bool = True
+) -> Ask:
     """Validate a completion request as the real API would; raise InvalidBody."""
     if not isinstance(doc, dict):
         raise InvalidBody("the body must be a JSON object")
+    if not accept_stream_options and "stream_options" in doc:
+        raise InvalidBody(
+            "Unrecognized request argument supplied: stream_options", "stream_options"
+        )
     model = doc.get("model")
     if not isinstance(model, str):
         raise InvalidBody("you must provide a model parameter", "model")
@@ -520,7 +530,11 @@ class FakeV0:
                 return False
             try:
                 doc = json.loads(raw)
-                ask = parse_request(doc, self.config.models)
+                ask = parse_request(
+                    doc,
+                    self.config.models,
+                    accept_stream_options=self.config.accept_stream_options,
+                )
             except ValueError:
                 await _send_json(send, 400, _error_body(400, "We could not parse the JSON body."))
                 return False
