@@ -276,6 +276,17 @@ async def test_asset_images_go_along(
     assert [p["type"] for p in parts] == ["text", "image_url"]  # type: ignore[index,union-attr]
 
 
+async def test_tokens_are_costed(settings_for: Callable[..., Settings]) -> None:
+    """The answer's total_tokens reach the cost ledger (V0_CREDITS_PER_1K_TOKENS)."""
+    async with runtime(settings_for(v0_credits_per_1k_tokens=2.0)) as rt:
+        job = await run(rt, v0("A pricing page"))
+        assert job.status == JobStatus.SUCCEEDED, job.error
+        [info] = [e for e in await rt.service.events(job.id) if e.kind == "info"]
+        usage = info.data["usage"]
+        assert isinstance(usage, dict) and isinstance(usage["total_tokens"], int)
+        assert job.cost == pytest.approx(usage["total_tokens"] / 1000 * 2.0)
+
+
 async def test_server_refusing_stream_options(
     settings_for: Callable[..., Settings], fake_v0: FakePair
 ) -> None:
