@@ -79,7 +79,7 @@ def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UiServer]:
                 yield UiServer(served.base_url, fake, settings)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # closed before other modules' asyncio tests run
 def browser(chromium_path: Path) -> Iterator[Browser]:
 
     with sync_playwright() as pw:
