@@ -304,3 +304,20 @@ def test_a_dropped_stream_and_a_script_error_stay_in_their_panel(
         ).to_be_visible()
     finally:
         ui_server.fake.config.task_duration_s = TASK_S
+
+
+def test_upload_an_image_input(page: Page, tmp_path: Path) -> None:
+    from PIL import Image
+
+    picture = tmp_path / "input.png"
+    Image.new("RGB", (64, 48), (200, 40, 90)).save(picture)
+    page.goto("/ui/generate?backend=flux&model=flux-kontext-pro")
+    page.fill("#f-prompt", "make it blue")
+    page.set_input_files("input[data-upload='f-input_image']", str(picture))
+    expect(page.locator("#f-input_image")).to_have_value(re.compile(r"^data:image/png;base64,"))
+    expect(page.locator("[data-image-for='input_image'] .image-preview img")).to_be_visible()
+    page.click("#submit-button")
+    page.wait_for_url(re.compile(r"/ui/jobs/[0-9a-f-]{36}$"))
+    expect(page.locator("#job-panel .badge.status-succeeded")).to_be_visible(
+        timeout=TASK_S * 6 * 1000
+    )

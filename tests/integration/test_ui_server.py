@@ -120,6 +120,10 @@ def test_every_page_and_panel_renders(ui: Ui) -> None:
     gallery = ui.client.get("/ui/panels/gallery?q=cat", headers=HTML).text
     assert f"/ui/thumbs/{job_id}/0" in gallery and 'loading="lazy"' in gallery
     assert "a cat on a mat" not in ui.client.get("/ui/panels/gallery?q=zebra").text
+    assert "a cat on a mat" in ui.client.get("/ui/panels/gallery?model=flux-dev").text
+    assert "a cat on a mat" not in ui.client.get("/ui/panels/gallery?model=flux-pro").text
+    assert "a cat on a mat" not in ui.client.get("/ui/panels/gallery?backend=sdxl").text
+    assert "a cat on a mat" not in ui.client.get("/ui/panels/gallery?to=2020-01-01").text
     timeline = ui.client.get(f"/ui/panels/job/{job_id}/timeline", headers=HTML).text
     assert "succeeded" in timeline
     settings_page = ui.client.get("/ui/settings", headers=HTML).text
