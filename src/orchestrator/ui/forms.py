@@ -3,6 +3,7 @@ models' ``model_json_schema()``): one widget per field. Pure (table-tested)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,8 +39,6 @@ class FormField:
         if self.default is None or isinstance(self.default, bool):
             return ""
         if self.widget == "json":
-            import json
-
             return json.dumps(self.default, indent=2)
         return str(self.default)
 

@@ -12,9 +12,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from PIL import Image
 
 from orchestrator import errors
 from orchestrator.api.deps import get_principal
+from orchestrator.backends.user_workflows import load_user_workflows
 from orchestrator.domain.jobs import Job, JobStatus
 from orchestrator.domain.params import BACKENDS
 from orchestrator.ui import csrf, error_page, media, rerun, thumbs
@@ -85,8 +87,6 @@ async def backends(request: Request, compact: bool = False) -> HTMLResponse:
 
 @router.get("/panels/templates", response_class=HTMLResponse)
 async def templates(request: Request) -> HTMLResponse:
-    from orchestrator.backends.user_workflows import load_user_workflows
-
     service = service_of(request)
     instances = service.comfy_instances() if service.comfy is not None else []
     found, problems = load_user_workflows(service.settings.comfy_workflows_dir)
@@ -130,7 +130,10 @@ async def _text_previews(request: Request, job: Job) -> dict[int, tuple[str, boo
     for o in job.outputs:
         if media.kind(o.mime_type, o.path) != "text":
             continue
-        _o, path = await service_of(request).output(job.id, o.n)
+        try:
+            _o, path = await service_of(request).output(job.id, o.n)
+        except errors.OutputNotFound:
+            continue  # the template says so: no preview, the download link stays
         data = await asyncio.to_thread(_head, path)
         out[o.n] = (
             data[:TEXT_PREVIEW_BYTES].decode("utf-8", "replace"),
@@ -211,7 +214,10 @@ async def thumb(
     if media.kind(out.mime_type, out.path) != "image":
         raise errors.OutputNotFound(f"output {n} of job {job_id} is not an image")
     cache = service.settings.data_path / "thumbs"
-    target = await asyncio.to_thread(thumbs.ensure_thumb, path, cache, out.sha256)
+    try:
+        target = await asyncio.to_thread(thumbs.ensure_thumb, path, cache, out.sha256)
+    except (OSError, Image.DecompressionBombError) as exc:  # not an image Pillow can read
+        raise errors.OutputNotFound(f"output {n} of job {job_id} has no thumbnail: {exc}") from None
     return FileResponse(
         target,
         media_type=f"image/{thumbs.THUMB_FORMAT}",
