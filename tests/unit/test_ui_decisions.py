@@ -191,3 +191,28 @@ def test_nav_add_is_idempotent_and_positions() -> None:
         assert keys.index("sites") == keys.index("settings") - 1
     finally:
         nav.NAV[:] = saved
+
+
+@pytest.mark.parametrize(
+    ("path", "accept", "html"),
+    [
+        ("/ui/", "text/html,application/xhtml+xml,*/*;q=0.8", True),
+        ("/ui/jobs/x", "text/html", True),
+        ("/ui", "text/html", True),
+        ("/ui/panels/queue", "text/html", True),
+        ("/ui/jobs/x", "application/json", False),
+        ("/ui/jobs/x", "", False),
+        ("/ui/static/app.css", "text/html", False),
+        ("/api/jobs/x", "text/html", False),
+        ("/uix", "text/html", False),
+        ("/docs", "text/html", False),
+    ],
+)
+def test_html_error_pages_only_for_ui_pages(path: str, accept: str, html: bool) -> None:
+    from starlette.requests import Request
+
+    from orchestrator.api.problems import wants_html
+
+    headers = [(b"accept", accept.encode())] if accept else []
+    request = Request({"type": "http", "method": "GET", "path": path, "headers": headers})
+    assert wants_html(request) is html
