@@ -126,7 +126,10 @@ def test_every_page_and_panel_renders(ui: Ui) -> None:
     assert "a cat on a mat" not in ui.client.get("/ui/panels/gallery?to=2020-01-01").text
     timeline = ui.client.get(f"/ui/panels/job/{job_id}/timeline", headers=HTML).text
     assert "succeeded" in timeline
+    v0 = ui.client.get("/ui/generate?backend=v0&image=output:x/0", headers=HTML).text
+    assert 'value="[&#34;output:x/0&#34;]"' in v0  # a JSON list, safely quoted
     settings_page = ui.client.get("/ui/settings", headers=HTML).text
+
     assert "BFL_API_KEY" in settings_page and TEST_KEY not in settings_page
 
 
