@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, status
 
 from orchestrator.api.deps import PrincipalDep, ServiceDep
 from orchestrator.api.problems import Problem
@@ -42,5 +42,7 @@ async def revoke_token(token_id: str, service: ServiceDep, principal: PrincipalD
 
 
 @router.get("/auth/whoami", summary="The caller's token, name and scope")
-async def whoami(request: Request, service: ServiceDep, principal: PrincipalDep) -> WhoAmI:
+async def whoami(service: ServiceDep, principal: PrincipalDep) -> WhoAmI:
+    """The principal this request acts for: a token (``via: token``), a UI session
+    (``via: session``), or everyone when authentication is disabled."""
     return WhoAmI(principal=principal, auth_enabled=not service.settings.auth_disabled)
