@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -36,9 +37,13 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 from tests.integration.test_cli import CLI, clean_environ
 from typer.testing import CliRunner
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from orchestrator import errors, logs
 from orchestrator.api import auth as api_auth
@@ -493,6 +498,55 @@ async def test_mcp_over_http_acts_for_the_bearer(server: Server) -> None:
     assert not own.is_error and own.structured_content["status"] == "canceled"
     ignite = await _mcp_call(server, server.gen, "ignite", {})
     assert ignite.is_error and "admin" in ignite.content[0].text
+
+
+# --- websockets (none in the app yet; the middleware covers them when one is added) --------
+
+
+def test_websockets_need_a_credential_and_the_right_scope(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(auth_disabled=False)
+    keys: dict[str, str] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        db = await open_database(settings.db_url)
+        tokens = Tokens(TokenRepo(db), session_ttl_s=60)
+        holder.append(tokens)
+        keys["admin"] = (await tokens.create("a", Scope.ADMIN)).secret
+        keys["read"] = (await tokens.create("r", Scope.READ)).secret
+        started = await tokens.start_session(keys["admin"])
+        assert started is not None
+        keys["cookie"] = started[1]
+        yield
+        await db.dispose()
+
+    async def echo(ws: WebSocket) -> None:
+        await ws.accept()
+        await ws.send_text(ws.state.principal.name)
+        await ws.close()
+
+    holder: list[Tokens] = []
+    inner = Starlette(routes=[WebSocketRoute("/ws", echo)], lifespan=lifespan)
+    app = api_auth.AuthMiddleware(inner, settings, lambda: holder[0])
+    with serve_in_thread(app, lifespan="on") as served:
+        url = f"ws://127.0.0.1:{served.port}/ws"
+
+        def opens(headers: dict[str, str]) -> bool:
+            try:
+                with ws_connect(url, additional_headers=headers, open_timeout=10) as ws:
+                    return ws.recv(timeout=10) in ("a", "r")
+            except (InvalidStatus, ConnectionClosed):
+                return False
+
+        assert opens({"Authorization": f"Bearer {keys['admin']}"})
+        assert not opens({})
+        assert not opens({"Authorization": f"Bearer {keys['read']}"})  # no rule: admin
+        assert not opens({"Authorization": "Bearer orch_wrong"})
+        cookie = {"Cookie": f"{SESSION_COOKIE}={keys['cookie']}"}
+        assert opens({**cookie, "Origin": f"http://127.0.0.1:{served.port}"})
+        assert not opens({**cookie, "Origin": "http://evil.example"})
 
 
 # --- auth disabled (loopback) ------------------------------------------------------------

@@ -202,6 +202,9 @@ class AuthMiddleware:
         headers = Headers(scope=scope)
         if self.disabled:
             state["principal"] = auth.AUTH_DISABLED
+            if scope["type"] == "websocket" and cross_site(headers):
+                await send({"type": "websocket.close", "code": 1008})
+                return
             if method not in SAFE_METHODS and cross_site(headers):
                 await _problem(
                     scope,
@@ -236,6 +239,17 @@ class AuthMiddleware:
         with structlog.contextvars.bound_contextvars(
             principal=principal.name, principal_id=principal.token_id
         ):
+            if scope["type"] == "websocket":
+                # No CSRF token on a websocket: a session may open one only from
+                # this site's own pages.
+                refused = not principal.scope.allows(need) or (
+                    principal.via == "session" and cross_site(headers)
+                )
+                if refused:
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                await self.app(scope, receive, send)
+                return
             if not principal.scope.allows(need):
                 detail = (
                     f"{method} {path} needs the {need.value} scope; this token "
