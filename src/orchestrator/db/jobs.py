@@ -39,7 +39,6 @@ from orchestrator.domain.jobs import (
 )
 from orchestrator.domain.webhooks import WebhookEvent, WebhookPolicy
 
-
 # A budget check run inside the job-creating transaction; raises to refuse.
 Guard = Callable[[AsyncConnection], Awaitable[None]]
 # The same for a retry: given the old job's backend and model, returns the new estimate.
