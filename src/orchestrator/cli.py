@@ -720,6 +720,8 @@ def config_check(ctx: typer.Context) -> None:
         notes.append("demo mode: backends are simulated")
     if settings.webhooks_disabled_reason is not None:
         notes.append(f"webhooks disabled: {settings.webhooks_disabled_reason}")
+    if settings.auth_disabled:
+        notes.append("authentication disabled (AUTH_DISABLED): no token needed on this loopback")
     for n in notes:
         out.print(f"[yellow]note:[/] {n}")
     out.print("[green]configuration OK[/]")

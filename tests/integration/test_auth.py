@@ -610,6 +610,7 @@ def test_auth_cannot_be_turned_off_off_loopback(tmp_path: Path) -> None:
     assert by_env.exit_code == 2 and "AUTH_DISABLED" in by_env.stderr
     on_loopback = runner.invoke(cli_app, [*base, "config", "check"], env={"AUTH_DISABLED": "1"})
     assert on_loopback.exit_code == 0, on_loopback.output
+    assert "authentication disabled" in on_loopback.stdout
 
 
 def test_a_fresh_serve_is_closed_and_says_how_to_get_in(tmp_path: Path) -> None:
