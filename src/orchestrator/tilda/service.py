@@ -19,6 +19,7 @@ from pydantic import JsonValue
 
 from orchestrator import errors, logs
 from orchestrator.config import Settings
+from orchestrator.db import tilda_assets
 from orchestrator.db.engine import Database
 from orchestrator.db.tilda import TildaRepo
 from orchestrator.domain.tilda import (
@@ -286,6 +287,19 @@ class TildaService:
 
     async def get_asset(self, asset_id: str) -> SiteAsset:
         return await self.repo.get_asset(asset_id)
+
+    async def list_assets(
+        self,
+        *,
+        site_id: str | None = None,
+        page_id: str | None = None,
+        text: str | None = None,
+        limit: int = 60,
+    ) -> list[SiteAsset]:
+        """Imported images to pick from: one page's, else the newest (see db.tilda_assets)."""
+        return await tilda_assets.list_assets(
+            self.repo.db, site_id=site_id, page_id=page_id, text=text, limit=limit
+        )
 
     def path_of(self, asset: SiteAsset) -> Path:
         root = self.data_dir.resolve()

@@ -44,9 +44,11 @@ async def generate(
     backend: Annotated[str | None, Query(max_length=32)] = None,
     model: Annotated[str | None, Query(max_length=64)] = None,
     image: Annotated[str | None, Query(max_length=300)] = None,
+    site_page_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> HTMLResponse:
     """The form for one (backend, model); ``image`` prefills the first image input
-    (e.g. ``output:<job>/<n>`` from "use as input")."""
+    (e.g. ``output:<job>/<n>`` or ``asset:<id>`` from "use as input"),
+    ``site_page_id`` the v0 form's imported page."""
     service = service_of(request)
     models = service.models()
     chosen = _pick_model(models, backend, model)
@@ -68,6 +70,7 @@ async def generate(
                 (f.name for f in fields if f.widget in ("image", "images")), None
             ),
             "image_sources": pickers.IMAGE_SOURCES,
+            "prefill": {"site_page_id": site_page_id} if site_page_id else {},
         },
         active="generate",
     )

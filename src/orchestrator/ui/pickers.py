@@ -20,4 +20,5 @@ class ImageSource:
 
 IMAGE_SOURCES: list[ImageSource] = [
     ImageSource("outputs", "Earlier outputs", "/ui/panels/pick-outputs"),
+    ImageSource("assets", "Imported site images", "/ui/panels/pick-assets"),
 ]

@@ -71,6 +71,7 @@ function preview(input) {
     let src = thumbs[value] || null;
     if (value.startsWith("data:image/")) src = value;
     else if (value.startsWith("output:")) src = `/ui/thumbs/${value.slice(7)}`;
+    else if (value.startsWith("asset:")) src = `/ui/asset-thumbs/${encodeURIComponent(value.slice(6))}`;
     if (src) fig.append(Object.assign(document.createElement("img"), { src, alt: "chosen image" }));
     const label = value.startsWith("data:") ? `uploaded (${Math.round(value.length * 0.75 / 1024)} KB)` : value;
     fig.append(Object.assign(document.createElement("code"), { className: "small", textContent: label }));
@@ -115,7 +116,9 @@ let source = pickerPanel.src;
 
 function loadPicker() {
   const q = search.value.trim();
-  pickerPanel.src = source + (q ? `?q=${encodeURIComponent(q)}` : "");
+  const url = new URL(source, location.origin);
+  if (q) url.searchParams.set("q", q);
+  pickerPanel.src = url.pathname + url.search;
   pickerPanel.refresh();
 }
 for (const b of form.querySelectorAll("[data-pick]")) {
@@ -130,6 +133,17 @@ for (const tab of dialog.querySelectorAll("[data-source]")) {
 }
 let typing = null;
 search.addEventListener("input", () => { clearTimeout(typing); typing = setTimeout(loadPicker, 300); });
+// A source may browse within itself (imported assets: a site, then a page).
+pickerPanel.el.addEventListener("click", pickerPanel.guard((e) => {
+  const go = e.target instanceof Element ? e.target.closest("[data-picker-src]") : null;
+  if (go) { source = go.dataset.pickerSrc; loadPicker(); }
+}));
+pickerPanel.el.addEventListener("change", pickerPanel.guard((e) => {
+  if (e.target instanceof HTMLSelectElement && "pickerSelect" in e.target.dataset) {
+    source = e.target.value;
+    loadPicker();
+  }
+}));
 pickerPanel.el.addEventListener("click", pickerPanel.guard((e) => {
   const choice = e.target instanceof Element ? e.target.closest("[data-pick-value]") : null;
   if (!choice || !pickTarget) return;
