@@ -32,7 +32,7 @@ if (form) {
   const limitError = document.getElementById("budget-limit-error");
   const field = form.querySelector('[data-field="daily_limit"]');
 
-  const label = () => tokenSelect.selectedOptions[0]?.textContent.trim() || tokenSelect.value;
+  const label = () => tokenSelect.selectedOptions[0]?.dataset.name || tokenSelect.value;
 
   function clearErrors() {
     formPanel.clearError();
