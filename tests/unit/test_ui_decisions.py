@@ -184,11 +184,11 @@ def test_request_body_sets_the_seed_where_there_is_one(
 def test_nav_add_is_idempotent_and_positions() -> None:
     saved = list(nav.NAV)
     try:
-        nav.add(nav.NavItem("sites", "Sites", "/ui/sites"), before="settings")
-        nav.add(nav.NavItem("sites", "Sites", "/ui/sites"), before="settings")
+        nav.add(nav.NavItem("reports", "Reports", "/ui/reports"), before="settings")
+        nav.add(nav.NavItem("reports", "Reports", "/ui/reports"), before="settings")
         keys = [i.key for i in nav.NAV]
-        assert keys.count("sites") == 1
-        assert keys.index("sites") == keys.index("settings") - 1
+        assert keys.count("reports") == 1
+        assert keys.index("reports") == keys.index("settings") - 1
     finally:
         nav.NAV[:] = saved
 

@@ -9,13 +9,11 @@ from starlette.staticfiles import StaticFiles
 
 def install(app: FastAPI) -> None:
     """Add the UI's routes, static files and HTML error pages to ``app``."""
-    from orchestrator.ui import cost_pages, error_page, nav, pages, panels, site_pages, templating
+    from orchestrator.ui import cost_pages, error_page, pages, panels, site_pages, templating
 
     app.include_router(pages.router)
     app.include_router(panels.router)
     app.include_router(site_pages.router)
     app.include_router(cost_pages.router)
-    nav.add(nav.NavItem("sites", "Sites", "/ui/sites"), before="backends")
-    nav.add(nav.NavItem("costs", "Costs", "/ui/costs"), before="settings")
     app.mount(templating.STATIC_PREFIX, StaticFiles(directory=templating.STATIC), name="ui-static")
     app.state.html_error_page = error_page.page

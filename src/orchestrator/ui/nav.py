@@ -17,7 +17,9 @@ NAV: list[NavItem] = [
     NavItem("generate", "Generate", "/ui/generate"),
     NavItem("jobs", "Jobs", "/ui/jobs"),
     NavItem("gallery", "Gallery", "/ui/gallery"),
+    NavItem("sites", "Sites", "/ui/sites"),
     NavItem("backends", "Backends", "/ui/backends"),
+    NavItem("costs", "Costs", "/ui/costs"),
     NavItem("settings", "Settings", "/ui/settings"),
 ]
 
