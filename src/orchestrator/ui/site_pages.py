@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from PIL import Image
 
 from orchestrator import errors
+from orchestrator.domain.auth import Principal, Scope
 from orchestrator.domain.tilda import SiteAsset
 from orchestrator.ui import thumbs, tilda_view
 from orchestrator.ui.pages import service_of
@@ -31,6 +32,12 @@ def _panel(request: Request, template: str, context: dict[str, object]) -> HTMLR
     return response
 
 
+def _can_import(request: Request) -> bool:
+    """POST /api/tilda/import needs an admin (see api/auth.py's rules)."""
+    p = getattr(request.state, "principal", None)
+    return isinstance(p, Principal) and p.scope.allows(Scope.ADMIN)
+
+
 # --- pages ---------------------------------------------------------------------------------
 @router.get("/sites", response_class=HTMLResponse)
 async def sites_page(request: Request, site: OptId = None, q: Text = None) -> HTMLResponse:
@@ -46,6 +53,7 @@ async def sites_page(request: Request, site: OptId = None, q: Text = None) -> HT
             "q": q or "",
             "pages_src": "/ui/panels/site-pages" + (f"?{query}" if query else ""),
             "dump_path": service.settings.tilda_dump_path,
+            "can_import": _can_import(request),
         },
         active="sites",
     )

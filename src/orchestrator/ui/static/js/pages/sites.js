@@ -17,7 +17,7 @@ const POLL_MS = 300;
 function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 /** The report in words (as the server's tilda_view.report_summary). */
-export function reportSummary(r) {
+function reportSummary(r) {
   if (r.no_change) return `${r.pages_total} pages: nothing changed`;
   let text = `${r.pages_total} pages: ${r.added.length} added, ${r.changed.length} changed, ${r.removed.length} removed, ${r.unchanged} unchanged`;
   const extra = [];
@@ -106,14 +106,14 @@ async function follow(run) {
 async function start(request) {
   importPanel.clearError();
   document.getElementById("import-report").replaceChildren();
-  button.disabled = true;
+  if (button) button.disabled = true;
   if (fromDump) fromDump.disabled = true;
   try {
     const run = await request();
     toast(`Import of ${run.source} started.`, { kind: "info" });
     await follow(run);
   } finally {
-    button.disabled = false;
+    if (button) button.disabled = false;
     if (fromDump) fromDump.disabled = false;
   }
 }
@@ -137,7 +137,7 @@ async function upload(file) {
   return resp.json();
 }
 
-form.addEventListener("submit", importPanel.guard(async (e) => {
+form?.addEventListener("submit", importPanel.guard(async (e) => {
   e.preventDefault();
   const file = fileInput.files?.[0];
   if (!file) {
