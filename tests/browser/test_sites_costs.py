@@ -96,6 +96,21 @@ def test_import_an_export_from_the_sites_page(page: Page, export_zip: Path, shot
     shot(page, "sites")
 
 
+def test_a_broken_upload_fails_visibly(page: Page, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(b"PK\x03\x04 this is not a whole zip file")
+    page.goto("/ui/sites")
+    page.set_input_files("#import-file", str(broken))
+    page.get_by_role("button", name="Upload and import").click()
+    alert = page.locator(".toast[role=alert]").filter(has_text="Import of broken.zip failed")
+    expect(alert).to_be_visible()
+    expect(page.locator("#import-status")).to_have_text("failed")
+    expect(page.locator("#import-report .callout.error")).to_contain_text("corrupt_archive")
+    expect(page.locator("#imports-panel li[data-status=failed]").first).to_contain_text(
+        "broken.zip"
+    )
+
+
 def test_browse_to_a_page_and_see_its_blocks_and_images(
     page: Page, site: dict[str, Any], shot: Shot
 ) -> None:
