@@ -6,6 +6,7 @@ cost, and set a token budget (and see a bad value refused)."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def site(ui_server: UiServer, export_zip: Path) -> dict[str, Any]:
             )
             assert r.status_code == 202, r.text
             while client.get(r.headers["location"]).json()["status"] in ("queued", "running"):
-                pass
+                time.sleep(0.05)
             sites = client.get("/api/tilda/sites").json()
     assert sites, "the import made no site"
     return sites[0]
