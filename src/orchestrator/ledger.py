@@ -120,7 +120,9 @@ class Ledger:
         """Totals of jobs created on ``since``..``until`` (UTC days, inclusive; default
         the last 30 days), grouped by any of day, backend, model and token."""
         until = until or today()
-        since = since or until - timedelta(days=29)
+        if until >= date.max:
+            raise errors.InvalidRequest("until must be before 9999-12-31", field="until")
+        since = since or max(date.min + timedelta(days=29), until) - timedelta(days=29)
         if since > until:
             raise errors.InvalidRequest("since must not be after until", field="since")
         if (until - since).days >= MAX_REPORT_DAYS:

@@ -236,7 +236,9 @@ async def test_costs_api_and_cli(settings_for: Callable[..., Settings], tmp_path
         assert doc["rows"][0]["model"] == "flux-dev"
         r = await client.get("/api/costs", params={"by": "colour"})
         assert r.status_code == 422
-        for bad in ("0", "2026-1-1", "yesterday"):
+        r = await client.get("/api/costs", params={"until": "0001-01-01"})
+        assert r.status_code == 200 and r.json()["since"] == "0001-01-01"
+        for bad in ("0", "2026-1-1", "yesterday", "9999-12-31"):
             r = await client.get("/api/costs", params={"until": bad})
             assert r.status_code == 422, bad
         r = await client.get("/api/costs", params={"since": "2026-02-01", "until": "2026-01-01"})

@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx2
 import pytest
@@ -86,14 +87,18 @@ def _setting_envs() -> set[str]:
     return {env_name(n) for n in Settings.model_fields} | {"ORCHESTRATOR_CONFIG"}
 
 
-def _openapi_document() -> dict[str, object]:
+def _openapi_document() -> dict[str, Any]:
     """The OpenAPI document as the app serves it (building it needs no lifespan)."""
     folder = Path(tempfile.mkdtemp(prefix="orchestrator-openapi-"))
     settings_ = load_settings(
         folder / "orchestrator.toml", {"data_dir": folder / "data"}, check_dirs=False
     )
-    doc: dict[str, object] = create_app(settings_).openapi()
+    doc: dict[str, Any] = create_app(settings_).openapi()
     shutil.rmtree(folder, ignore_errors=True)
+    # Auth is off on the fuzzed server (test_auth walks every route with it on): without
+    # this, a mangled Authorization header would count as "invalid data accepted".
+    doc.pop("security", None)
+    doc.get("components", {}).pop("securitySchemes", None)
     return doc
 
 

@@ -24,14 +24,14 @@ async def all_events(
     request: Request,
     service: ServiceDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> EventSourceResponse:
     """The events of every job (created, transitions, progress) from now on, as they
     happen; the stream never ends. Each event's ``data`` is a job event (with its
     ``job_id``). Resume with ``Last-Event-ID`` (or ``?after=``)."""
     start = after
     if last_event_id and last_event_id.isdigit():
-        start = int(last_event_id)
+        start = min(int(last_event_id), 2**62)  # a larger id is past every event
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         async for ev in service.follow_all_events(start):

@@ -126,13 +126,13 @@ async def job_events(
     request: Request,
     service: ServiceDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> EventSourceResponse:
     """Progress and transitions as they happen; the stream ends when the job is
     finished. Resume with ``Last-Event-ID`` (or ``?after=``)."""
     start = after or 0
     if last_event_id and last_event_id.isdigit():
-        start = int(last_event_id)
+        start = min(int(last_event_id), 2**62)  # a larger id is past every event
     await service.get_job(job_id)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:

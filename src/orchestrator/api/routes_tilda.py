@@ -136,7 +136,7 @@ async def list_pages(
         Query(max_length=200, description="Text in the title, description, alias or blocks."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> SitePagePage:
     return await service.tilda.list_pages(site_id=site, text=q, limit=limit, offset=offset)
 
