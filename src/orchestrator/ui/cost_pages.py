@@ -4,6 +4,7 @@ token budgets from the page through ``PUT/DELETE /api/budgets/tokens/{id}``."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -54,6 +55,13 @@ async def _names(service: Service, request: Request) -> dict[str, str]:
     return names
 
 
+def _days(since: str | None, until: str | None) -> tuple[date, date]:
+    """The report's first and last day from the query (default: the last 30 days)."""
+    return ledger_view.date_range(
+        ledger_view.parse_day(since, "since"), ledger_view.parse_day(until, "until"), ledger.today()
+    )
+
+
 @router.get("/costs", response_class=HTMLResponse)
 async def costs_page(
     request: Request,
@@ -63,9 +71,7 @@ async def costs_page(
     token: TokenQ = None,
 ) -> HTMLResponse:
     service = service_of(request)
-    first, last = ledger_view.date_range(
-        ledger_view.parse_day(since, "since"), ledger_view.parse_day(until, "until"), ledger.today()
-    )
+    first, last = _days(since, until)
     key = ledger_view.group_key(by)
     query = urlencode(
         {"since": first.isoformat(), "until": last.isoformat(), "by": key}
@@ -99,9 +105,7 @@ async def costs_panel(
     token: TokenQ = None,
 ) -> HTMLResponse:
     service = service_of(request)
-    first, last = ledger_view.date_range(
-        ledger_view.parse_day(since, "since"), ledger_view.parse_day(until, "until"), ledger.today()
-    )
+    first, last = _days(since, until)
     key = ledger_view.group_key(by)
     grouped = await service.ledger.report(
         since=first, until=last, group_by=[key], token_id=token or None
