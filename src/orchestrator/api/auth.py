@@ -407,8 +407,8 @@ async def announce(settings: Settings, tokens: Tokens) -> None:
         log.warning(
             "authentication is on and no API token exists yet: create the first admin "
             "token with `orchestrator token create --name admin --scope admin` (it is "
-            "printed once), then log in to the UI with it or send it as "
-            "Authorization: Bearer <token>"
+            "printed once), then log in to the UI with it or send it to the API as a "
+            "bearer token in the Authorization header"
         )
 
 
