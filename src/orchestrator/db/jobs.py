@@ -715,23 +715,26 @@ class JobRepo:
         ``owner=None`` acts without a lease (a queued job)."""
         now = utcnow()
         async with self.db.write() as conn:
-            if owner is None:
-                row = (
-                    await conn.execute(sa.select(jobs.c.status).where(jobs.c.id == job_id))
-                ).one_or_none()
-                if row is None:
-                    raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
-                current = JobStatus(row.status)
-            else:
-                current = await self._owned_status(conn, job_id, owner)
-            transition(current, status)
+            # One read: the status (and lease) to check, and what the final cost needs.
             ledger = (
                 await conn.execute(
-                    sa.select(jobs.c.backend, jobs.c.model, jobs.c.cost, jobs.c.upstream).where(
-                        jobs.c.id == job_id
-                    )
+                    sa.select(
+                        jobs.c.status,
+                        jobs.c.lease_owner,
+                        jobs.c.backend,
+                        jobs.c.model,
+                        jobs.c.cost,
+                        jobs.c.upstream,
+                    ).where(jobs.c.id == job_id)
                 )
-            ).one()
+            ).one_or_none()
+            if owner is None and ledger is None:
+                raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+            if owner is not None and (ledger is None or ledger.lease_owner != owner):
+                raise LeaseLost(job_id)
+            assert ledger is not None
+            current = JobStatus(ledger.status)
+            transition(current, status)
             values: dict[str, object] = {
                 "status": status.value,
                 "finished_at": now,
