@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator import logs
 from orchestrator.api.problems import problem_response
+from orchestrator.asgi_body import read_body
 from orchestrator.auth_service import SESSION_COOKIE, Tokens
 from orchestrator.config import Settings
 from orchestrator.domain import auth
@@ -323,7 +324,7 @@ class AuthMiddleware:
         answering 403."""
         ctype = Headers(scope=scope).get("content-type", "")
         if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            body = await _read_body(receive)
+            body = await read_body(receive)
             if body is None:
                 return None
             checked, onward = _replay(body, receive), _replay(body, receive)
@@ -342,19 +343,6 @@ class AuthMiddleware:
             f"{csrf.CSRF_HEADER} header or the {csrf.CSRF_FIELD} form field",
         )
         return None
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body (its size is bounded by the body-limit middleware
-    outside this one), or None when the client went away."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

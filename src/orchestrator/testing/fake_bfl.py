@@ -52,6 +52,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 from starlette.types import Message, Receive, Scope, Send
 
+from orchestrator.asgi_body import read_body
+from orchestrator.testing.dropped import DROPPED, served_by_uvicorn
 from orchestrator.testing.images import render_image
 
 __all__ = [
@@ -445,33 +447,6 @@ def _request_kind(method: str, path: str) -> FaultKind | None:
     return None
 
 
-class _DroppedConnection:
-    """Returned to uvicorn to make it close the connection without a response."""
-
-    def __repr__(self) -> str:
-        return "<fake-bfl: connection dropped on purpose>"
-
-
-_DROPPED: Final = _DroppedConnection()
-
-
-def _served_by_uvicorn(send: Send) -> bool:
-    module = getattr(send, "__module__", None)
-    return isinstance(module, str) and module.startswith("uvicorn.")
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -537,16 +512,16 @@ class _FakeBflApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         if await self._apply_fault(fault, scope, receive, send):
-            if _served_by_uvicorn(send):
+            if served_by_uvicorn(send):
                 # uvicorn closes the socket, writing nothing, when an app returns a value.
-                return cast(None, _DROPPED)
+                return cast(None, DROPPED)
             raise httpx2.RemoteProtocolError(
                 "Server disconnected without sending a response. (fake-bfl: injected drop)"
             )
 
     async def _apply_fault(self, fault: Fault, scope: Scope, receive: Receive, send: Send) -> bool:
         """Apply `fault`; True means the caller must drop the connection."""
-        body = await _read_body(receive)
+        body = await read_body(receive)
         if body is None:
             return False  # the client is already gone
         replayed = False

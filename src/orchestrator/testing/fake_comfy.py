@@ -104,6 +104,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from orchestrator.testing.dropped import DROPPED, served_by_uvicorn
 from orchestrator.testing.images import render_image
 
 __all__ = [
@@ -1144,21 +1145,6 @@ def _server_error() -> Response:
 # --------------------------------------------------------------------------------------------
 
 
-class _DroppedConnection:
-    """Returned to uvicorn to make it close the connection without a response."""
-
-    def __repr__(self) -> str:
-        return "<fake-comfy: connection dropped on purpose>"
-
-
-_DROPPED: Final = _DroppedConnection()
-
-
-def _served_by_uvicorn(send: Send) -> bool:
-    module = getattr(send, "__module__", None)
-    return isinstance(module, str) and module.startswith("uvicorn.")
-
-
 @dataclass
 class _Captured:
     status: int = 500
@@ -1190,7 +1176,7 @@ class _FakeComfyApp(Starlette):
                     return
                 if mode == "drop":
                     self._raise_unless_uvicorn(send)
-                    return cast(None, _DROPPED)
+                    return cast(None, DROPPED)
                 await PlainTextResponse("503 Service Unavailable", 503)(scope, receive, send)
                 return
             fault = None
@@ -1201,7 +1187,7 @@ class _FakeComfyApp(Starlette):
                     await super().__call__(scope, receive, _Captured().send)
                 if fault.drop:
                     self._raise_unless_uvicorn(send)
-                    return cast(None, _DROPPED)
+                    return cast(None, DROPPED)
                 response = Response(fault.body or b"", fault.status, media_type=fault.content_type)
                 await response(scope, receive, send)
                 return
@@ -1211,7 +1197,7 @@ class _FakeComfyApp(Starlette):
     def _raise_unless_uvicorn(send: Send) -> None:
         """uvicorn closes the socket, writing nothing, when an app returns a value; any other
         server gets the error a client would see."""
-        if _served_by_uvicorn(send):
+        if served_by_uvicorn(send):
             return
         raise httpx2.RemoteProtocolError(
             "Server disconnected without sending a response. (fake-comfy: dropped connection)"

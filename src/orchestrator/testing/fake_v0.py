@@ -49,7 +49,10 @@ import httpx2
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
+
+from orchestrator.asgi_body import read_body
+from orchestrator.testing.dropped import DROPPED, served_by_uvicorn
 
 __all__ = ["FakeV0", "FakeV0Config", "FakeV0State", "Fault", "FaultInjector", "FaultSpec"]
 
@@ -397,19 +400,6 @@ def tokens(chars: int) -> int:
 # --- the app -----------------------------------------------------------------------------------
 
 
-class _Dropped:
-    def __repr__(self) -> str:
-        return "<fake-v0: connection dropped on purpose>"
-
-
-_DROPPED: Final = _Dropped()
-
-
-def _served_by_uvicorn(send: Send) -> bool:
-    module = getattr(send, "__module__", None)
-    return isinstance(module, str) and module.startswith("uvicorn.")
-
-
 def _error_body(
     status: int, message: str, code: str | None = None, param: str | None = None
 ) -> bytes:
@@ -431,8 +421,8 @@ class _FakeV0App(FastAPI):
             and scope["path"] == COMPLETIONS_PATH
         ):
             if await self.fake._completion(scope, receive, send):
-                if _served_by_uvicorn(send):
-                    return cast(None, _DROPPED)  # uvicorn closes the socket, writing nothing more
+                if served_by_uvicorn(send):
+                    return cast(None, DROPPED)  # uvicorn closes the socket, writing nothing more
                 raise httpx2.RemoteProtocolError("fake-v0: connection closed on purpose")
             return
         await super().__call__(scope, receive, send)
@@ -501,7 +491,7 @@ class FakeV0:
     async def _completion(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Serve one completion request; True means: drop the connection."""
         fault = self.faults.take()
-        raw = await _read_body(receive)
+        raw = await read_body(receive)
         if raw is None:
             return False
         watcher = _Disconnect(receive)
@@ -730,17 +720,6 @@ class _Disconnect:
 
     def stop(self) -> None:
         self._task.cancel()
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    while True:
-        message: Message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 async def _send_json(
