@@ -98,10 +98,7 @@ class Ledger:
 
     def retry_guard(self, token_id: str | None) -> RetryGuard:
         async def check(conn: AsyncConnection, backend: str, model: str) -> float:
-            expected = None
-            if backend in COMFY_BACKENDS and self.pricing.gpu_second > 0:
-                expected = await self.repo.average_gpu_seconds(backend, model)
-            cost = estimate(backend, model, self.pricing, expected)
+            cost = await self.estimate(backend, model)
             if cost > 0:
                 await self._check(conn, cost, token_id)
             return cost

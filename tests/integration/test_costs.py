@@ -125,9 +125,11 @@ async def test_global_budget_refuses_before_anything_is_spent(
         rt: Runtime = app.state.runtime
         for job_id in accepted:
             assert (await rt.service.wait_for(job_id, 20)).status == JobStatus.SUCCEEDED
-        # Still refused once the two have run (5 spent + 2.5 > 6) ...
+        # Still refused once the two have run (5 spent + 2.5 > 6), and so is a retry.
         r = await client.post("/api/generate", json=body)
         assert r.status_code == 402
+        r = await client.post(f"/api/jobs/{accepted[0]}/retry")
+        assert r.status_code == 402 and r.json()["estimate"] == 2.5
         # Only the two accepted jobs ever reached BFL.
         assert len(fake.submissions) == 2
         page = await rt.service.list_jobs()
@@ -211,7 +213,7 @@ async def test_comfy_jobs_cost_gpu_seconds(
         assert job.cost_estimate == 0.0  # no history for the model yet
         done = await rt.service.wait_for(job.id, 30)
         assert done.status == JobStatus.SUCCEEDED, done.error
-        assert done.gpu_seconds is not None and done.gpu_seconds >= 0
+        assert done.gpu_seconds is not None and done.gpu_seconds > 0
         assert done.cost == pytest.approx(round(done.gpu_seconds * 2.0, 6))
         second, _ = await rt.service.submit(req)
         assert second.cost_estimate == pytest.approx(round(done.gpu_seconds * 2.0, 6))
