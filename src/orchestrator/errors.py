@@ -26,6 +26,7 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
         ├── TransientUpstreamError               may be retried
         │   └── RateLimited                      429 with Retry-After
         ├── Requeue                              nothing ran: run the job again elsewhere
+        ├── StorageFull                          the output folder is full: fetch again later
         └── DeadlineExceeded
 
 Job failures are recorded with a machine-readable :class:`ErrorCode`.
@@ -58,6 +59,9 @@ class ErrorCode(StrEnum):
     SUBMIT_INTERRUPTED = "submit_interrupted"
     SUBMIT_UNCERTAIN = "submit_uncertain"
     BACKEND_DISABLED = "backend_disabled"
+    # a job accepted for a simulated (demo) backend found by a worker whose backend is
+    # real, or the other way round: it is never sent to the other kind
+    BACKEND_KIND_CHANGED = "backend_kind_changed"
     STORAGE_ERROR = "storage_error"
     INVALID_WORKFLOW = "invalid_workflow"
     MISSING_MODEL = "missing_model"
@@ -223,6 +227,15 @@ class RateLimited(TransientUpstreamError):
     def __init__(self, detail: str, retry_after_s: float | None) -> None:
         super().__init__(ErrorCode.RATE_LIMITED, detail, retry_after_s=retry_after_s)
         self.retry_after_s = retry_after_s
+
+
+class StorageFull(UpstreamError):
+    """The output folder is out of space (ENOSPC, EDQUOT). Transient: the worker keeps
+    the job and its upstream handle, backs off and fetches the result again while it
+    is still available upstream, instead of failing a paid, finished generation."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.STORAGE_ERROR, detail)
 
 
 class Requeue(UpstreamError):

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,8 @@ from orchestrator.db.jobs import NewOutput
 from orchestrator.domain.jobs import Job
 
 PARTIAL_DIR = ".partial"
+# Out of space: the output folder is full (or over quota); a write may succeed later.
+OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 METADATA_KEY = "orchestrator"
 MAX_EMBED_STRING = 512
 EXTENSIONS = {
@@ -139,6 +142,10 @@ class OutputStore:
             meta = {**self.metadata_for(job), **(extra_metadata or {})}
             return await asyncio.to_thread(self._finalise, job, n, partial, mime_type, meta)
         except OSError as exc:
+            if exc.errno in OUT_OF_SPACE:
+                raise errors.StorageFull(
+                    f"could not write output {n}: {exc.strerror} (the output folder is full)"
+                ) from exc
             raise errors.UpstreamError(
                 errors.ErrorCode.STORAGE_ERROR, f"could not write output {n}: {exc.strerror}"
             ) from exc
@@ -286,15 +293,18 @@ def _embed_jpeg(path: Path, text: str) -> None:
         small["params_omitted"] = "too large for a JPEG comment; see the job manifest"
         payload = f"{METADATA_KEY}:{json.dumps(small, separators=(',', ':'))}".encode()[:65_533]
     tmp = path.with_name(path.stem + "-com.part")
-    with path.open("rb") as src, tmp.open("wb") as dst:
-        soi = src.read(2)
-        if soi != b"\xff\xd8":
+    try:
+        with path.open("rb") as src, tmp.open("wb") as dst:
+            soi = src.read(2)
+            if soi != b"\xff\xd8":
+                return
+            dst.write(soi)
+            dst.write(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
+            _copy(src, dst)
+        tmp.replace(path)
+    finally:  # a full disk (or any failure) leaves no temp file behind
+        with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-            return
-        dst.write(soi)
-        dst.write(b"\xff\xfe" + struct.pack(">H", len(payload) + 2) + payload)
-        _copy(src, dst)
-    tmp.replace(path)
 
 
 def _copy(src: BinaryIO, dst: BinaryIO) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -172,6 +175,13 @@ async def test_deadline(settings_for: Callable[..., Settings], fake_bfl: FakePai
     assert datetime.now(UTC) - started < timedelta(seconds=5)
 
 
+def dead_worker_id() -> str:
+    """The worker id of a process of this machine that has exited (a killed worker)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return f"{socket.gethostname()[:32]}:{child.pid}:dead00"
+
+
 async def _crashed_job(
     settings: Settings, prompt: str, *, submit: bool, mark: bool, fake: FakePair
 ) -> str:
@@ -182,17 +192,17 @@ async def _crashed_job(
         repo = JobRepo(db)
         async with runtime(settings, worker=False) as rt:
             job, _ = await rt.service.submit(dev(prompt))
-        [claimed] = await repo.claim("dead-worker", 30, 1, lambda b, m: [(b, 100)])
+        [claimed] = await repo.claim(dead_worker_id(), 30, 1, lambda b, m: [(b, 100)])
         if mark:
-            await repo.mark_submitting(claimed.id, "dead-worker")
+            await repo.mark_submitting(claimed.job.id, claimed.lease)
         if submit:
             async with httpx2.AsyncClient() as http:
                 client = FluxClient(http, fake[1].base_url, TEST_KEY)
                 body = FluxDevParams(prompt=prompt, width=256, height=256).upstream_body()
                 sub = await client.submit("flux-dev", body)
             await repo.set_upstream(
-                claimed.id,
-                "dead-worker",
+                claimed.job.id,
+                claimed.lease,
                 UpstreamHandle(task_id=sub.id, polling_url=sub.polling_url),
                 sub.cost,
             )

@@ -6,7 +6,9 @@ test_engine.py; the ComfyUI websocket drop and restart are in test_comfy.py.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import os
 import signal
 import socket
 import subprocess
@@ -20,7 +22,7 @@ from typing import IO, Any
 import httpx2
 import pytest
 import stamina
-from tests.conftest import TEST_KEY
+from tests.conftest import IN_CI, TEST_KEY
 from tests.integration.test_cli import clean_environ
 
 from orchestrator.config import Settings
@@ -206,12 +208,9 @@ async def test_refused_connection(make_settings: Callable[..., Settings]) -> Non
     assert done.error.code == ErrorCode.UPSTREAM_UNAVAILABLE
 
 
-async def test_disk_full_on_output_write(
-    settings_for: Callable[..., Settings], fake_bfl: FakePair, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A full disk while the output streams in: the job fails with storage_error, the
-    partial file is gone, and once space is back the next job succeeds."""
-    settings = settings_for()
+def _full_disk(monkeypatch: pytest.MonkeyPatch, settings: Settings, suffix: str) -> dict[str, bool]:
+    """Writes of files named ``*<suffix>`` in the partial folder fail with ENOSPC while
+    ``["on"]`` is true (an injected full disk; the tmpfs test below fills a real one)."""
     partial_dir = settings.output_path / ".partial"
     real_open = Path.open
     full = {"on": True}
@@ -223,26 +222,104 @@ async def test_disk_full_on_output_write(
         def write(self, data: bytes) -> int:
             raise OSError(errno.ENOSPC, "No space left on device")
 
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.inner.close()
+
         def close(self) -> None:
             self.inner.close()
 
     def open_(self: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         fh = real_open(self, mode, *args, **kwargs)
-        if full["on"] and "w" in mode and self.parent == partial_dir:
+        if full["on"] and "w" in mode and self.parent == partial_dir and self.name.endswith(suffix):
             return FullDisk(fh)
         return fh
 
     monkeypatch.setattr(Path, "open", open_)
+    return full
+
+
+async def _until_event(rt: Runtime, job_id: str, needle: str) -> None:
+    for _ in range(400):
+        if any(needle in (e.message or "") for e in await rt.service.events(job_id)):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"job {job_id} never logged {needle!r}")
+
+
+@pytest.mark.parametrize(
+    "suffix", [".part", "-com.part"], ids=["while-streaming", "while-embedding-metadata"]
+)
+async def test_disk_full_keeps_the_paid_result_and_fetches_again(
+    settings_for: Callable[..., Settings],
+    fake_bfl: FakePair,
+    monkeypatch: pytest.MonkeyPatch,
+    suffix: str,
+) -> None:
+    """A full output folder used to fail a paid, finished FLUX job (storage_error), so
+    a retry paid again, and left ``-com.part`` files behind. Now the job keeps its
+    handle, says the folder is full, and succeeds once there is space, with one
+    submission to BFL and no temp file left on any path."""
+    fake, _ = fake_bfl
+    settings = settings_for()
+    full = _full_disk(monkeypatch, settings, suffix)
     async with runtime(settings) as rt:
-        job, _ = await rt.service.submit(dev("disk full"))
-        done = await rt.service.wait_for(job.id, 20)
-        assert done.status == JobStatus.FAILED and done.error is not None
-        assert done.error.code == ErrorCode.STORAGE_ERROR
-        assert "No space left" in done.error.message
+        job, _ = await rt.service.submit(dev(f"disk full {suffix}"))
+        await _until_event(rt, job.id, "the output folder is full")
+        waiting = await rt.service.get_job(job.id)
+        assert waiting.status == JobStatus.RUNNING and waiting.upstream is not None
         assert_clean(settings)
         full["on"] = False
-        again, _ = await rt.service.submit(dev("space again"))
-        assert (await rt.service.wait_for(again.id, 20)).status == JobStatus.SUCCEEDED
+        done = await rt.service.wait_for(job.id, 30)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert fake.submission_count(f"disk full {suffix}") == 1
+    assert done.cost is not None and done.cost > 0
+    assert_clean(settings)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs (root only; skipped otherwise, except under CI, which runs as root)."""
+    out = tmp_path / "small-disk"
+    out.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(out)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        if IN_CI:
+            pytest.fail(f"could not mount a tmpfs as root: {mounted.stderr.decode()}")
+        pytest.skip(f"could not mount a tmpfs: {mounted.stderr.decode()}")
+    try:
+        yield out
+    finally:
+        subprocess.run(["umount", "-l", str(out)], check=False)
+
+
+async def test_disk_full_on_a_real_full_filesystem(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair, small_disk: Path
+) -> None:
+    """The output folder on a small tmpfs, filled to the last byte: the kernel's own
+    ENOSPC. The job waits with its handle; freeing space lets it finish, paid once."""
+    fake, _ = fake_bfl
+    (small_disk / ".partial").mkdir()
+    filler = small_disk / "filler"
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as fh:
+        while True:
+            fh.write(b"\0" * 4096)
+    settings = settings_for(output_dir=small_disk)
+    async with runtime(settings) as rt:
+        job, _ = await rt.service.submit(dev("a real full disk"))
+        await _until_event(rt, job.id, "the output folder is full")
+        assert (await rt.service.get_job(job.id)).status == JobStatus.RUNNING
+        filler.unlink()
+        done = await rt.service.wait_for(job.id, 40)
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert fake.submission_count("a real full disk") == 1
+    assert not list((small_disk / ".partial").iterdir())
 
 
 # --- graceful shutdown of a real `orchestrator serve` --------------------------------------

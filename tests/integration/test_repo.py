@@ -92,7 +92,7 @@ async def test_claim_order_priority_then_age(db: Database) -> None:
     low, _ = await repo.create(new_job(priority=0))
     high, _ = await repo.create(new_job(priority=5))
     low2, _ = await repo.create(new_job(priority=0))
-    claimed = await repo.claim("w1", 30, 10, groups)
+    claimed = [c.job for c in await repo.claim("w1", 30, 10, groups)]
     assert [j.id for j in claimed] == [high.id, low.id, low2.id]
     assert all(j.status == JobStatus.RUNNING and j.attempts == 1 for j in claimed)
     assert await repo.claim("w1", 30, 10, groups) == []
@@ -107,11 +107,11 @@ async def test_claim_respects_limits_across_owners(db: Database) -> None:
     b = await repo.claim("w2", 30, 10, groups)
     assert len(a) == 2 and len(b) == 1  # backend-wide limit 3 counted across owners
     assert await repo.claim("w3", 30, 10, groups) == []
-    await repo.finish(a[0].id, "w1", JobStatus.SUCCEEDED)
+    await repo.finish(a[0].job.id, a[0].lease, JobStatus.SUCCEEDED)
     c = await repo.claim("w3", 30, 10, groups)
     assert len(c) == 1
     # oldest first: the five "m" jobs were queued before the "slow" ones
-    assert not set(slow) & {j.id for j in a + b + c}
+    assert not set(slow) & {x.job.id for x in a + b + c}
 
 
 async def test_sub_limit_does_not_block_others(db: Database) -> None:
@@ -119,7 +119,7 @@ async def test_sub_limit_does_not_block_others(db: Database) -> None:
     s1, _ = await repo.create(new_job(model="slow", priority=9))
     s2, _ = await repo.create(new_job(model="slow", priority=9))
     other, _ = await repo.create(new_job(model="m"))
-    claimed = await repo.claim("w", 30, 10, groups)
+    claimed = [c.job for c in await repo.claim("w", 30, 10, groups)]
     assert [j.id for j in claimed] == [s1.id, other.id]
     assert s2.id not in {j.id for j in claimed}
 
@@ -137,7 +137,7 @@ async def test_concurrent_claims_never_double_claim(db: Database) -> None:
             batch = await repo.claim(owner, 30, 3, wide)
             if not batch:
                 return got
-            got.extend(j.id for j in batch)
+            got.extend(c.job.id for c in batch)
 
     results = await asyncio.gather(*(claimer(f"w{i}") for i in range(4)))
     flat = [i for r in results for i in r]
@@ -148,10 +148,11 @@ async def test_concurrent_claims_never_double_claim(db: Database) -> None:
 async def test_lease_guards_writes_and_takeover(db: Database) -> None:
     repo = JobRepo(db)
     await repo.create(new_job())
-    [job] = await repo.claim("w1", 30, 1, groups)
-    await repo.mark_submitting(job.id, "w1")
+    [c1] = await repo.claim("w1", 30, 1, groups)
+    job, w1 = c1.job, c1.lease
+    await repo.mark_submitting(job.id, w1)
     handle = UpstreamHandle(task_id="t1", polling_url="http://x/p?id=t1")
-    await repo.set_upstream(job.id, "w1", handle, 4.0)
+    await repo.set_upstream(job.id, w1, handle, 4.0)
     with pytest.raises(LeaseLost):
         await repo.set_progress(job.id, "w2", 0.5)
     # not expired yet: nobody takes it
@@ -166,13 +167,14 @@ async def test_lease_guards_writes_and_takeover(db: Database) -> None:
     [taken] = await repo.take_over_expired("w2", 30)
     assert taken.job.id == job.id and taken.job.upstream == handle
     assert taken.submitting_at is not None and taken.job.cost == 4.0
+    assert taken.previous == w1 and taken.lease.startswith("w2#")
     with pytest.raises(LeaseLost):
-        await repo.set_progress(job.id, "w1", 0.5)
-    assert await repo.renew_leases("w1", [job.id], 30) == {}
-    assert await repo.renew_leases("w2", [job.id], 30) == {job.id: False}
+        await repo.set_progress(job.id, w1, 0.5)
+    assert await repo.renew_leases([w1], 30) == {}
+    assert await repo.renew_leases([taken.lease], 30) == {taken.lease: False}
     done = await repo.finish(
         job.id,
-        "w2",
+        taken.lease,
         JobStatus.SUCCEEDED,
         outputs=[NewOutput(n=0, path="a/b.png", mime_type="image/png", size_bytes=3, sha256="x")],
     )
@@ -188,10 +190,10 @@ async def test_cancel_queued_running_finished(db: Database) -> None:
     canceled = await repo.request_cancel(q.id)
     assert canceled.status == JobStatus.CANCELED
     r, _ = await repo.create(new_job())
-    await repo.claim("w", 30, 5, groups)
+    [c] = await repo.claim("w", 30, 5, groups)
     flagged = await repo.request_cancel(r.id)
     assert flagged.status == JobStatus.RUNNING and flagged.cancel_requested
-    assert await repo.renew_leases("w", [r.id], 30) == {r.id: True}
+    assert await repo.renew_leases([c.lease], 30) == {c.lease: True}
     with pytest.raises(errors.InvalidTransition):
         await repo.request_cancel(q.id)
 
@@ -199,15 +201,18 @@ async def test_cancel_queued_running_finished(db: Database) -> None:
 async def test_requeue_and_fail(db: Database) -> None:
     repo = JobRepo(db)
     j, _ = await repo.create(new_job())
-    await repo.claim("w", 30, 1, groups)
-    await repo.requeue(j.id, "w", "test")
+    [first] = await repo.claim("w", 30, 1, groups)
+    await repo.requeue(j.id, first.lease, "test")
     again = await repo.get(j.id)
     assert again.status == JobStatus.QUEUED and again.upstream is None
     [claimed] = await repo.claim("w", 30, 1, groups)
-    assert claimed.attempts == 2
+    assert claimed.job.attempts == 2
+    # the same worker's earlier claim of this job is fenced off by its token
+    with pytest.raises(LeaseLost):
+        await repo.set_progress(j.id, first.lease, 0.5)
     failed = await repo.finish(
         j.id,
-        "w",
+        claimed.lease,
         JobStatus.FAILED,
         error=JobError(code=errors.ErrorCode.MODERATED, message="no", details={"stage": "request"}),
     )
@@ -239,3 +244,79 @@ async def test_pagination_and_filters(db: Database) -> None:
         await repo.page(cursor="%%%")
     counts = await repo.counts()
     assert counts["flux"] == {"queued": 6, "canceled": 1}
+
+
+# --- leases: fenced per claim, measured by the database's clock (issue 12) -----------
+
+
+async def _hold_claim_lock(db: Database, seconds: float, held: asyncio.Event) -> None:
+    """Hold what a claim must wait for (SQLite's write lock; PostgreSQL's claim lock)
+    for ``seconds``: forced lock contention."""
+    async with db.write(claim_lock=True) as conn:
+        await conn.execute(sa.select(1))
+        held.set()
+        await asyncio.sleep(seconds)
+
+
+async def test_a_lease_is_not_born_expired_after_a_long_lock_wait(db: Database) -> None:
+    """A claim that waited for the lock longer than the lease used to write a lease
+    that had already run out: another process took the live job over at once."""
+    repo = JobRepo(db)
+    await repo.create(new_job())
+    held = asyncio.Event()
+    holder = asyncio.create_task(_hold_claim_lock(db, 2.5, held))
+    await held.wait()
+    [claimed] = await repo.claim("w1", 2.0, 1, groups)  # waits ~2.5 s for the lock
+    await holder
+    assert await repo.take_over_expired("w2", 30) == []
+    assert await repo.renew_leases([claimed.lease], 2.0) == {claimed.lease: False}
+
+
+async def test_a_clock_ahead_takes_over_nothing_live(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leases are measured by the database's clock: a process whose own clock runs
+    60 s ahead sees no live lease as expired."""
+    repo = JobRepo(db)
+    await repo.create(new_job())
+    [claimed] = await repo.claim("w1", 30, 1, groups)
+    ahead = datetime.now(UTC) + timedelta(seconds=60)
+    monkeypatch.setattr("orchestrator.db.jobs.utcnow", lambda: ahead)
+    assert await repo.take_over_expired("w-skewed", 30) == []
+    assert await repo.renew_leases([claimed.lease], 30) == {claimed.lease: False}
+
+
+async def test_a_handle_recorded_after_the_lease_was_lost_is_kept(db: Database) -> None:
+    """The previous holder submitted (and paid) before noticing it lost the lease: its
+    handle is still recorded, and the new holder may not fail the job as interrupted."""
+    repo = JobRepo(db)
+    await repo.create(new_job())
+    [c1] = await repo.claim("w1", 30, 1, groups)
+    await repo.mark_submitting(c1.job.id, c1.lease)
+    await repo.release_leases([c1.lease])  # expire it
+    [c2] = await repo.take_over_expired("w2", 30)
+    assert c2.submitting_at is not None and c2.job.upstream is None
+    handle = UpstreamHandle(task_id="paid", polling_url="http://x/p?id=paid")
+    with pytest.raises(LeaseLost):
+        await repo.set_upstream(c1.job.id, c1.lease, handle, 4.0)
+    assert (await repo.get(c1.job.id)).upstream == handle
+    err = JobError(code=errors.ErrorCode.SUBMIT_INTERRUPTED, message="x")
+    with pytest.raises(LeaseLost):
+        await repo.finish(c1.job.id, c2.lease, JobStatus.FAILED, error=err, unless_upstream=True)
+    # the new holder re-attaches and finishes it; the old one can write nothing more
+    with pytest.raises(LeaseLost):
+        await repo.mark_submitting(c1.job.id, c1.lease)
+    done = await repo.finish(c1.job.id, c2.lease, JobStatus.SUCCEEDED)
+    assert done.status == JobStatus.SUCCEEDED and done.cost == 4.0
+
+
+async def test_release_owner_expires_every_lease_of_a_dead_worker(db: Database) -> None:
+    repo = JobRepo(db)
+    for _ in range(3):
+        await repo.create(new_job())
+    dead = await repo.claim("host:41:abc", 300, 2, groups)
+    alive = await repo.claim("host:4:abc", 300, 1, groups)
+    assert await repo.release_owner("host:41:abc") == 2
+    taken = await repo.take_over_expired("w2", 30)
+    assert {c.job.id for c in taken} == {c.job.id for c in dead}
+    assert alive[0].job.id not in {c.job.id for c in taken}

@@ -263,12 +263,12 @@ async def test_progress_events_are_throttled(
     async with runtime(settings, only_ids=[]) as rt:
         svc = rt.service
         job, _ = await svc.submit(dev("progress", webhook_url=f"{receiver.base_url}/hook"))
-        claimed = await svc.repo.claim("test-owner", 30, 10, lambda b, m: [])
-        assert [j.id for j in claimed] == [job.id]
+        [claimed] = await svc.repo.claim("test-owner", 30, 10, lambda b, m: [])
+        assert claimed.job.id == job.id
         # our own worker does not own it: write progress as the test owner
         for i in range(30):
-            await svc.repo.set_progress(job.id, "test-owner", i / 30)
-        await svc.repo.finish(job.id, "test-owner", JobStatus.CANCELED, message="stop")
+            await svc.repo.set_progress(job.id, claimed.lease, i / 30)
+        await svc.repo.finish(job.id, claimed.lease, JobStatus.CANCELED, message="stop")
         items = await until(svc, lambda items: settled(items, 3), job_id=job.id)
     assert sorted(d.event.value for d in items) == [
         "job.completed",
@@ -578,10 +578,11 @@ async def test_retry_records_events_and_refuses_unfinished_jobs(
         queued, _ = await svc.submit(dev("queued", deadline_s=42))
         with pytest.raises(errors.InvalidTransition, match="queued job cannot be retried"):
             await svc.retry_job(queued.id)
-        [running] = await svc.repo.claim("someone", 30, 1, lambda b, m: [])
+        [held] = await svc.repo.claim("someone", 30, 1, lambda b, m: [])
+        running = held.job
         with pytest.raises(errors.InvalidTransition, match="running job cannot be retried"):
             await svc.retry_job(running.id)
-        await svc.repo.finish(running.id, "someone", JobStatus.CANCELED, message="stop")
+        await svc.repo.finish(running.id, held.lease, JobStatus.CANCELED, message="stop")
         new = await svc.retry_job(running.id)
         assert new.retry_of == running.id and new.status == JobStatus.QUEUED
         span = (new.deadline_at - new.created_at).total_seconds()

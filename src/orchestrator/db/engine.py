@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -19,6 +21,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 P = ParamSpec("P")
@@ -47,6 +50,38 @@ def cancel_safe(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
             raise
 
     return wrapper
+
+
+async def db_now(conn: AsyncConnection) -> datetime:
+    """The database's clock, read inside the caller's transaction (after its locks
+    are held): what leases are measured by, so that neither a long wait for the write
+    lock nor a process whose own clock is off can make a lease that is born expired
+    or take over a live one. PostgreSQL: ``clock_timestamp()`` of the server, shared
+    by every machine. SQLite: the clock of the one machine that holds the file."""
+    if conn.dialect.name == "sqlite":
+        raw = (await conn.execute(sa.text("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')"))).scalar()
+        return datetime.fromisoformat(str(raw)).replace(tzinfo=UTC)
+    value = (await conn.execute(sa.text("SELECT clock_timestamp()"))).scalar()
+    assert isinstance(value, datetime)
+    return value.astimezone(UTC)
+
+
+SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "full")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a database error may pass by itself: a lock held too long ("database
+    is locked"), a lost or refused connection, a pool exhausted, an I/O error. A
+    write failing so is retried (or answered with 503), never taken as the job's end."""
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if isinstance(exc.orig, sqlite3.Error):
+            # SQLite says OperationalError for "no such table" too: go by the message.
+            text = str(exc.orig).lower()
+            return any(m in text for m in SQLITE_TRANSIENT)
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return isinstance(exc, sa_exc.TimeoutError | OSError)
 
 
 class Database:

@@ -9,6 +9,7 @@ lost its lease (another process took the job over) changes nothing and gets
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import errors
 from orchestrator.db import webhooks as webhooks_db
-from orchestrator.db.engine import Database, cancel_safe
+from orchestrator.db.engine import Database, cancel_safe, db_now
 from orchestrator.db.schema import job_events, job_outputs, jobs
 from orchestrator.domain import limits
 from orchestrator.domain.costs import Pricing, final_cost
@@ -86,10 +87,14 @@ class NewOutput:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A job this worker now holds, with what recovery needs to know."""
+    """A job this worker now holds under ``lease`` (its fencing token), with what
+    recovery needs to know when it was taken over: whether a submit had started, and
+    the lease it was taken from."""
 
     job: Job
-    submitting_at: datetime | None
+    lease: str
+    submitting_at: datetime | None = None
+    previous: str | None = None
 
 
 class JobRepo:
@@ -457,14 +462,13 @@ class JobRepo:
         *,
         backends: Sequence[str] | None = None,
         only_ids: Sequence[str] | None = None,
-    ) -> list[Job]:
-        """Atomically move up to ``capacity`` queued jobs to running under this
-        owner's lease, highest priority then oldest first, within every limit
-        (counted over all processes)."""
+    ) -> list[Claimed]:
+        """Atomically move up to ``capacity`` queued jobs to running, each under a new
+        lease token of this owner, highest priority then oldest first, within every
+        limit (counted over all processes). Lease times come from the database's
+        clock, read once the write lock is held."""
         if capacity <= 0:
             return []
-        now = utcnow()
-        until = now + timedelta(seconds=lease_s)
         async with self.db.write(claim_lock=True) as conn:
             cq = sa.select(jobs.c.id, jobs.c.backend, jobs.c.model, jobs.c.started_at).where(
                 jobs.c.status == JobStatus.QUEUED.value
@@ -490,41 +494,51 @@ class JobRepo:
             chosen = limits.pick(candidates, running, groups, capacity)
             if not chosen:
                 return []
+            now = await db_now(conn)
+            until = now + timedelta(seconds=lease_s)
+            leases = {jid: lease_token(owner) for jid in chosen}
             await conn.execute(
                 jobs.update()
-                .where(jobs.c.id.in_(chosen), jobs.c.status == JobStatus.QUEUED.value)
+                .where(jobs.c.id == sa.bindparam("jid"), jobs.c.status == JobStatus.QUEUED.value)
                 .values(
                     status=JobStatus.RUNNING.value,
-                    lease_owner=owner,
+                    lease_owner=sa.bindparam("token"),
                     lease_expires_at=until,
                     attempts=jobs.c.attempts + 1,
                     started_at=sa.func.coalesce(jobs.c.started_at, now),
                     updated_at=now,
-                )
-            )
-            await conn.execute(
-                job_events.insert(),
-                [
-                    {
-                        "job_id": jid,
-                        "at": now,
-                        "kind": "transition",
-                        "status": JobStatus.RUNNING.value,
-                        "message": f"claimed by {owner}",
-                        "data": None,
-                    }
-                    for jid in chosen
-                ],
+                ),
+                [{"jid": jid, "token": token} for jid, token in leases.items()],
             )
             rows = (await conn.execute(sa.select(jobs).where(jobs.c.id.in_(chosen)))).all()
             order = {jid: i for i, jid in enumerate(chosen)}
-            claimed = [await _job(conn, r, outputs=False) for r in rows]
-            claimed.sort(key=lambda j: order[j.id])
+            # A job canceled meanwhile (not under the claim lock) is not ours.
+            claimed = [
+                Claimed(job=await _job(conn, r, outputs=False), lease=leases[r.id])
+                for r in rows
+                if r.lease_owner == leases[r.id]
+            ]
+            if claimed:
+                await conn.execute(
+                    job_events.insert(),
+                    [
+                        {
+                            "job_id": c.job.id,
+                            "at": now,
+                            "kind": "transition",
+                            "status": JobStatus.RUNNING.value,
+                            "message": f"claimed by {owner}",
+                            "data": None,
+                        }
+                        for c in claimed
+                    ],
+                )
+            claimed.sort(key=lambda c: order[c.job.id])
             queued = 0
-            for job in claimed:
-                if job.id in never_started:
+            for c in claimed:
+                if c.job.id in never_started:
                     queued += await webhooks_db.enqueue(
-                        conn, self.webhooks, WebhookEvent.STARTED, job, now
+                        conn, self.webhooks, WebhookEvent.STARTED, c.job, now
                     )
         self._queued(queued)
         return claimed
@@ -539,125 +553,197 @@ class JobRepo:
         only_ids: Sequence[str] | None = None,
         limit: int = 100,
     ) -> list[Claimed]:
-        """Jobs left running by a process whose lease expired become ours."""
-        now = utcnow()
-        until = now + timedelta(seconds=lease_s)
-        q = sa.select(jobs).where(
-            jobs.c.status == JobStatus.RUNNING.value,
-            sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
-        )
-        if backends is not None:
-            q = q.where(jobs.c.backend.in_(list(backends)))
-        if only_ids is not None:
-            q = q.where(jobs.c.id.in_(list(only_ids)))
-        q = q.order_by(jobs.c.priority.desc(), jobs.c.created_at).limit(limit)
+        """Jobs left running under a lease that expired (by the database's clock)
+        become ours, each under a new lease token: whatever the previous holder still
+        tries to write under its old token is refused (:class:`LeaseLost`)."""
         async with self.db.write(claim_lock=True) as conn:
+            now = await db_now(conn)
+            until = now + timedelta(seconds=lease_s)
+            q = sa.select(jobs).where(
+                jobs.c.status == JobStatus.RUNNING.value,
+                sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
+            )
+            if backends is not None:
+                q = q.where(jobs.c.backend.in_(list(backends)))
+            if only_ids is not None:
+                q = q.where(jobs.c.id.in_(list(only_ids)))
+            q = q.order_by(jobs.c.priority.desc(), jobs.c.created_at).limit(limit)
             rows = (await conn.execute(q)).all()
             if not rows:
                 return []
-            ids = [r.id for r in rows]
-            await conn.execute(
-                jobs.update()
-                .where(jobs.c.id.in_(ids))
-                .values(lease_owner=owner, lease_expires_at=until, updated_at=now)
-            )
-            for r in rows:
-                await _event(
-                    conn,
-                    r.id,
-                    "info",
-                    at=now,
-                    message=f"lease of {r.lease_owner} expired; taken over by {owner}",
-                )
-            out = []
-            for r in rows:
-                job = await _job(conn, r, outputs=False)
-                out.append(Claimed(job=job, submitting_at=r.submitting_at))
-        return out
-
-    @cancel_safe
-    async def renew_leases(
-        self, owner: str, job_ids: Sequence[str], lease_s: float
-    ) -> dict[str, bool]:
-        """Extend our leases; returns ``{id: cancel_requested}`` for the jobs still
-        ours. Ids missing from the result were lost."""
-        if not job_ids:
-            return {}
-        now = utcnow()
-        until = now + timedelta(seconds=lease_s)
-        async with self.db.write() as conn:
+            leases = {r.id: lease_token(owner) for r in rows}
             await conn.execute(
                 jobs.update()
                 .where(
-                    jobs.c.id.in_(list(job_ids)),
-                    jobs.c.lease_owner == owner,
+                    jobs.c.id == sa.bindparam("jid"),
                     jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.lease_owner.is_not_distinct_from(sa.bindparam("old")),
+                    # a renewal that committed since the read keeps the job its holder's
+                    sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
                 )
-                .values(lease_expires_at=until)
+                .values(
+                    lease_owner=sa.bindparam("token"),
+                    lease_expires_at=until,
+                    updated_at=now,
+                ),
+                [{"jid": r.id, "old": r.lease_owner, "token": leases[r.id]} for r in rows],
+            )
+            mine = set(
+                (
+                    await conn.execute(
+                        sa.select(jobs.c.id).where(jobs.c.lease_owner.in_(list(leases.values())))
+                    )
+                ).scalars()
+            )
+            rows = [r for r in rows if r.id in mine]
+            if not rows:
+                return []
+            await conn.execute(
+                job_events.insert(),
+                [
+                    {
+                        "job_id": r.id,
+                        "at": now,
+                        "kind": "info",
+                        "status": None,
+                        "message": f"lease of {_holder(r.lease_owner)} expired; "
+                        f"taken over by {owner}",
+                        "data": None,
+                    }
+                    for r in rows
+                ],
+            )
+            out = []
+            for r in rows:
+                job = await _job(conn, r, outputs=False)
+                out.append(
+                    Claimed(
+                        job=job,
+                        lease=leases[r.id],
+                        submitting_at=r.submitting_at,
+                        previous=r.lease_owner,
+                    )
+                )
+        return out
+
+    @cancel_safe
+    async def renew_leases(self, leases: Sequence[str], lease_s: float) -> dict[str, bool]:
+        """Extend these leases (by the database's clock); returns
+        ``{lease: cancel_requested}`` for the ones still held. A lease missing from
+        the result was lost: its job was taken over, or it finished."""
+        if not leases:
+            return {}
+        async with self.db.write() as conn:
+            now = await db_now(conn)
+            held = jobs.c.lease_owner.in_(list(leases)), jobs.c.status == JobStatus.RUNNING.value
+            await conn.execute(
+                jobs.update().where(*held).values(lease_expires_at=now + timedelta(seconds=lease_s))
             )
             rows = (
                 await conn.execute(
-                    sa.select(jobs.c.id, jobs.c.cancel_requested).where(
-                        jobs.c.id.in_(list(job_ids)),
-                        jobs.c.lease_owner == owner,
-                        jobs.c.status == JobStatus.RUNNING.value,
-                    )
+                    sa.select(jobs.c.lease_owner, jobs.c.cancel_requested).where(*held)
                 )
             ).all()
-        return {r.id: bool(r.cancel_requested) for r in rows}
+        return {str(r.lease_owner): bool(r.cancel_requested) for r in rows}
 
     @cancel_safe
-    async def release_leases(self, owner: str, job_ids: Sequence[str]) -> None:
+    async def release_leases(self, leases: Sequence[str]) -> None:
         """Give jobs back (graceful shutdown): their lease expires now, so the next
         process re-attaches them at once."""
-        if not job_ids:
+        if not leases:
             return
         async with self.db.write() as conn:
+            now = await db_now(conn)
             await conn.execute(
                 jobs.update()
-                .where(jobs.c.id.in_(list(job_ids)), jobs.c.lease_owner == owner)
-                .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+                .where(jobs.c.lease_owner.in_(list(leases)))
+                .values(lease_expires_at=now - timedelta(seconds=1))
             )
 
     @cancel_safe
-    async def mark_submitting(self, job_id: str, owner: str) -> None:
+    async def release_owner(self, owner: str) -> int:
+        """Expire every lease a (dead) worker held, so its jobs are taken over at once
+        instead of after ``LEASE_S``; returns how many."""
+        async with self.db.write() as conn:
+            now = await db_now(conn)
+            res = await conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.status == JobStatus.RUNNING.value,
+                    jobs.c.lease_owner.startswith(owner + "#", autoescape=True),
+                )
+                .values(lease_expires_at=now - timedelta(seconds=1))
+            )
+        return int(res.rowcount or 0)
+
+    @cancel_safe
+    async def mark_submitting(self, job_id: str, lease: str) -> None:
         """Written just before the upstream submit: if we die between here and
-        :meth:`set_upstream`, recovery knows the submit may have happened."""
+        :meth:`set_upstream`, recovery knows the submit may have happened. Refused
+        (:class:`LeaseLost`) once the lease is lost, so a job taken over is never
+        submitted by its previous holder."""
         now = utcnow()
         async with self.db.write() as conn:
-            await self._guarded(conn, job_id, owner, submitting_at=now, updated_at=now)
+            await self._guarded(conn, job_id, lease, submitting_at=now, updated_at=now)
 
     @cancel_safe
     async def set_upstream(
-        self, job_id: str, owner: str, handle: UpstreamHandle, cost: float | None
+        self, job_id: str, lease: str, handle: UpstreamHandle, cost: float | None
     ) -> None:
+        """Record the upstream handle under our lease. When the lease was lost in the
+        meantime, the handle is still recorded if the job runs without one (the work
+        exists upstream and may be paid: its new holder re-attaches to it instead of
+        failing it), and :class:`LeaseLost` is raised after the commit."""
         now = utcnow()
+        values: dict[str, object] = {
+            "upstream": handle.model_dump(mode="json"),
+            "cost": cost,
+            "updated_at": now,
+        }
+        data: dict[str, JsonValue] = {
+            "task_id": handle.task_id,
+            "instance": handle.instance,
+            "cost": cost,
+        }
+        lost = False
         async with self.db.write() as conn:
-            await self._guarded(
-                conn,
-                job_id,
-                owner,
-                upstream=handle.model_dump(mode="json"),
-                cost=cost,
-                updated_at=now,
-            )
-            await _event(
-                conn,
-                job_id,
-                "upstream",
-                at=now,
-                message="submitted upstream",
-                data={"task_id": handle.task_id, "instance": handle.instance, "cost": cost},
-            )
+            res = await conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
+            if res.rowcount == 1:
+                await _event(
+                    conn, job_id, "upstream", at=now, message="submitted upstream", data=data
+                )
+            else:
+                lost = True
+                rescued = await conn.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job_id,
+                        jobs.c.status == JobStatus.RUNNING.value,
+                        jobs.c.upstream.is_(None),
+                    )
+                    .values(**values)
+                )
+                if rescued.rowcount == 1:
+                    await _event(
+                        conn,
+                        job_id,
+                        "upstream",
+                        at=now,
+                        message="submitted upstream (recorded by the previous holder of the "
+                        "lease; the new holder re-attaches)",
+                        data=data,
+                    )
+        if lost:
+            raise LeaseLost(job_id)
 
     @cancel_safe
     async def set_progress(
-        self, job_id: str, owner: str, progress: float | None, message: str | None = None
+        self, job_id: str, lease: str, progress: float | None, message: str | None = None
     ) -> None:
         now = utcnow()
         queued = 0
         async with self.db.write() as conn:
-            await self._guarded(conn, job_id, owner, progress=progress, updated_at=now)
+            await self._guarded(conn, job_id, lease, progress=progress, updated_at=now)
             await _event(conn, job_id, "progress", at=now, progress=progress, message=message)
             if progress is not None and await webhooks_db.wants_events(conn, self.webhooks, job_id):
                 job = await self._get(conn, job_id, outputs=False)
@@ -674,16 +760,16 @@ class JobRepo:
             await _event(conn, job_id, kind, at=utcnow(), message=message, data=data)
 
     @cancel_safe
-    async def requeue(self, job_id: str, owner: str, reason: str) -> None:
+    async def requeue(self, job_id: str, lease: str, reason: str) -> None:
         """Back to the queue: nothing was sent upstream, so running it again is safe."""
         now = utcnow()
         async with self.db.write() as conn:
-            current = await self._owned_status(conn, job_id, owner)
+            current = await self._owned_status(conn, job_id, lease)
             transition(current, JobStatus.QUEUED)
             await self._guarded(
                 conn,
                 job_id,
-                owner,
+                lease,
                 status=JobStatus.QUEUED.value,
                 lease_owner=None,
                 lease_expires_at=None,
@@ -701,10 +787,11 @@ class JobRepo:
     async def finish(
         self,
         job_id: str,
-        owner: str | None,
+        lease: str | None,
         status: JobStatus,
         *,
         error: JobError | None = None,
+        unless_upstream: bool = False,
         outputs: Sequence[NewOutput] = (),
         message: str | None = None,
         gpu_seconds: float | None = None,
@@ -712,7 +799,10 @@ class JobRepo:
     ) -> Job:
         """Move a job to a terminal state with its outputs or error, in one
         transaction, recording its final cost (``domain/costs.final_cost``).
-        ``owner=None`` acts without a lease (a queued job)."""
+        ``lease=None`` acts without a lease (a queued job). ``unless_upstream``: refuse
+        (:class:`LeaseLost`) if an upstream handle was recorded meanwhile (a job about to
+        be failed as ``submit_interrupted`` whose previous holder recorded its handle
+        after all: it is re-attached instead)."""
         now = utcnow()
         async with self.db.write() as conn:
             # One read: the status (and lease) to check, and what the final cost needs.
@@ -725,14 +815,17 @@ class JobRepo:
                         jobs.c.model,
                         jobs.c.cost,
                         jobs.c.upstream,
+                        jobs.c.submitting_at,
                     ).where(jobs.c.id == job_id)
                 )
             ).one_or_none()
-            if owner is None and ledger is None:
+            if lease is None and ledger is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
-            if owner is not None and (ledger is None or ledger.lease_owner != owner):
+            if lease is not None and (ledger is None or ledger.lease_owner != lease):
                 raise LeaseLost(job_id)
             assert ledger is not None
+            if unless_upstream and ledger.upstream is not None:
+                raise LeaseLost(job_id)
             current = JobStatus(ledger.status)
             transition(current, status)
             values: dict[str, object] = {
@@ -746,7 +839,7 @@ class JobRepo:
                     backend=ledger.backend,
                     model=ledger.model,
                     status=status,
-                    submitted=ledger.upstream is not None,
+                    submitted=ledger.upstream is not None or ledger.submitting_at is not None,
                     quoted=ledger.cost,
                     error_code=error.code if error is not None else None,
                     gpu_seconds=gpu_seconds,
@@ -763,8 +856,10 @@ class JobRepo:
                     error_details=error.details or None,
                 )
             where = [jobs.c.id == job_id, jobs.c.status == current.value]
-            if owner is not None:
-                where.append(jobs.c.lease_owner == owner)
+            if lease is not None:
+                where.append(jobs.c.lease_owner == lease)
+            if unless_upstream:
+                where.append(jobs.c.upstream.is_(None))
             res = await conn.execute(jobs.update().where(*where).values(**values))
             if res.rowcount != 1:
                 raise LeaseLost(job_id)
@@ -834,33 +929,52 @@ class JobRepo:
             await _attach_outputs(conn, items)
         return items
 
-    async def _owned_status(self, conn: AsyncConnection, job_id: str, owner: str) -> JobStatus:
+    async def _owned_status(self, conn: AsyncConnection, job_id: str, lease: str) -> JobStatus:
         row = (
             await conn.execute(
                 sa.select(jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id)
             )
         ).one_or_none()
-        if row is None or row.lease_owner != owner:
+        if row is None or row.lease_owner != lease:
             raise LeaseLost(job_id)
         return JobStatus(row.status)
 
     async def _guarded(
-        self, conn: AsyncConnection, job_id: str, owner: str, **values: object
+        self, conn: AsyncConnection, job_id: str, lease: str, **values: object
     ) -> None:
-        res = await conn.execute(
-            jobs.update()
-            .where(
-                jobs.c.id == job_id,
-                jobs.c.lease_owner == owner,
-                jobs.c.status == JobStatus.RUNNING.value,
-            )
-            .values(**values)
-        )
+        res = await conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
         if res.rowcount != 1:
             raise LeaseLost(job_id)
 
 
 # --- helpers -------------------------------------------------------------------------
+
+_lease_seq = itertools.count(1)
+
+
+def lease_token(owner: str) -> str:
+    """A new lease token of ``owner`` (a worker id): unique per claim, so that every
+    write a worker makes for a job is fenced by the claim it made, not only by the
+    process (two claims of one job in one process are told apart too)."""
+    return f"{owner}#{next(_lease_seq):x}"
+
+
+def lease_holder(lease: str) -> str:
+    """The worker id a lease token belongs to."""
+    return lease.rpartition("#")[0] or lease
+
+
+def _holder(lease: str | None) -> str:
+    return "nobody" if lease is None else lease_holder(lease)
+
+
+def _held(job_id: str, lease: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """The fence of every write a lease holder makes."""
+    return (
+        jobs.c.id == job_id,
+        jobs.c.lease_owner == lease,
+        jobs.c.status == JobStatus.RUNNING.value,
+    )
 
 
 async def _event(

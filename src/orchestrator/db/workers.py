@@ -55,6 +55,17 @@ class WorkerRepo:
             await conn.execute(workers.delete().where(workers.c.id == worker_id))
 
     @cancel_safe
+    async def on_host(self, hostname: str) -> list[WorkerInfo]:
+        """Every worker registered from ``hostname``, alive or not."""
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(sa.select(workers).where(workers.c.hostname == hostname))
+            ).all()
+        return [
+            WorkerInfo(r.id, r.kind, r.hostname, r.pid, r.started_at, r.heartbeat_at) for r in rows
+        ]
+
+    @cancel_safe
     async def live(self, within_s: float, kind: str | None = None) -> list[WorkerInfo]:
         """Workers seen within ``within_s`` seconds (optionally of one kind)."""
         since = utcnow() - timedelta(seconds=within_s)

@@ -13,16 +13,17 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import structlog
 
 from orchestrator import errors, logs
-from orchestrator.backends.base import Backend, ProgressFn
-from orchestrator.db.jobs import Claimed, JobRepo, LeaseLost
+from orchestrator.backends.base import Backend, Completed, ProgressFn
+from orchestrator.db.engine import is_transient
+from orchestrator.db.jobs import Claimed, JobRepo, LeaseLost, NewOutput, lease_holder
 from orchestrator.db.workers import WorkerRepo
 from orchestrator.domain.jobs import Job, JobError, JobStatus, UpstreamHandle
 from orchestrator.engine import recovery
@@ -38,6 +39,15 @@ Code = errors.ErrorCode
 PROGRESS_MIN_INTERVAL_S = 0.5
 MAX_REQUEUES = 5
 StopReason = Literal["user", "shutdown", "lost"]
+T = TypeVar("T")
+# Backoff of a write that must not be lost (the upstream handle, a result): retried
+# for as long as the process lives.
+DURABLE_RETRY_FIRST_S = 0.05
+DURABLE_RETRY_MAX_S = 2.0
+# A full output folder: fetch the (paid, finished) result again after a backoff, for
+# as long as upstream keeps it (BFL's signed sample URLs live about 10 minutes).
+STORAGE_RETRY_FIRST_S = 1.0
+STORAGE_RETRY_MAX_S = 30.0
 
 
 @dataclass
@@ -48,15 +58,39 @@ class WorkerOptions:
     shutdown_grace_s: float = 10.0
     kind: str = "serve"
     only_ids: Sequence[str] | None = None
+    # How long a job taken over mid-submit waits for its previous holder (possibly
+    # alive, its lease lost) to record the upstream handle before it is failed as
+    # ``submit_interrupted``: longer than any submit call can take.
+    handle_grace_s: float = 60.0
+    # How long a finished result is fetched again while the output folder is full.
+    storage_retry_window_s: float = 600.0
 
 
 class _Running:
-    def __init__(self, job: Job, task: asyncio.Task[None]) -> None:
-        self.job = job
+    def __init__(self, claimed: Claimed, task: asyncio.Task[None]) -> None:
+        self.job = claimed.job
+        self.lease = claimed.lease
         self.task = task
         self.stop_reason: StopReason | None = None
         self.submit_started = False
+        # Between the submit's start and its handle being recorded: a stop is
+        # deferred, since cutting the call would lose a task upstream may have billed.
+        self.in_submit = False
+        self.lost = False
         self.started = time.monotonic()
+
+    def stop(self, reason: StopReason) -> None:
+        """Cancel the job's task, or, mid-submit, once the handle is recorded."""
+        if self.stop_reason is not None or self.task.done():
+            return
+        self.stop_reason = reason
+        if not self.in_submit:
+            self.task.cancel()
+
+    def submit_done(self) -> None:
+        self.in_submit = False
+        if self.stop_reason is not None and not self.task.done():
+            self.task.cancel()
 
 
 class Worker:
@@ -77,7 +111,9 @@ class Worker:
         self.store = store
         self.hub = hub
         self.opts = options or WorkerOptions()
-        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.host = socket.gethostname()
+        # Short enough for a lease token (``<id>#<n>``) to fit its column.
+        self.id = f"{self.host[:32]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._running: dict[str, _Running] = {}
         self._stopping = asyncio.Event()
         self._wake = hub.queue_changed
@@ -94,7 +130,9 @@ class Worker:
         return [name for name, b in self.backends.items() if b.enabled]
 
     async def start(self) -> None:
-        await self.workers.register(self.id, self.opts.kind, socket.gethostname(), os.getpid())
+        await self.workers.register(self.id, self.opts.kind, self.host, os.getpid())
+        _LIVE_HERE.add(self.id)
+        await self._release_dead_predecessors()
         self.store.remove_partials(older_than_s=86_400)
         await self._repair_manifests(0)
         await self._recover()
@@ -115,8 +153,7 @@ class Worker:
             log.info("waiting for in-flight jobs", count=len(pending), grace_s=grace)
             await asyncio.wait(pending, timeout=grace)
         for r in list(self._running.values()):
-            r.stop_reason = "shutdown"
-            r.task.cancel()
+            r.stop("shutdown")
         left = [r.task for r in self._running.values()]
         if left:
             await asyncio.gather(*left, return_exceptions=True)
@@ -125,6 +162,7 @@ class Worker:
             await asyncio.gather(self._beat, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.workers.unregister(self.id)
+        _LIVE_HERE.discard(self.id)
         log.info("worker stopped", worker=self.id)
 
     async def run_until_done(self, job_id: str) -> None:
@@ -146,7 +184,7 @@ class Worker:
             try:
                 self._wake.clear()
                 free = self.opts.concurrency - len(self._running)
-                claimed: list[Job] = []
+                claimed: list[Claimed] = []
                 if free > 0:
                     claimed = await self.repo.claim(
                         self.id,
@@ -156,9 +194,9 @@ class Worker:
                         backends=self.enabled_backends(),
                         only_ids=self.opts.only_ids,
                     )
-                    for job in claimed:
-                        self._spawn(job, None)
-                        self.hub.job_changed(job.id)
+                    for c in claimed:
+                        self._spawn(c, taken_over=False)
+                        self.hub.job_changed(c.job.id)
                 if time.monotonic() - last_recovery > self.opts.lease_s / 2:
                     last_recovery = time.monotonic()
                     await self._recover()
@@ -173,20 +211,29 @@ class Worker:
                 log.exception("worker loop error; retrying")
                 await asyncio.sleep(self.opts.poll_interval_s)
 
-    def _spawn(self, job: Job, claimed: Claimed | None) -> None:
-        self.hub.local_jobs.add(job.id)
-        task = asyncio.create_task(self._run(job, claimed), name=f"job-{job.id}")
-        self._running[job.id] = _Running(job, task)
-        job_id = job.id
+    def _spawn(self, claimed: Claimed, *, taken_over: bool) -> None:
+        """Run a job we now hold. One job never runs twice in this process: a task
+        still finishing an earlier claim of it (requeued, or its lease lost) is
+        awaited first, and its writes are refused by its old lease token."""
+        job_id = claimed.job.id
+        self.hub.local_jobs.add(job_id)
+        before = self._running.get(job_id)
+        after = before.task if before is not None and not before.task.done() else None
+        task = asyncio.create_task(
+            self._run(claimed, taken_over=taken_over, after=after), name=f"job-{job_id}"
+        )
+        self._running[job_id] = _Running(claimed, task)
 
-        def done(_task: asyncio.Task[None]) -> None:
-            self._done(job_id)
+        def done(finished: asyncio.Task[None]) -> None:
+            self._done(job_id, finished)
 
         task.add_done_callback(done)
 
-    def _done(self, job_id: str) -> None:
-        self._running.pop(job_id, None)
-        self.hub.local_jobs.discard(job_id)
+    def _done(self, job_id: str, task: asyncio.Task[None]) -> None:
+        r = self._running.get(job_id)
+        if r is not None and r.task is task:  # not a newer claim's entry
+            del self._running[job_id]
+            self.hub.local_jobs.discard(job_id)
         self._wake.set()
 
     async def _manifest(self, job: Job) -> None:
@@ -221,16 +268,42 @@ class Worker:
             log.exception("recovery scan failed")
             return
         for c in taken:
-            if c.job.id in self._running:
-                continue
-            removed = self.store.remove_partials(job_id=c.job.id)
+            removed = 0
+            if c.job.id not in self._running:
+                removed = self.store.remove_partials(job_id=c.job.id)
             log.warning(
                 "taking over job from a vanished worker",
                 job_id=c.job.id,
                 has_handle=c.job.upstream is not None,
                 partial_files_removed=removed,
             )
-            self._spawn(c.job, c)
+            self._spawn(c, taken_over=True)
+
+    async def _release_dead_predecessors(self) -> None:
+        """Workers of this host whose process is gone (killed, crashed) leave leases
+        that would hold their jobs (and their concurrency slots) until ``LEASE_S``
+        runs out: expire them now, so recovery takes the jobs over at once."""
+        try:
+            for w in await self.workers.on_host(self.host):
+                if w.id == self.id or not _dead(w.id, w.pid):
+                    continue
+                released = await self.repo.release_owner(w.id)
+                await self.workers.unregister(w.id)
+                log.warning("released the leases of a dead worker", dead=w.id, jobs=released)
+        except Exception:
+            log.exception("could not release the leases of dead workers")
+
+    def _holder_may_live(self, previous: str | None) -> bool:
+        """Whether the process that held a lease before us may still be running."""
+        if previous is None:
+            return False
+        holder = lease_holder(previous)
+        if holder == self.id:
+            return False  # our own earlier task, which has ended
+        host, _, rest = holder.rpartition(":")[0].rpartition(":")
+        if host != self.host[:32] or not rest.isdigit():
+            return True  # another machine: nothing to check from here
+        return not _dead(holder, int(rest))
 
     # --- heartbeat, cancel ---------------------------------------------------------------
     async def _heartbeat(self) -> None:
@@ -238,147 +311,265 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                ids = list(self._running)
-                kept = await self.repo.renew_leases(self.id, ids, self.opts.lease_s)
-                for jid in ids:
-                    r = self._running.get(jid)
-                    if r is None or r.task.done():
-                        continue
-                    if jid not in kept:
-                        r.stop_reason = "lost"
-                        r.task.cancel()
-                    elif kept[jid] and r.stop_reason is None:
-                        r.stop_reason = "user"
-                        r.task.cancel()
+                held = [r for r in self._running.values() if not r.lost and not r.task.done()]
+                kept = await self.repo.renew_leases([r.lease for r in held], self.opts.lease_s)
+                for r in held:
+                    if r.lease not in kept:
+                        r.lost = True
+                        log.warning("lost the lease", job_id=r.job.id, mid_submit=r.in_submit)
+                        r.stop("lost")
+                    elif kept[r.lease]:
+                        r.stop("user")
                 await self.workers.heartbeat(self.id)
             except Exception:
                 log.exception("heartbeat failed")
 
     def _on_cancel(self, job_id: str) -> None:
         r = self._running.get(job_id)
-        if r is not None and r.stop_reason is None and not r.task.done():
-            r.stop_reason = "user"
-            r.task.cancel()
+        if r is not None:
+            r.stop("user")
 
     # --- running one job ----------------------------------------------------------------
-    async def _run(self, job: Job, claimed: Claimed | None) -> None:
+    async def _run(
+        self, claimed: Claimed, *, taken_over: bool, after: asyncio.Task[None] | None
+    ) -> None:
+        job, lease = claimed.job, claimed.lease
         structlog.contextvars.bind_contextvars(job_id=job.id, backend=job.backend)
         try:
-            await self._run_job(job, claimed)
+            if after is not None:
+                await asyncio.gather(after, return_exceptions=True)
+            await self._run_job(job, lease, claimed if taken_over else None)
         except LeaseLost:
             log.warning("lost the lease; another worker owns the job now")
-        except Exception:
+        except Exception as exc:
+            if is_transient(exc):
+                # Not the job's fault: leave it to recovery (which re-attaches to the
+                # stored handle), never fail a job because the database hiccuped.
+                log.warning("database unavailable; leaving the job for recovery", error=str(exc))
+                with contextlib.suppress(Exception):
+                    await self.repo.release_leases([lease])
+                return
             log.exception("job crashed unexpectedly")
             with contextlib.suppress(Exception):
-                await self._fail(job, Code.INTERNAL_ERROR, "internal error while running the job")
+                await self._fail(
+                    job, lease, Code.INTERNAL_ERROR, "internal error while running the job"
+                )
         finally:
             self.hub.job_changed(job.id)
 
-    async def _run_job(self, job: Job, claimed: Claimed | None) -> None:
+    async def _durably(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
+        """Run a write that must not be lost (an upstream handle, a finished result)
+        until it succeeds, for as long as this process lives: a locked or unreachable
+        database delays it, never fails the job. :class:`LeaseLost` is final."""
+        delay = DURABLE_RETRY_FIRST_S
+        while True:
+            try:
+                return await op()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("database write failed; retrying", write=what, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DURABLE_RETRY_MAX_S)
+
+    async def _run_job(self, job: Job, lease: str, claimed: Claimed | None) -> None:
         backend = self.backends.get(job.backend)
         if backend is None or not backend.enabled:
             reason = backend.disabled_reason if backend else f"unknown backend {job.backend!r}"
             await self._fail(
-                job, Code.BACKEND_DISABLED, f"backend {job.backend} is disabled: {reason}"
+                job, lease, Code.BACKEND_DISABLED, f"backend {job.backend} is disabled: {reason}"
+            )
+            return
+        if job.simulated != backend.simulated:
+            accepted = "a simulated (demo)" if job.simulated else "a real"
+            now = "real" if backend.simulated is False else "simulated"
+            await self._fail(
+                job,
+                lease,
+                Code.BACKEND_KIND_CHANGED,
+                f"the job was accepted for {accepted} {job.backend} backend, but this "
+                f"worker's {job.backend} backend is {now}; it is never sent to the other "
+                "kind. Retry the job to run it on this one.",
             )
             return
         if claimed is not None:
-            action = recovery.decide(
-                has_handle=job.upstream is not None,
-                submitting=claimed.submitting_at is not None,
-                cancel_requested=job.cancel_requested,
-            )
-            if action == recovery.Action.REQUEUE:
-                await self.repo.requeue(
-                    job.id, self.id, "worker vanished before submitting; requeued"
-                )
-                self.hub.job_queued()
+            job = await self._recovered(job, lease, claimed, backend)
+            if job.status.terminal:
                 return
-            if action == recovery.Action.CANCEL:
-                await self._finish_canceled(job, backend, "canceled")
-                return
-            if action == recovery.Action.FAIL_SUBMIT_INTERRUPTED:
-                await self._fail(
-                    job,
-                    Code.SUBMIT_INTERRUPTED,
-                    "the worker stopped while submitting; not resubmitted because upstream "
-                    "may have accepted (and billed) it. Retry the job to run it again.",
-                )
-                return
+        r = self._running.get(job.id)
         remaining = (job.deadline_at - datetime.now(UTC)).total_seconds()
         handle = job.upstream
         try:
             if remaining <= 0:
                 raise errors.DeadlineExceeded("the deadline passed before the job could start")
-            async with asyncio.timeout(remaining):
+            async with asyncio.timeout(remaining) as deadline:
                 if handle is None:
-                    self._mark_submit_started(job.id)
+                    if r is not None:
+                        r.submit_started = True
                     planned = backend.plan(job)
                     if planned is not None:
                         # Our own id: stored first, so a crash mid-submit re-attaches.
-                        await self.repo.set_upstream(job.id, self.id, planned, None)
+                        await self.repo.set_upstream(job.id, lease, planned, None)
                         handle = planned
                     else:
-                        await self.repo.mark_submitting(job.id, self.id)
-                    t0 = time.monotonic()
-                    submitted = await backend.submit(job, planned)
-                    self._timed(job, "submit", t0)
-                    if submitted.handle != planned or submitted.cost is not None:
-                        await self.repo.set_upstream(
-                            job.id, self.id, submitted.handle, submitted.cost
-                        )
-                    handle = submitted.handle
+                        await self.repo.mark_submitting(job.id, lease)
+                    if r is not None:
+                        r.in_submit = True
+                    try:
+                        t0 = time.monotonic()
+                        submitted = await backend.submit(job, planned)
+                        self._timed(job, "submit", t0)
+                        if submitted.handle != planned or submitted.cost is not None:
+                            await self._durably(
+                                "upstream handle",
+                                lambda: self.repo.set_upstream(
+                                    job.id, lease, submitted.handle, submitted.cost
+                                ),
+                            )
+                        handle = submitted.handle
+                    finally:
+                        if r is not None:
+                            r.submit_done()
                     self.hub.job_changed(job.id)
                     log.info("submitted upstream", task_id=handle.task_id, cost=submitted.cost)
                 else:
                     log.info("re-attached to upstream task", task_id=handle.task_id)
                 t0 = time.monotonic()
-                completed = await backend.wait(job, handle, self._progress_writer(job))
+                completed = await backend.wait(job, handle, self._progress_writer(job, lease))
                 if completed.record:
-                    await self.repo.add_event(
-                        job.id, "info", f"{job.backend} result", completed.record
+                    record = completed.record
+                    await self._durably(
+                        "upstream result",
+                        lambda: self.repo.add_event(
+                            job.id, "info", f"{job.backend} result", record
+                        ),
                     )
                 t1 = self._timed(job, "wait", t0)
-                outputs = await backend.fetch_outputs(job, handle, completed, self.store)
+                outputs = await self._store_outputs(job, backend, handle, completed, deadline)
                 self._timed(job, "fetch", t1)
-            done = await self.repo.finish(
-                job.id,
-                self.id,
-                JobStatus.SUCCEEDED,
-                outputs=outputs,
-                gpu_seconds=_number(completed.details.get("gpu_seconds")),
-                tokens=_int(completed.details.get("tokens")),
+            done = await self._durably(
+                "result",
+                lambda: self.repo.finish(
+                    job.id,
+                    lease,
+                    JobStatus.SUCCEEDED,
+                    outputs=outputs,
+                    gpu_seconds=_number(completed.details.get("gpu_seconds")),
+                    tokens=_int(completed.details.get("tokens")),
+                ),
             )
             self.hub.job_changed(job.id)
             self._observe(job, JobStatus.SUCCEEDED)
             log.info("job succeeded", outputs=len(outputs))
             await self._manifest(done)
         except TimeoutError:
-            await self._fail(job, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
+            await self._fail(job, lease, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
         except errors.DeadlineExceeded as exc:
-            await self._fail(job, Code.DEADLINE_EXCEEDED, exc.detail)
+            await self._fail(job, lease, Code.DEADLINE_EXCEEDED, exc.detail)
         except errors.Requeue as exc:
             if job.attempts >= MAX_REQUEUES:
                 await self._fail(
-                    job, exc.code, f"{exc.detail} (gave up after {job.attempts} tries)"
+                    job, lease, exc.code, f"{exc.detail} (gave up after {job.attempts} tries)"
                 )
                 return
             log.warning("requeued: nothing ran upstream", reason=exc.detail)
-            await self.repo.requeue(job.id, self.id, f"requeued: {exc.detail}")
+            await self.repo.requeue(job.id, lease, f"requeued: {exc.detail}")
             if self.metrics is not None:
                 self.metrics.requeued(job.backend)
             self.hub.job_queued()
         except errors.UpstreamError as exc:
-            await self._fail(job, exc.code, exc.detail, exc.extra)
+            await self._fail(job, lease, exc.code, exc.detail, exc.extra)
         except asyncio.CancelledError:
-            r = self._running.get(job.id)
-            reason = r.stop_reason if r else None
+            reason = r.stop_reason if r is not None else None
             if reason == "user":
-                await self._finish_canceled(job, backend, "canceled by request", handle)
+                await self._finish_canceled(job, lease, backend, "canceled by request", handle)
                 return
             if reason == "shutdown":
-                await self._leave_for_later(job, handle)
+                await self._leave_for_later(job, lease, handle)
             raise
+
+    async def _recovered(self, job: Job, lease: str, claimed: Claimed, backend: Backend) -> Job:
+        """A job taken over from a vanished (or stalled) lease holder: re-attach,
+        requeue, cancel or fail it, by ``recovery.decide``. Returns the job to run on
+        (terminal when nothing more is to be done here)."""
+        action = recovery.decide(
+            has_handle=job.upstream is not None,
+            submitting=claimed.submitting_at is not None,
+            cancel_requested=job.cancel_requested,
+            holder_may_live=self._holder_may_live(claimed.previous),
+        )
+        if action == recovery.Action.AWAIT_HANDLE:
+            log.warning(
+                "taken over mid-submit from a holder that may be alive; waiting for its handle",
+                previous=claimed.previous,
+                grace_s=self.opts.handle_grace_s,
+            )
+            give_up = time.monotonic() + self.opts.handle_grace_s
+            while time.monotonic() < give_up:
+                await self.hub.wait_job(job.id, min(0.5, self.opts.lease_s / 4))
+                current = await self.repo.get(job.id)
+                if current.upstream is not None:
+                    log.info("the previous holder recorded the handle; re-attaching")
+                    return current.model_copy(update={"status": JobStatus.RUNNING})
+                if current.status.terminal:
+                    return current
+            action = recovery.Action.FAIL_SUBMIT_INTERRUPTED
+        if action == recovery.Action.REQUEUE:
+            await self.repo.requeue(job.id, lease, "worker vanished before submitting; requeued")
+            self.hub.job_queued()
+            return job.model_copy(update={"status": JobStatus.QUEUED})
+        if action == recovery.Action.CANCEL:
+            await self._finish_canceled(job, lease, backend, "canceled")
+            return job.model_copy(update={"status": JobStatus.CANCELED})
+        if action == recovery.Action.FAIL_SUBMIT_INTERRUPTED:
+            await self._fail(
+                job,
+                lease,
+                Code.SUBMIT_INTERRUPTED,
+                "the worker stopped while submitting; not resubmitted because upstream "
+                "may have accepted (and billed) it. Retry the job to run it again.",
+                unless_upstream=True,
+            )
+            return job.model_copy(update={"status": JobStatus.FAILED})
+        return job
+
+    async def _store_outputs(
+        self,
+        job: Job,
+        backend: Backend,
+        handle: UpstreamHandle,
+        completed: Completed,
+        deadline: asyncio.Timeout,
+    ) -> list[NewOutput]:
+        """Fetch and store a finished job's outputs. A full output folder is not the
+        end of a paid result: back off and fetch again while upstream keeps it. The
+        job's deadline bounds the downloads, not the waits for disk space."""
+        give_up = time.monotonic() + self.opts.storage_retry_window_s
+        delay = STORAGE_RETRY_FIRST_S
+        while True:
+            try:
+                return await backend.fetch_outputs(job, handle, completed, self.store)
+            except errors.StorageFull as exc:
+                self.store.remove_partials(job_id=job.id)
+                if time.monotonic() + delay > give_up:
+                    raise
+                log.warning(
+                    "output folder full; will fetch again", error=exc.detail, retry_in_s=delay
+                )
+                with contextlib.suppress(Exception):
+                    await self.repo.add_event(
+                        job.id,
+                        "info",
+                        f"{exc.detail}; the result is kept upstream and fetched again in "
+                        f"{delay:g} s",
+                    )
+                when = deadline.when()
+                left = None if when is None else when - asyncio.get_running_loop().time()
+                deadline.reschedule(None)
+                await asyncio.sleep(delay)
+                if left is not None:
+                    deadline.reschedule(asyncio.get_running_loop().time() + max(left, 0.1))
+                delay = min(delay * 2, STORAGE_RETRY_MAX_S)
 
     def _observe(self, job: Job, status: JobStatus, code: errors.ErrorCode | None = None) -> None:
         if self.metrics is None:
@@ -396,12 +587,7 @@ class Worker:
             self.metrics.upstream_call(job.backend, phase, now - started)
         return now
 
-    def _mark_submit_started(self, job_id: str) -> None:
-        r = self._running.get(job_id)
-        if r is not None:
-            r.submit_started = True
-
-    def _progress_writer(self, job: Job) -> ProgressFn:
+    def _progress_writer(self, job: Job, lease: str) -> ProgressFn:
         last_write = 0.0
         last_value: float | None = None
 
@@ -413,7 +599,14 @@ class Worker:
             if now - last_write < PROGRESS_MIN_INTERVAL_S and (progress or 0) < 1.0:
                 return
             last_write, last_value = now, progress
-            await self.repo.set_progress(job.id, self.id, progress, message)
+            try:
+                await self.repo.set_progress(job.id, lease, progress, message)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # Progress is a nicety: a busy database must not fail the job.
+                log.warning("could not record progress", error=str(exc))
+                return
             self.hub.job_changed(job.id)
 
         return write
@@ -421,20 +614,27 @@ class Worker:
     async def _fail(
         self,
         job: Job,
+        lease: str,
         code: errors.ErrorCode,
         message: str,
         details: Mapping[str, object] | None = None,
+        *,
+        unless_upstream: bool = False,
     ) -> None:
         clean = {k: v for k, v in (details or {}).items() if v is not None}
         err = JobError.model_validate({"code": code, "message": message, "details": clean})
         await asyncio.shield(
-            self.repo.finish(
-                job.id,
-                self.id,
-                JobStatus.FAILED,
-                error=err,
-                gpu_seconds=_number(clean.get("gpu_seconds")),
-                tokens=_int(clean.get("tokens")),
+            self._durably(
+                "failure",
+                lambda: self.repo.finish(
+                    job.id,
+                    lease,
+                    JobStatus.FAILED,
+                    error=err,
+                    gpu_seconds=_number(clean.get("gpu_seconds")),
+                    tokens=_int(clean.get("tokens")),
+                    unless_upstream=unless_upstream,
+                ),
             )
         )
         self.hub.job_changed(job.id)
@@ -442,31 +642,52 @@ class Worker:
         log.warning("job failed", code=code.value, error=message)
 
     async def _finish_canceled(
-        self, job: Job, backend: Backend, message: str, handle: UpstreamHandle | None = None
+        self,
+        job: Job,
+        lease: str,
+        backend: Backend,
+        message: str,
+        handle: UpstreamHandle | None = None,
     ) -> None:
         outcome = await asyncio.shield(backend.cancel(job, handle or job.upstream))
         await asyncio.shield(
             self.repo.finish(
-                job.id, self.id, JobStatus.CANCELED, message=f"{message}; {outcome.note}"
+                job.id, lease, JobStatus.CANCELED, message=f"{message}; {outcome.note}"
             )
         )
         self.hub.job_changed(job.id)
         self._observe(job, JobStatus.CANCELED)
         log.info("job canceled", note=outcome.note)
 
-    async def _leave_for_later(self, job: Job, handle: UpstreamHandle | None) -> None:
+    async def _leave_for_later(self, job: Job, lease: str, handle: UpstreamHandle | None) -> None:
         """Shutdown: requeue if nothing was sent upstream, else release the lease so
         the next process re-attaches (or, mid-submit, reports it) at once."""
         r = self._running.get(job.id)
         submit_started = r.submit_started if r is not None else True
         if handle is None and not submit_started:
             with contextlib.suppress(LeaseLost):
-                await asyncio.shield(
-                    self.repo.requeue(job.id, self.id, "worker shut down; requeued")
-                )
+                await asyncio.shield(self.repo.requeue(job.id, lease, "worker shut down; requeued"))
             return
-        await asyncio.shield(self.repo.release_leases(self.id, [job.id]))
+        await asyncio.shield(self.repo.release_leases([lease]))
         log.info("left running upstream for the next start to re-attach")
+
+
+# Workers running in this process (tests run several; ``serve`` runs one).
+_LIVE_HERE: set[str] = set()
+
+
+def _dead(worker_id: str, pid: int) -> bool:
+    """Whether worker ``worker_id`` of this machine, process ``pid``, is gone. Our own
+    pid under a worker id not running here is a predecessor whose pid we were given."""
+    if pid == os.getpid():
+        return worker_id not in _LIVE_HERE
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it exists (another user's, say)
+    return False
 
 
 def _number(value: object) -> float | None:
