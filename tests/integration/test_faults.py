@@ -11,6 +11,7 @@ import errno
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -22,10 +23,12 @@ from typing import IO, Any
 import httpx2
 import pytest
 import stamina
+from sqlalchemy import exc as sa_exc
 from tests.conftest import IN_CI, TEST_KEY
 from tests.integration.test_cli import clean_environ
 
 from orchestrator.config import Settings
+from orchestrator.db.jobs import JobRepo
 from orchestrator.domain.jobs import Job, JobStatus
 from orchestrator.domain.params import FluxDevParams, FluxRequest
 from orchestrator.engine.worker import WorkerOptions
@@ -320,6 +323,53 @@ async def test_disk_full_on_a_real_full_filesystem(
     assert done.status == JobStatus.SUCCEEDED, done.error
     assert fake.submission_count("a real full disk") == 1
     assert not list((small_disk / ".partial").iterdir())
+
+
+async def test_a_failed_write_after_submit_keeps_the_paid_task(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BFL accepted (and billed) the task, then recording its handle failed ("database
+    is locked" after the busy timeout): the job used to fail ``internal_error`` with no
+    handle, so nothing re-attached. The write is retried until it lands."""
+    fake, _ = fake_bfl
+    real = JobRepo.set_upstream
+    failures = {"left": 3}
+
+    async def flaky(self: JobRepo, *args: Any, **kwargs: Any) -> None:
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise sa_exc.OperationalError(
+                "UPDATE jobs", {}, sqlite3.OperationalError("database is locked")
+            )
+        await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(JobRepo, "set_upstream", flaky)
+    async with runtime(settings_for()) as rt:
+        job, _ = await rt.service.submit(dev("write fails after submit"))
+        done = await rt.service.wait_for(job.id, 20)
+    assert failures["left"] == 0
+    assert done.status == JobStatus.SUCCEEDED, done.error
+    assert done.upstream is not None and done.cost is not None and done.cost > 0
+    assert fake.submission_count("write fails after submit") == 1
+
+
+async def test_a_demo_job_never_runs_on_the_paid_backend(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair
+) -> None:
+    """A job queued in demo mode (simulated FLUX), then a restart with a real key: it
+    used to run on the real, paid backend and stay marked simulated."""
+    fake, _ = fake_bfl
+    demo = settings_for(bfl_api_key=None, demo_mode="on")
+    async with open_runtime(demo, run_worker=False) as rt:
+        job, _ = await rt.service.submit(dev("queued in demo mode"))
+    assert job.simulated
+    async with runtime(settings_for()) as rt:
+        done = await rt.service.wait_for(job.id, 20)
+    assert done.status == JobStatus.FAILED and done.error is not None
+    assert done.error.code == ErrorCode.BACKEND_KIND_CHANGED
+    assert "simulated" in done.error.message
+    assert fake.submission_count("queued in demo mode") == 0
+    assert done.cost == 0
 
 
 # --- graceful shutdown of a real `orchestrator serve` --------------------------------------

@@ -77,6 +77,8 @@ class _Running:
         # deferred, since cutting the call would lose a task upstream may have billed.
         self.in_submit = False
         self.lost = False
+        # The job's end (or its requeue) is committed: its lease is gone by design.
+        self.settled = False
         self.started = time.monotonic()
 
     def stop(self, reason: StopReason) -> None:
@@ -314,6 +316,8 @@ class Worker:
                 held = [r for r in self._running.values() if not r.lost and not r.task.done()]
                 kept = await self.repo.renew_leases([r.lease for r in held], self.opts.lease_s)
                 for r in held:
+                    if r.settled or r.task.done():
+                        continue
                     if r.lease not in kept:
                         r.lost = True
                         log.warning("lost the lease", job_id=r.job.id, mid_submit=r.in_submit)
@@ -458,6 +462,7 @@ class Worker:
                     tokens=_int(completed.details.get("tokens")),
                 ),
             )
+            self._settle(job.id)
             self.hub.job_changed(job.id)
             self._observe(job, JobStatus.SUCCEEDED)
             log.info("job succeeded", outputs=len(outputs))
@@ -474,6 +479,7 @@ class Worker:
                 return
             log.warning("requeued: nothing ran upstream", reason=exc.detail)
             await self.repo.requeue(job.id, lease, f"requeued: {exc.detail}")
+            self._settle(job.id)
             if self.metrics is not None:
                 self.metrics.requeued(job.backend)
             self.hub.job_queued()
@@ -516,6 +522,7 @@ class Worker:
             action = recovery.Action.FAIL_SUBMIT_INTERRUPTED
         if action == recovery.Action.REQUEUE:
             await self.repo.requeue(job.id, lease, "worker vanished before submitting; requeued")
+            self._settle(job.id)
             self.hub.job_queued()
             return job.model_copy(update={"status": JobStatus.QUEUED})
         if action == recovery.Action.CANCEL:
@@ -570,6 +577,11 @@ class Worker:
                 if left is not None:
                     deadline.reschedule(asyncio.get_running_loop().time() + max(left, 0.1))
                 delay = min(delay * 2, STORAGE_RETRY_MAX_S)
+
+    def _settle(self, job_id: str) -> None:
+        r = self._running.get(job_id)
+        if r is not None:
+            r.settled = True
 
     def _observe(self, job: Job, status: JobStatus, code: errors.ErrorCode | None = None) -> None:
         if self.metrics is None:
@@ -637,6 +649,7 @@ class Worker:
                 ),
             )
         )
+        self._settle(job.id)
         self.hub.job_changed(job.id)
         self._observe(job, JobStatus.FAILED, code)
         log.warning("job failed", code=code.value, error=message)
@@ -655,6 +668,7 @@ class Worker:
                 job.id, lease, JobStatus.CANCELED, message=f"{message}; {outcome.note}"
             )
         )
+        self._settle(job.id)
         self.hub.job_changed(job.id)
         self._observe(job, JobStatus.CANCELED)
         log.info("job canceled", note=outcome.note)
