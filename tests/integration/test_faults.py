@@ -372,6 +372,35 @@ async def test_a_demo_job_never_runs_on_the_paid_backend(
     assert done.cost == 0
 
 
+async def test_a_cancel_during_the_submit_keeps_the_handle_and_the_cost(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair
+) -> None:
+    """A cancel that arrives while the submit is in flight used to cut the call: the job
+    said "canceled before anything was sent to BFL" and cost 0, though BFL billed it.
+    The cancel now waits for the submit's answer, records the handle and the cost."""
+    fake, _ = fake_bfl
+    # BFL accepts (and bills) the task, then its answer takes 0.7 s (read timeout: 1 s)
+    fake.faults.add("submit", delay_s=0.7, process=True)
+    async with runtime(settings_for()) as rt:
+        job, _ = await rt.service.submit(dev("canceled mid-submit"))
+        await _until_event(rt, job.id, "claimed by")
+        await asyncio.sleep(0.2)
+        await rt.service.cancel_job(job.id)
+        done = await rt.service.wait_for(job.id, 20)
+    assert done.status == JobStatus.CANCELED, done.error
+    assert fake.submission_count("canceled mid-submit") == 1
+    assert done.upstream is not None
+    assert done.cost is not None and done.cost > 0
+    events = [e.message or "" for e in await _events(settings_for(), job.id)]
+    assert not any("before anything was sent" in m for m in events), events
+    assert any("may still finish and bill it" in m for m in events), events
+
+
+async def _events(settings: Settings, job_id: str) -> list[Any]:
+    async with open_runtime(settings, run_worker=False) as rt:
+        return await rt.service.events(job_id)
+
+
 # --- graceful shutdown of a real `orchestrator serve` --------------------------------------
 
 
