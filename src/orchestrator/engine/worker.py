@@ -220,7 +220,10 @@ class Worker:
         job_id = claimed.job.id
         self.hub.local_jobs.add(job_id)
         before = self._running.get(job_id)
-        after = before.task if before is not None and not before.task.done() else None
+        after = None
+        if before is not None and not before.task.done():
+            before.stop("lost")  # its lease is gone: the new claim supersedes it
+            after = before.task
         task = asyncio.create_task(
             self._run(claimed, taken_over=taken_over, after=after), name=f"job-{job_id}"
         )
