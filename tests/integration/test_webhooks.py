@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import structlog
 from prometheus_client.parser import text_string_to_metric_families
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -288,14 +289,25 @@ async def test_failing_receiver_is_retried_until_it_succeeds(
 ) -> None:
     receiver.script["/flaky"] = [500, 503]
     settings = settings_for()
-    async with runtime(settings) as rt:
-        svc = rt.service
-        job, _ = await svc.submit(
-            dev("flaky", webhook_url=f"{receiver.base_url}/flaky", webhook_events=["completed"])
-        )
-        [d] = await until(svc, lambda items: settled(items, 1), job_id=job.id)
-        scraped = text_string_to_metric_families(rt.metrics.render().decode())
-        families = {f.name: f for f in scraped}
+    with structlog.testing.capture_logs() as logged:
+        async with runtime(settings) as rt:
+            svc = rt.service
+            job, _ = await svc.submit(
+                dev("flaky", webhook_url=f"{receiver.base_url}/flaky", webhook_events=["completed"])
+            )
+            [d] = await until(svc, lambda items: settled(items, 1), job_id=job.id)
+            scraped = text_string_to_metric_families(rt.metrics.render().decode())
+            families = {f.name: f for f in scraped}
+    # each attempt is logged as what it was (a log call once raised TypeError: a field
+    # named "event" clashed with the message argument, and these lines never appeared)
+    webhook_lines = [e for e in logged if "webhook" in str(e.get("event"))]
+    assert [e["event"] for e in webhook_lines if e.get("delivery_id") == d.id] == [
+        "webhook attempt failed; will retry",
+        "webhook attempt failed; will retry",
+        "webhook delivered",
+    ]
+    assert all(e["webhook_event"] == "job.completed" for e in webhook_lines if "delivery_id" in e)
+    assert not [e for e in logged if e.get("log_level") in ("error", "critical")], logged
     attempts = {
         (s.labels["event"], s.labels["outcome"]): s.value
         for s in families["orchestrator_webhook_attempts"].samples

@@ -224,7 +224,8 @@ class WebhookDispatcher:
         fields = {
             "delivery_id": d.id,
             "job_id": d.job_id,
-            "event": d.event,
+            # not "event": that is the log call's message argument
+            "webhook_event": d.event,
             "status_code": status_code,
             "attempt": d.attempts + 1,
         }
