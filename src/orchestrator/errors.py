@@ -22,6 +22,8 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
     ├── ImportPathNotAllowed               403  a server-side import path outside the roots
     ├── TildaApiError                      502  the Tilda API failed (import through the API)
     ├── BudgetExceeded                     402  a daily budget would be exceeded
+    ├── DatabaseUnavailable                503  locked past its busy timeout, or unreachable
+    │   └── DatabaseCorrupt                     the SQLite file fails its integrity check
     └── UpstreamError                      502  (a backend failed; carries an ErrorCode)
         ├── TransientUpstreamError               may be retried
         │   └── RateLimited                      429 with Retry-After
@@ -205,6 +207,27 @@ class TildaApiError(OrchestratorError):
     status = 502
     title = "Tilda API error"
     type_slug = "tilda-api-error"
+
+
+class DatabaseUnavailable(OrchestratorError):
+    """The database is locked past its busy timeout or cannot be reached: answered
+    503 with ``Retry-After``, so clients try again instead of seeing a 500."""
+
+    status = 503
+    title = "Database unavailable"
+    type_slug = "database-unavailable"
+    retry_after_s = 2
+
+
+class DatabaseCorrupt(DatabaseUnavailable):
+    title = "Database corrupt"
+    type_slug = "database-corrupt"
+
+    def __init__(self, path: object, problem: str) -> None:
+        super().__init__(
+            f"the database file {path} failed its integrity check ({problem}); restore it "
+            "from a backup, or move it aside to start with an empty one"
+        )
 
 
 class UpstreamError(OrchestratorError):

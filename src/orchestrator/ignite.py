@@ -56,6 +56,16 @@ async def _timed(
 
 async def check_database(service: Service) -> CheckResult:
     async def run() -> CheckResult:
+        problem = service.db.file_problem()
+        if problem is None:
+            try:
+                problem = await service.db.integrity_problem()
+            except Exception as exc:
+                problem = f"unreachable: {str(exc).splitlines()[0] if str(exc) else type(exc)}"
+            else:
+                problem = None if problem is None else f"integrity check failed: {problem}"
+        if problem is not None:
+            return CheckResult(component="database", status="fail", message=problem)
         try:
             await service.db.ping()
             current = await service.db.current_revision()

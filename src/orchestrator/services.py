@@ -609,6 +609,9 @@ class Service:
 
     async def readiness(self) -> str | None:
         """None when ready to take jobs, else the reason it is not."""
+        problem = self.db.file_problem()
+        if problem is not None:
+            return problem
         try:
             await self.db.ping()
         except Exception:

@@ -10,9 +10,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import iter_route_contexts
 from pydantic import BaseModel, JsonValue
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from orchestrator import errors, logs
+from orchestrator.db import engine as db_engine
 
 log = logs.get(__name__)
 PROBLEM_TYPE_BASE = "https://orchestrator.dev/problems/"
@@ -115,9 +117,14 @@ def install(app: FastAPI) -> None:
         extra = dict(exc.extra)
         if isinstance(exc, errors.UpstreamError):
             extra["code"] = exc.code.value
+        headers = None
+        if isinstance(exc, errors.DatabaseUnavailable):
+            headers = {"Retry-After": str(exc.retry_after_s)}
         if exc.status >= 500:
             log.error("request failed", error=exc.detail, kind=type(exc).__name__)
-        return _answer(request, exc.status, exc.title, exc.type_slug, exc.detail, extra)
+        return _answer(
+            request, exc.status, exc.title, exc.type_slug, exc.detail, extra, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:
@@ -151,8 +158,32 @@ def install(app: FastAPI) -> None:
             headers["Allow"] = allowed_methods(request)
         return _answer(request, exc.status_code, title, slug, str(exc.detail), headers=headers)
 
+    def _unavailable(request: Request, exc: Exception) -> Response:
+        # Locked past the busy timeout, or unreachable: not the request's fault.
+        log.warning("database unavailable", error=str(exc).splitlines()[0][:300])
+        problem = errors.DatabaseUnavailable(
+            "the database is busy or unreachable; try again shortly"
+        )
+        return _answer(
+            request,
+            problem.status,
+            problem.title,
+            problem.type_slug,
+            problem.detail,
+            headers={"Retry-After": str(problem.retry_after_s)},
+        )
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    @app.exception_handler(sa_exc.TimeoutError)
+    async def _database(request: Request, exc: Exception) -> Response:
+        if db_engine.is_transient(exc):
+            return _unavailable(request, exc)
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        if db_engine.is_transient(exc):
+            return _unavailable(request, exc)
         log.exception("unhandled error")
         return _answer(
             request,

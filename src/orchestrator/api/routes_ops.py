@@ -40,7 +40,9 @@ async def healthz() -> Alive:
 async def readyz(request: Request, service: ServiceDep) -> Ready | JSONResponse:
     reason = await service.readiness()
     if reason is not None:
-        return problem_response(request, 503, "Not ready", "not-ready", reason)
+        return problem_response(
+            request, 503, "Not ready", "not-ready", reason, headers={"Retry-After": "5"}
+        )
     return Ready()
 
 

@@ -24,6 +24,9 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from orchestrator import errors
+from orchestrator.db import health
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -66,6 +69,12 @@ async def db_now(conn: AsyncConnection) -> datetime:
     return value.astimezone(UTC)
 
 
+# How long a SQLite statement waits for another process's write lock before "database
+# is locked" (then retried by the worker, or answered 503 by the API).
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+# PostgreSQL SQLSTATEs of an outage: connection exceptions (08), too many connections,
+# the server shutting down or starting (57P0x), the database missing (3D000).
+PG_TRANSIENT_STATES = ("08", "53300", "57P01", "57P02", "57P03", "3D000")
 SQLITE_TRANSIENT = ("locked", "busy", "unable to open", "disk i/o", "full")
 
 
@@ -80,8 +89,11 @@ def is_transient(exc: BaseException) -> bool:
             # SQLite says OperationalError for "no such table" too: go by the message.
             text = str(exc.orig).lower()
             return any(m in text for m in SQLITE_TRANSIENT)
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        if state.startswith(PG_TRANSIENT_STATES):
+            return True
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
-    return isinstance(exc, sa_exc.TimeoutError | OSError)
+    return isinstance(exc, sa_exc.TimeoutError | OSError | errors.DatabaseUnavailable)
 
 
 class Database:
@@ -91,7 +103,7 @@ class Database:
         self.closed = False
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
-            kwargs["connect_args"] = {"timeout": 30}
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
             kwargs["pool_size"] = 20
             kwargs["max_overflow"] = 0
             kwargs["pool_timeout"] = 60
@@ -104,6 +116,18 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _install_sqlite_hooks(self.engine)
+        self.path = health.sqlite_path(url)
+        # The file as it was when opened (see db/health.py); set by open_database.
+        self.identity: health.FileIdentity | None = None
+
+    def file_problem(self) -> str | None:
+        """What happened to the SQLite file since it was opened (deleted, replaced)."""
+        return None if self.identity is None else health.file_problem(self.identity)
+
+    def _check_file(self) -> None:
+        problem = self.file_problem()
+        if problem is not None:
+            raise errors.DatabaseUnavailable(problem)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -118,8 +142,10 @@ class Database:
     @asynccontextmanager
     async def write(self, *, claim_lock: bool = False) -> AsyncIterator[AsyncConnection]:
         """A write transaction. ``claim_lock`` serialises it with every other
-        claimer, in this process and others."""
+        claimer, in this process and others. Refused (503) once the SQLite file was
+        deleted or replaced: what it wrote would be lost."""
         self._check_open()
+        self._check_file()
         async with self.engine.connect() as conn:
             if self.is_sqlite:
                 await conn.execution_options(orchestrator_immediate=True)
@@ -138,6 +164,11 @@ class Database:
     async def current_revision(self) -> str | None:
         async with self.read() as conn:
             return await conn.run_sync(_current_revision)
+
+    async def integrity_problem(self) -> str | None:
+        """SQLite: what ``PRAGMA quick_check`` found wrong (None when sound)."""
+        async with self.read() as conn:
+            return await health.integrity_problem(conn)
 
     async def ping(self) -> None:
         async with self.read() as conn:
@@ -183,7 +214,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -196,9 +227,20 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
 
 
 async def open_database(url: str) -> Database:
+    """Open, integrity-check (SQLite: ``PRAGMA quick_check``) and migrate."""
     db = Database(url)
     try:
-        await db.migrate()
+        try:
+            problem = await db.integrity_problem()
+            if problem is not None:
+                raise errors.DatabaseCorrupt(db.path, problem)
+            await db.migrate()
+        except sa_exc.DatabaseError as exc:
+            if not db.is_sqlite or is_transient(exc):
+                raise
+            raise errors.DatabaseCorrupt(db.path, str(exc.orig)) from exc
+        if db.path is not None:
+            db.identity = health.identify(db.path)
     except BaseException:
         await asyncio.shield(db.dispose())
         raise
