@@ -313,6 +313,16 @@ class Settings(BaseSettings):
     v0_credits_per_1k_tokens: Annotated[float, Field(ge=0, le=100_000)] = Field(
         default=0.0, description="Credits per 1,000 tokens of a v0 job (0: not counted)."
     )
+    comfy_estimate_gpu_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=30.0,
+        description="GPU-seconds a ComfyUI job is expected to take (reserved against budgets) "
+        "until its model has run before; then the recent average is used.",
+    )
+    v0_estimate_tokens: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=8000,
+        description="Tokens of answer a v0 job is expected to use (reserved against budgets, "
+        "with its prompt) when the request sets no max_completion_tokens.",
+    )
     daily_budget: Annotated[float, Field(ge=0)] | None = Field(
         default=None,
         description="Credits all jobs together may spend per UTC day; a job that would "

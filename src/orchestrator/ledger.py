@@ -4,10 +4,11 @@ CLI. Decisions live in ``domain/costs.py``, SQL in ``db/costs.py``."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
+from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import errors
@@ -26,6 +27,7 @@ from orchestrator.domain.costs import (
     Spend,
     check_budget,
     estimate,
+    v0_token_ceiling,
 )
 from orchestrator.domain.params import FLUX_LIST_PRICE
 
@@ -37,6 +39,8 @@ def pricing_from(settings: Settings) -> Pricing:
         flux={**FLUX_LIST_PRICE, **settings.flux_prices},
         gpu_second=settings.comfy_gpu_second_rate,
         v0_per_1k_tokens=settings.v0_credits_per_1k_tokens,
+        comfy_default_gpu_s=settings.comfy_estimate_gpu_s,
+        v0_default_tokens=settings.v0_estimate_tokens,
     )
 
 
@@ -62,13 +66,19 @@ class Ledger:
         self.pricing = pricing_from(settings)
         self.daily_budget = settings.daily_budget
 
-    async def estimate(self, backend: str, model: str) -> float:
-        """The cost reserved for a new job: FLUX's price, or for ComfyUI the recent
-        average GPU-seconds of the same model at the configured rate."""
+    async def estimate(
+        self, backend: str, model: str, params: Mapping[str, JsonValue] | None = None
+    ) -> float:
+        """The cost reserved for a new job: FLUX's price; for ComfyUI the recent average
+        GPU-seconds of the same model (else ``COMFY_ESTIMATE_GPU_S``) at the rate; for
+        v0 a token ceiling (``v0_token_ceiling``) at the rate."""
         expected = None
         if backend in COMFY_BACKENDS and self.pricing.gpu_second > 0:
             expected = await self.repo.average_gpu_seconds(backend, model)
-        return estimate(backend, model, self.pricing, expected)
+        tokens = None
+        if backend == "v0":
+            tokens = v0_token_ceiling(params or {}, self.pricing.v0_default_tokens)
+        return estimate(backend, model, self.pricing, expected, v0_tokens=tokens)
 
     async def _check(self, conn: AsyncConnection, cost: float, token_id: str | None) -> None:
         day = today()
@@ -97,8 +107,10 @@ class Ledger:
         return check
 
     def retry_guard(self, token_id: str | None) -> RetryGuard:
-        async def check(conn: AsyncConnection, backend: str, model: str) -> float:
-            cost = await self.estimate(backend, model)
+        async def check(
+            conn: AsyncConnection, backend: str, model: str, params: Mapping[str, JsonValue]
+        ) -> float:
+            cost = await self.estimate(backend, model, params)
             if cost > 0:
                 await self._check(conn, cost, token_id)
             return cost

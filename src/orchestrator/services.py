@@ -162,7 +162,7 @@ class Service:
         if isinstance(req.params, V0Params) and isinstance(backend, V0Backend):
             params = await backend.check_params(req.params, self.store_input)
         params = backend.prepare(params)
-        estimate = await self.ledger.estimate(req.backend, req.model)
+        estimate = await self.ledger.estimate(req.backend, req.model, params)
         new = NewJob(
             id=str(uuid.uuid4()),
             backend=req.backend,

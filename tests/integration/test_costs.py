@@ -95,6 +95,49 @@ async def test_unbilled_failure_costs_nothing(settings_for: Callable[..., Settin
         assert done.error is not None and done.error.code == errors.ErrorCode.MODERATED
 
 
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        ({"status": 403, "body": '{"detail": "Forbidden"}'}, errors.ErrorCode.UPSTREAM_AUTH),
+        (
+            {"status": 200, "body": '{"id": "x", "status": "Task not found", "result": null}'},
+            errors.ErrorCode.TASK_NOT_FOUND,
+        ),
+    ],
+    ids=["poll-403", "task-not-found"],
+)
+async def test_an_accepted_task_lost_from_sight_is_billed(
+    settings_for: Callable[..., Settings],
+    fake_bfl: FakePair,
+    answer: dict[str, object],
+    code: errors.ErrorCode,
+) -> None:
+    """BFL accepted (and billed) the task; polling it then answers 403 or "Task not
+    found". The ledger used to record 0."""
+    fake, _ = fake_bfl
+    fake.faults.add("poll", count=50, **answer)  # type: ignore[arg-type]
+    async with runtime(settings_for()) as rt:
+        job, _ = await rt.service.submit(dev(f"lost from sight {code.value}"))
+        done = await rt.service.wait_for(job.id, 20)
+    assert done.status == JobStatus.FAILED and done.error is not None
+    assert done.error.code == code
+    assert fake.submission_count(f"lost from sight {code.value}") == 1
+    assert done.cost == 2.5  # BFL's quote for flux-dev
+
+
+async def test_a_first_comfy_job_is_held_to_the_budget(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """A ComfyUI model with no history used to be estimated at 0, so its first job
+    slipped past any budget."""
+    settings = make_settings(demo_mode="on", comfy_gpu_second_rate=1.0, daily_budget=10)
+    async with runtime(settings, worker=False) as rt:
+        req = SdxlRequest(params=SdxlParams(prompt="a kiln", width=512, height=512, steps=2))
+        with pytest.raises(errors.BudgetExceeded) as info:
+            await rt.service.submit(req)
+    assert info.value.extra["estimate"] == 30.0
+
+
 async def test_global_budget_refuses_before_anything_is_spent(
     settings_for: Callable[..., Settings], fake_bfl: FakePair, db_url: str
 ) -> None:
@@ -210,7 +253,7 @@ async def test_comfy_jobs_cost_gpu_seconds(
     async with runtime(settings) as rt:
         req = SdxlRequest(params=SdxlParams(prompt="a kiln", width=512, height=512, steps=2))
         job, _ = await rt.service.submit(req)
-        assert job.cost_estimate == 0.0  # no history for the model yet
+        assert job.cost_estimate == 60.0  # no history yet: COMFY_ESTIMATE_GPU_S (30) at 2
         done = await rt.service.wait_for(job.id, 30)
         assert done.status == JobStatus.SUCCEEDED, done.error
         assert done.gpu_seconds is not None and done.gpu_seconds > 0

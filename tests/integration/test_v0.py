@@ -287,6 +287,42 @@ async def test_tokens_are_costed(settings_for: Callable[..., Settings]) -> None:
         assert job.cost == pytest.approx(usage["total_tokens"] / 1000 * 2.0)
 
 
+async def test_v0_jobs_are_held_to_a_tiny_budget(settings_for: Callable[..., Settings]) -> None:
+    """v0 jobs used to be estimated at 0 and were never refused: a 1-credit daily budget
+    let 807 credits through. The estimate is now a token ceiling at the rate."""
+    settings = settings_for(v0_credits_per_1k_tokens=2.0, daily_budget=1.0)
+    async with runtime(settings) as rt:
+        with pytest.raises(errors.BudgetExceeded) as info:
+            await rt.service.submit(v0("A pricing page"))
+        assert info.value.extra["estimate"] == pytest.approx(16.008)  # (8000 + 4) / 1000 * 2
+        # a small enough cap fits: 4 prompt + 400 answer tokens = 0.808 credits
+        job, _ = await rt.service.submit(v0("A pricing page", max_completion_tokens=400))
+        assert job.cost_estimate == pytest.approx(0.808)
+        done = await rt.service.wait_for(job.id, 30)
+        assert done.status == JobStatus.SUCCEEDED, done.error
+        # the reservation gave way to the real cost
+        assert done.cost is not None and done.cost <= 0.808
+
+
+async def test_a_broken_and_retried_stream_bills_both_attempts(
+    settings_for: Callable[..., Settings], fake_v0: FakePair
+) -> None:
+    """A stream cut mid-way was billed by v0 but reports no usage (that comes last);
+    only the retried attempt's tokens used to be counted."""
+    fake, _ = fake_v0
+    fake.faults.add(cut_after=3)
+    async with runtime(settings_for(v0_credits_per_1k_tokens=1000.0)) as rt:
+        job = await run(rt, v0("A pricing page"))
+        assert job.status == JobStatus.SUCCEEDED, job.error
+        [info] = [e for e in await rt.service.events(job.id) if e.kind == "info"]
+    usage = info.data["usage"]
+    assert isinstance(usage, dict) and isinstance(usage["total_tokens"], int)
+    assert isinstance(usage["prompt_tokens"], int)
+    # the cut attempt: at least its prompt and the 3 chunks of 16 characters it streamed
+    least = usage["prompt_tokens"] + 3 * 16 // 4
+    assert job.cost is not None and job.cost >= usage["total_tokens"] + least
+
+
 async def test_server_refusing_stream_options(
     settings_for: Callable[..., Settings], fake_v0: FakePair
 ) -> None:

@@ -25,58 +25,101 @@ S, F, C = JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED
 
 
 @pytest.mark.parametrize(
-    ("backend", "model", "expected_gpu_s", "want"),
+    ("backend", "model", "expected_gpu_s", "v0_tokens", "want"),
     [
-        ("flux", "flux-dev", None, 2.5),
-        ("flux", "flux-pro-1.1", 9.0, 4.0),
-        ("flux", "unknown-model", None, 0.0),
-        ("sdxl", "sdxl", None, 0.0),  # no history yet: nothing to reserve
-        ("sdxl", "sdxl", 10.0, 5.0),
-        ("svd", "svd", 3.0, 1.5),
-        ("workflow", "mine", 2.0, 1.0),
-        ("v0", "v0-1.5-md", None, 0.0),
+        ("flux", "flux-dev", None, None, 2.5),
+        ("flux", "flux-pro-1.1", 9.0, None, 4.0),
+        ("flux", "unknown-model", None, None, 0.0),
+        # no history yet: the per-backend default (30 GPU-s); it used to be 0, so a first
+        # ComfyUI job was never refused by a budget
+        ("sdxl", "sdxl", None, None, 15.0),
+        ("sdxl", "sdxl", 10.0, None, 5.0),
+        ("svd", "svd", 3.0, None, 1.5),
+        ("workflow", "mine", 2.0, None, 1.0),
+        # v0: a token ceiling (the request's, else the default 8000); it used to be 0
+        ("v0", "v0-1.5-md", None, None, 16.0),
+        ("v0", "v0-1.5-md", None, 1200, 2.4),
     ],
 )
-def test_estimate(backend: str, model: str, expected_gpu_s: float | None, want: float) -> None:
-    assert estimate(backend, model, PRICES, expected_gpu_s) == want
+def test_estimate(
+    backend: str, model: str, expected_gpu_s: float | None, v0_tokens: int | None, want: float
+) -> None:
+    got = estimate(backend, model, PRICES, expected_gpu_s, v0_tokens=v0_tokens)
+    assert got == pytest.approx(want)
 
 
-# backend, status, submitted, quoted, error code, gpu_s, tokens -> cost
+def test_estimates_are_free_at_a_zero_rate() -> None:
+    free = Pricing()
+    assert estimate("sdxl", "sdxl", free) == 0.0
+    assert estimate("v0", "v0-1.5-md", free) == 0.0
+
+
+# backend, status, (accepted, submit started), quoted, error code, gpu_s, tokens -> cost
+ACC = (True, True)  # upstream accepted: its handle is stored
+SENT = (False, True)  # a submit was sent (or may have been), no answer recorded
+NONE = (False, False)  # nothing was sent
 CASES: list[
-    tuple[str, JobStatus, bool, float | None, ErrorCode | None, float | None, int | None, float]
+    tuple[
+        str,
+        JobStatus,
+        tuple[bool, bool],
+        float | None,
+        ErrorCode | None,
+        float | None,
+        int | None,
+        float,
+    ]
 ] = [
     # never reached the upstream: free, whatever the backend
-    ("flux", F, False, None, ErrorCode.INSUFFICIENT_CREDITS, None, None, 0.0),
-    ("flux", C, False, None, None, None, None, 0.0),
-    ("sdxl", F, False, None, ErrorCode.BACKEND_UNAVAILABLE, 4.0, None, 0.0),
+    ("flux", F, NONE, None, ErrorCode.INSUFFICIENT_CREDITS, None, None, 0.0),
+    ("flux", C, NONE, None, None, None, None, 0.0),
+    ("flux", F, NONE, None, ErrorCode.BACKEND_KIND_CHANGED, None, None, 0.0),
+    ("sdxl", F, NONE, None, ErrorCode.BACKEND_UNAVAILABLE, 4.0, None, 0.0),
     # FLUX: BFL's quote wins; else the price table
-    ("flux", S, True, 3.0, None, None, None, 3.0),
-    ("flux", S, True, None, None, None, None, 2.5),
-    # FLUX failures BFL does not bill (only Ready is charged)
-    ("flux", F, True, 3.0, ErrorCode.MODERATED, None, None, 0.0),
-    ("flux", F, True, 3.0, ErrorCode.GENERATION_FAILED, None, None, 0.0),
-    ("flux", F, True, 3.0, ErrorCode.TASK_NOT_FOUND, None, None, 0.0),
-    # uncertain: counted as billed
-    ("flux", F, True, 3.0, ErrorCode.DEADLINE_EXCEEDED, None, None, 3.0),
-    ("flux", F, True, None, ErrorCode.RESULT_EXPIRED, None, None, 2.5),
-    ("flux", C, True, 3.0, None, None, None, 3.0),  # BFL has no cancel
+    ("flux", S, ACC, 3.0, None, None, None, 3.0),
+    ("flux", S, ACC, None, None, None, None, 2.5),
+    # FLUX tasks BFL ended itself without a result (only Ready is charged)
+    ("flux", F, ACC, 3.0, ErrorCode.MODERATED, None, None, 0.0),
+    ("flux", F, ACC, 3.0, ErrorCode.GENERATION_FAILED, None, None, 0.0),
+    # accepted, then lost from sight: BFL billed it (issue 12: were recorded as free)
+    ("flux", F, ACC, 3.0, ErrorCode.TASK_NOT_FOUND, None, None, 3.0),
+    ("flux", F, ACC, 3.0, ErrorCode.UPSTREAM_AUTH, None, None, 3.0),  # a 403 poll
+    ("flux", F, ACC, 3.0, ErrorCode.UPSTREAM_UNAVAILABLE, None, None, 3.0),
+    # accepted, uncertain: counted as billed
+    ("flux", F, ACC, 3.0, ErrorCode.DEADLINE_EXCEEDED, None, None, 3.0),
+    ("flux", F, ACC, None, ErrorCode.RESULT_EXPIRED, None, None, 2.5),
+    ("flux", C, ACC, 3.0, None, None, None, 3.0),  # BFL has no cancel
+    # a submit was sent but its answer never recorded: billed (issue 12: were free) ...
+    ("flux", F, SENT, None, ErrorCode.SUBMIT_INTERRUPTED, None, None, 2.5),
+    ("flux", F, SENT, None, ErrorCode.SUBMIT_UNCERTAIN, None, None, 2.5),
+    ("flux", F, SENT, None, ErrorCode.DEADLINE_EXCEEDED, None, None, 2.5),
+    ("flux", C, SENT, None, None, None, None, 2.5),  # canceled mid-submit
+    ("flux", F, SENT, None, ErrorCode.UPSTREAM_ERROR, None, None, 2.5),  # a 5xx answer
+    # ... unless BFL refused the submit itself: nothing was started
+    ("flux", F, SENT, None, ErrorCode.INSUFFICIENT_CREDITS, None, None, 0.0),
+    ("flux", F, SENT, None, ErrorCode.INVALID_PARAMS, None, None, 0.0),
+    ("flux", F, SENT, None, ErrorCode.RATE_LIMITED, None, None, 0.0),
+    ("flux", F, SENT, None, ErrorCode.UPSTREAM_AUTH, None, None, 0.0),
+    ("flux", F, SENT, None, ErrorCode.MODERATED, None, None, 0.0),
+    ("flux", F, SENT, None, ErrorCode.UPSTREAM_UNAVAILABLE, None, None, 0.0),  # no connect
     # ComfyUI: GPU-seconds at the rate, whatever the outcome
-    ("sdxl", S, True, None, None, 12.0, None, 6.0),
-    ("sd35", F, True, None, ErrorCode.EXECUTION_ERROR, 2.0, None, 1.0),
-    ("svd", C, True, None, None, None, None, 0.0),
-    # v0: tokens at the rate
-    ("v0", S, True, None, None, None, 1500, 3.0),
-    ("v0", S, True, None, None, None, None, 0.0),
+    ("sdxl", S, ACC, None, None, 12.0, None, 6.0),
+    ("sd35", F, ACC, None, ErrorCode.EXECUTION_ERROR, 2.0, None, 1.0),
+    ("svd", C, ACC, None, None, None, None, 0.0),
+    # v0: tokens at the rate (every attempt's: see backends/v0.py)
+    ("v0", S, ACC, None, None, None, 1500, 3.0),
+    ("v0", S, ACC, None, None, None, None, 0.0),
+    ("v0", F, ACC, None, ErrorCode.STREAM_INTERRUPTED, None, 700, 1.4),
 ]
 
 
 @pytest.mark.parametrize(
-    ("backend", "status", "submitted", "quoted", "code", "gpu_s", "tokens", "want"), CASES
+    ("backend", "status", "sent", "quoted", "code", "gpu_s", "tokens", "want"), CASES
 )
 def test_final_cost(
     backend: str,
     status: JobStatus,
-    submitted: bool,
+    sent: tuple[bool, bool],
     quoted: float | None,
     code: ErrorCode | None,
     gpu_s: float | None,
@@ -84,11 +127,13 @@ def test_final_cost(
     want: float,
 ) -> None:
     model = "flux-dev" if backend == "flux" else backend
+    accepted, submit_started = sent
     got = final_cost(
         backend=backend,
         model=model,
         status=status,
-        submitted=submitted,
+        accepted=accepted,
+        submit_started=submit_started,
         quoted=quoted,
         error_code=code,
         gpu_seconds=gpu_s,
@@ -103,7 +148,8 @@ def test_free_comfy_by_default() -> None:
         backend="sdxl",
         model="sdxl",
         status=S,
-        submitted=True,
+        accepted=True,
+        submit_started=True,
         quoted=None,
         error_code=None,
         gpu_seconds=30.0,

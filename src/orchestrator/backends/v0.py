@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +47,7 @@ from orchestrator.backends.base import (
 )
 from orchestrator.backends.flux import retry_after_seconds
 from orchestrator.db.jobs import NewOutput
+from orchestrator.domain.costs import TOKENS_PER_IMAGE, text_tokens
 from orchestrator.domain.jobs import Job, UpstreamHandle
 from orchestrator.domain.params import V0_MODELS, V0Params
 from orchestrator.storage import InputStore, OutputStore
@@ -210,6 +211,23 @@ def interpret_event(data: str) -> Chunk | Literal["[DONE]"]:
     )
 
 
+def prompt_tokens(body: Mapping[str, JsonValue]) -> int:
+    """An estimate of a request's prompt tokens: its messages' text, and a tile
+    allowance per image."""
+    chars = images = 0
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            chars += len(content)
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                images += 1
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                chars += len(str(part["text"]))
+    return text_tokens(chars) + TOKENS_PER_IMAGE * images
+
+
 def total_tokens(usage: dict[str, JsonValue] | None) -> int | None:
     """``usage.total_tokens`` (or prompt + completion) when v0 sent usage."""
     if usage is None:
@@ -272,6 +290,9 @@ class Answer:
     chunks: int
     attempts: int
     retries: list[str] = field(default_factory=list)  # why each earlier attempt failed
+    # Tokens of earlier attempts whose stream broke off: billed, but reported by no
+    # usage chunk (that comes last), so estimated (``prompt_tokens`` + what streamed).
+    broken_tokens: int = 0
 
 
 @dataclass
@@ -327,6 +348,8 @@ class V0Client:
         policy = RetryPolicy()
         last: str = ""
         retries: list[str] = []
+        broken = 0
+        prompt = prompt_tokens(body)
         try:
             async for attempt in stamina.retry_context(
                 on=policy, attempts=None, timeout=None, wait_max=10.0
@@ -336,12 +359,18 @@ class V0Client:
                         retries.append(last[:300])
                         if on_retry is not None:
                             await on_retry(attempt.num, last)
+                    state = StreamState(attempt=attempt.num)
                     try:
-                        answer = await self._complete_once(body, attempt.num, on_stream)
+                        answer = await self._complete_once(body, state, on_stream)
                         answer.retries = retries
+                        answer.broken_tokens = broken
                         return answer
                     except errors.UpstreamError as exc:
                         last = exc.detail
+                        if exc.code == Code.STREAM_INTERRUPTED:
+                            broken += prompt + text_tokens(state.chars)
+                        if broken:  # what the cost ledger counts if this is the last try
+                            exc.extra["tokens"] = broken
                         raise
                     except httpx2.TransportError as exc:
                         last = str(exc) or type(exc).__name__
@@ -351,7 +380,7 @@ class V0Client:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _complete_once(
-        self, body: dict[str, JsonValue], attempt: int, on_stream: OnStream | None
+        self, body: dict[str, JsonValue], state: StreamState, on_stream: OnStream | None
     ) -> Answer:
         headers = {"authorization": f"Bearer {self._key}", "accept": "text/event-stream"}
         streaming = False
@@ -363,17 +392,18 @@ class V0Client:
                 streaming = True
                 kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
                 if kind == "application/json":
-                    return _whole_answer(await resp.aread(), attempt)
-                return await _read_stream(resp, attempt, on_stream)
+                    return _whole_answer(await resp.aread(), state.attempt)
+                return await _read_stream(resp, state, on_stream)
         except (httpx2.ConnectError, httpx2.ConnectTimeout):
             raise
         except httpx2.TransportError as exc:
             raise _transport_error(exc, streaming=streaming) from exc
 
 
-async def _read_stream(resp: httpx2.Response, attempt: int, on_stream: OnStream | None) -> Answer:
+async def _read_stream(
+    resp: httpx2.Response, state: StreamState, on_stream: OnStream | None
+) -> Answer:
     decoder = SseDecoder()
-    state = StreamState(attempt=attempt)
     parts: list[str] = []
     finish: str | None = None
     usage: dict[str, JsonValue] | None = None
@@ -413,7 +443,7 @@ async def _read_stream(resp: httpx2.Response, attempt: int, on_stream: OnStream 
             f"the v0 stream ended before the answer was complete ({state.chars} characters "
             "received, no finish_reason and no [DONE])",
         )
-    return Answer("".join(parts), finish, usage, cid, model, state.chunks, attempt)
+    return Answer("".join(parts), finish, usage, cid, model, state.chunks, state.attempt)
 
 
 def _whole_answer(raw: bytes, attempt: int) -> Answer:
@@ -569,7 +599,8 @@ class V0Backend(Backend):
             )
         finally:
             self._local.discard(job.id)
-        tokens = total_tokens(answer.usage)
+        # every attempt's tokens: the answer's usage and the broken attempts' estimate
+        tokens = (total_tokens(answer.usage) or 0) + answer.broken_tokens or None
         code = v0_prompt.extract_code(answer.text) if params.output_format == "tsx" else None
         if params.output_format == "tsx" and code is None:
             raise errors.UpstreamError(

@@ -42,8 +42,9 @@ from orchestrator.domain.webhooks import WebhookEvent, WebhookPolicy
 
 # A budget check run inside the job-creating transaction; raises to refuse.
 Guard = Callable[[AsyncConnection], Awaitable[None]]
-# The same for a retry: given the old job's backend and model, returns the new estimate.
-RetryGuard = Callable[[AsyncConnection, str, str], Awaitable[float]]
+# The same for a retry: given the old job's backend, model and parameters, returns the
+# new estimate.
+RetryGuard = Callable[[AsyncConnection, str, str, dict[str, JsonValue]], Awaitable[float]]
 
 
 class LeaseLost(Exception):
@@ -225,7 +226,7 @@ class JobRepo:
             deadline_s = row.deadline_s if row.deadline_s is not None else default_deadline_s
             estimate = row.cost_estimate
             if guard is not None:
-                estimate = await guard(conn, str(row.backend), str(row.model))
+                estimate = await guard(conn, str(row.backend), str(row.model), dict(row.params))
             await conn.execute(
                 jobs.insert().values(
                     id=new_id,
@@ -839,7 +840,8 @@ class JobRepo:
                     backend=ledger.backend,
                     model=ledger.model,
                     status=status,
-                    submitted=ledger.upstream is not None or ledger.submitting_at is not None,
+                    accepted=ledger.upstream is not None,
+                    submit_started=ledger.submitting_at is not None,
                     quoted=ledger.cost,
                     error_code=error.code if error is not None else None,
                     gpu_seconds=gpu_seconds,

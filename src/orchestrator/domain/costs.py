@@ -22,19 +22,24 @@ from orchestrator.errors import ErrorCode
 
 CURRENCY = "credits"
 
-# BFL bills only tasks that reach ``Ready``; these failures mean it never did.
-FLUX_UNBILLED_FAILURES = frozenset(
+# A task BFL accepted is billed unless BFL itself ended it without a result.
+FLUX_TASK_UNBILLED = frozenset({ErrorCode.MODERATED, ErrorCode.GENERATION_FAILED})
+# A submit BFL answered with a refusal (or that never connected): nothing was started.
+FLUX_SUBMIT_REFUSED = frozenset(
     {
-        ErrorCode.MODERATED,
-        ErrorCode.GENERATION_FAILED,
-        ErrorCode.TASK_NOT_FOUND,
         ErrorCode.INSUFFICIENT_CREDITS,
-        ErrorCode.UPSTREAM_AUTH,
         ErrorCode.INVALID_PARAMS,
         ErrorCode.RATE_LIMITED,
+        ErrorCode.UPSTREAM_AUTH,
+        ErrorCode.MODERATED,
+        ErrorCode.UPSTREAM_UNAVAILABLE,
     }
 )
 COMFY_BACKENDS = frozenset({"sdxl", "sd35", "svd", "comfy", "workflow"})
+# What a new job reserves until there is a better guess: a ComfyUI prompt's GPU-seconds
+# (until its model has history) and a v0 answer's tokens (unless the request caps them).
+DEFAULT_COMFY_GPU_S = 30.0
+DEFAULT_V0_TOKENS = 8000
 
 
 @dataclass(frozen=True)
@@ -44,18 +49,55 @@ class Pricing:
     flux: Mapping[str, float] = field(default_factory=dict)
     gpu_second: float = 0.0
     v0_per_1k_tokens: float = 0.0
+    comfy_default_gpu_s: float = DEFAULT_COMFY_GPU_S
+    v0_default_tokens: int = DEFAULT_V0_TOKENS
 
 
 def estimate(
-    backend: str, model: str, pricing: Pricing, expected_gpu_s: float | None = None
+    backend: str,
+    model: str,
+    pricing: Pricing,
+    expected_gpu_s: float | None = None,
+    *,
+    v0_tokens: int | None = None,
 ) -> float:
     """What a new job is expected to cost: reserved against budgets until it ends.
-    ComfyUI jobs use ``expected_gpu_s`` (the recent average for the model), else 0."""
+    ComfyUI jobs use ``expected_gpu_s`` (the recent average for the model), else the
+    per-backend default; v0 jobs ``v0_tokens`` (the request's ceiling), else the
+    default. Never 0 where the job will cost something: a zero estimate slips past
+    every budget."""
     if backend == "flux":
         return float(pricing.flux.get(model, 0.0))
     if backend in COMFY_BACKENDS:
-        return round((expected_gpu_s or 0.0) * pricing.gpu_second, 6)
+        seconds = expected_gpu_s if expected_gpu_s else pricing.comfy_default_gpu_s
+        return round(seconds * pricing.gpu_second, 6)
+    if backend == "v0":
+        tokens = v0_tokens if v0_tokens else pricing.v0_default_tokens
+        return round(tokens / 1000 * pricing.v0_per_1k_tokens, 6)
     return 0.0
+
+
+# Rough tokens per character of text, and per image (OpenAI-style tiles), for the
+# ceiling reserved before a v0 job runs and for an attempt whose stream broke off
+# (a cut stream reports no usage, yet its tokens were generated and billed).
+CHARS_PER_TOKEN = 4
+TOKENS_PER_IMAGE = 765
+
+
+def text_tokens(chars: int) -> int:
+    return -(-chars // CHARS_PER_TOKEN)
+
+
+def v0_token_ceiling(params: Mapping[str, JsonValue], default_answer_tokens: int) -> int:
+    """Tokens a v0 request may use at most, for its estimate: its prompt (and system
+    text and images) plus its answer cap (``max_completion_tokens``, else the default).
+    Page context is not known here; the default answer cap is meant to cover it."""
+    prompt = sum(len(v) for k in ("prompt", "system") if isinstance(v := params.get(k), str))
+    images = params.get("images")
+    n_images = len(images) if isinstance(images, list) else 0
+    cap = params.get("max_completion_tokens")
+    answer = cap if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0 else None
+    return text_tokens(prompt) + TOKENS_PER_IMAGE * n_images + (answer or default_answer_tokens)
 
 
 def final_cost(
@@ -63,22 +105,28 @@ def final_cost(
     backend: str,
     model: str,
     status: JobStatus,
-    submitted: bool,
+    accepted: bool,
+    submit_started: bool,
     quoted: float | None,
     error_code: ErrorCode | None,
     gpu_seconds: float | None,
     tokens: int | None,
     pricing: Pricing,
 ) -> float:
-    """What a job that ended in ``status`` cost. ``submitted``: the work reached the
-    upstream (a handle was stored); ``quoted``: BFL's ``cost`` from the submit
-    response. Uncertain cases count as billed, so budgets err on the safe side."""
-    if not submitted:
+    """What a job that ended in ``status`` cost. ``accepted``: the upstream accepted the
+    work (its handle was stored); ``submit_started``: a submit was sent, or may have
+    been, even if no answer was recorded; ``quoted``: BFL's ``cost`` from the submit
+    response. Whatever may have been billed counts as billed, so budgets err on the
+    safe side: only a refusal of the submit itself, or a task BFL ended without a
+    result, is free."""
+    if not (accepted or submit_started):
         return 0.0
     if backend == "flux":
-        if status == JobStatus.FAILED and error_code in FLUX_UNBILLED_FAILURES:
-            return 0.0
-        return float(quoted if quoted is not None else pricing.flux.get(model, 0.0))
+        price = float(quoted if quoted is not None else pricing.flux.get(model, 0.0))
+        failed = status == JobStatus.FAILED
+        if accepted:
+            return 0.0 if failed and error_code in FLUX_TASK_UNBILLED else price
+        return 0.0 if failed and error_code in FLUX_SUBMIT_REFUSED else price
     if backend in COMFY_BACKENDS:
         return round((gpu_seconds or 0.0) * pricing.gpu_second, 6)
     if backend == "v0":
