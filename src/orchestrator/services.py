@@ -30,6 +30,7 @@ from orchestrator.db.webhooks import WebhookRepo
 from orchestrator.db.workers import WorkerRepo
 from orchestrator.domain import auth
 from orchestrator.domain.costs import BudgetStatus
+from orchestrator.domain.event_cursor import Cursor
 from orchestrator.domain.jobs import Job, JobEvent, JobOutput, JobPage, JobStatus
 from orchestrator.domain.params import (
     FLUX_LIST_PRICE,
@@ -51,6 +52,7 @@ from orchestrator.domain.webhooks import (
     WebhookPolicy,
     check_url,
 )
+from orchestrator.engine.events import GAP_GRACE_S, EventFeed, FeedItem
 from orchestrator.engine.hub import Hub
 from orchestrator.engine.processes import ProcessSupervisor
 from orchestrator.ignite import IgniteReport, report, run_checks
@@ -120,6 +122,9 @@ class Service:
         self.backends = backends
         self.store = store
         self.hub = hub
+        # The server-wide event stream's one reader (started by its first subscriber,
+        # stopped with the runtime).
+        self.feed = EventFeed(self.repo, hub)
         self.demo = demo
         self.inputs = inputs or InputStore(settings.data_path / "inputs")
         self.comfy = comfy
@@ -385,37 +390,41 @@ class Service:
         return await self.repo.events(job_id, after_id)
 
     async def follow_events(self, job_id: str, after_id: int = 0) -> AsyncIterator[JobEvent]:
-        """Every event after ``after_id``, live, until the job is finished."""
-        await self.repo.get(job_id)
-        last = after_id
-        while True:
-            batch = await self.repo.events(job_id, last)
-            for ev in batch:
-                last = ev.id
-                yield ev
-            if not batch:
-                job = await self.repo.get(job_id)
-                if job.status.terminal:
-                    tail = await self.repo.events(job_id, last)
-                    for ev in tail:
-                        yield ev
-                    if not tail:
-                        return
-                    last = tail[-1].id
-                    continue
-                await self.hub.wait_job(job_id, EVENT_POLL_S)
+        """Every event of a job after ``after_id``, live, until the job is finished."""
+        async for item in self.follow_job(job_id, str(after_id)):
+            yield item.event
 
-    async def follow_all_events(self, after_id: int | None = None) -> AsyncIterator[JobEvent]:
-        """Every job's events after ``after_id`` (default: from now on), live, forever:
-        the server-wide stream behind the UI's "job finished" notices."""
-        last = await self.repo.last_event_id() if after_id is None else after_id
+    async def follow_job(self, job_id: str, resume: str | None = None) -> AsyncIterator[FeedItem]:
+        """A job's events from ``resume`` (a cursor token; None: from the first), live,
+        until the job is finished; each with the token to resume after it. A late
+        commit (an event whose id is below one already sent) is not skipped."""
+        await self.repo.get(job_id)
+        now = time.monotonic()
+        cursor = (Cursor.parse(resume, now) if resume else None) or Cursor()
         while True:
-            batch = await self.repo.events_since(last)
+            batch = await self.repo.events_after(cursor.high, cursor.open_gaps(), job_id=job_id)
+            now = time.monotonic()
             for ev in batch:
-                last = ev.id
-                yield ev
-            if not batch:
-                await self.hub.wait_any_job(EVENT_POLL_S)
+                if cursor.accept(ev.id, now):
+                    yield FeedItem(ev, cursor.token(), ev.model_dump_json())
+            cursor.expire(now, GAP_GRACE_S)
+            if batch:
+                continue
+            if (await self.repo.status_of([job_id]))[job_id][0].terminal:
+                # The job's last transition is committed; only late commits of events
+                # already numbered could follow, and they are events of its past.
+                tail = await self.repo.events_after(cursor.high, cursor.open_gaps(), job_id=job_id)
+                if not tail:
+                    return
+                continue
+            await self.hub.wait_job(job_id, EVENT_POLL_S)
+
+    async def follow_all_events(self, resume: str | None = None) -> AsyncIterator[FeedItem]:
+        """Every job's events from ``resume`` (a cursor token; None: from now on), live,
+        forever: the server-wide stream behind the UI's "job finished" notices. One
+        reader per process serves every subscriber (``engine/events.py``)."""
+        async for item in self.feed.follow(resume):
+            yield item
 
     async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""

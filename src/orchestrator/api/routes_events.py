@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.api.deps import ServiceDep
+from orchestrator.engine.events import FeedItem, FellBehind
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -21,24 +22,29 @@ router = APIRouter(prefix="/api", tags=["jobs"])
     summary="Follow every job (Server-Sent Events)",
 )
 async def all_events(
-    request: Request,
     service: ServiceDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=1024)] = None,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> EventSourceResponse:
     """The events of every job (created, transitions, progress) from now on, as they
     happen; the stream never ends. Each event's ``data`` is a job event (with its
-    ``job_id``). Resume with ``Last-Event-ID`` (or ``?after=``)."""
-    start = after
-    if last_event_id and last_event_id.isdigit():
-        start = min(int(last_event_id), 2**62)  # a larger id is past every event
+    ``job_id``); its ``id`` is a position token (``104``, or ``104~101.103`` while
+    earlier events may still commit late). Resume with ``Last-Event-ID`` (or
+    ``?after=<event id>``): nothing is skipped, also an event that committed late."""
+    resume = last_event_id or (str(after) if after is not None else None)
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for ev in service.follow_all_events(start):
-            if await request.is_disconnected():
-                return
-            yield ServerSentEvent(
-                id=str(ev.id), event=ev.kind, data=json.dumps(ev.model_dump(mode="json"))
-            )
+    async def stream() -> AsyncIterator[bytes]:
+        with contextlib.suppress(FellBehind):  # the client reconnects from its last id
+            async for item in service.follow_all_events(resume):
+                yield sse_bytes(item)
 
     return EventSourceResponse(stream(), ping=15)
+
+
+def sse_bytes(item: FeedItem) -> bytes:
+    """The item as one SSE message, encoded once however many clients it goes to."""
+    if item.encoded is None:
+        item.encoded = ServerSentEvent(
+            id=item.token, event=item.event.kind, data=item.data
+        ).encode()
+    return item.encoded

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import FileResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 
 from orchestrator.api.deps import PrincipalDep, ServiceDep
 from orchestrator.api.problems import Problem
+from orchestrator.api.routes_events import sse_bytes
 from orchestrator.domain.auth import Principal
-from orchestrator.domain.jobs import Job, JobEvent, JobPage, JobStatus
+from orchestrator.domain.jobs import Job, JobPage, JobStatus
 from orchestrator.domain.params import AnyRequest, BackendName, GenerateRequest
 
 router = APIRouter(prefix="/api", tags=["jobs"])
@@ -109,12 +109,6 @@ async def retry_job(
     return job
 
 
-def _sse(ev: JobEvent) -> ServerSentEvent:
-    return ServerSentEvent(
-        id=str(ev.id), event=ev.kind, data=json.dumps(ev.model_dump(mode="json"))
-    )
-
-
 @router.get(
     "/jobs/{job_id}/events",
     responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
@@ -123,23 +117,19 @@ def _sse(ev: JobEvent) -> ServerSentEvent:
 )
 async def job_events(
     job_id: str,
-    request: Request,
     service: ServiceDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=1024)] = None,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
 ) -> EventSourceResponse:
     """Progress and transitions as they happen; the stream ends when the job is
-    finished. Resume with ``Last-Event-ID`` (or ``?after=``)."""
-    start = after or 0
-    if last_event_id and last_event_id.isdigit():
-        start = min(int(last_event_id), 2**62)  # a larger id is past every event
+    finished. Each event's ``id`` is a position token; resume with ``Last-Event-ID``
+    (or ``?after=<event id>``): nothing is skipped, also an event that committed late."""
+    resume = last_event_id or (str(after) if after is not None else None)
     await service.get_job(job_id)
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for ev in service.follow_events(job_id, start):
-            if await request.is_disconnected():
-                return
-            yield _sse(ev)
+    async def stream() -> AsyncIterator[bytes]:
+        async for item in service.follow_job(job_id, resume):
+            yield sse_bytes(item)
 
     return EventSourceResponse(stream(), ping=15)
 

@@ -384,6 +384,27 @@ class JobRepo:
         return [_job_event(r) for r in rows]
 
     @cancel_safe
+    async def events_after(
+        self,
+        high: int,
+        gaps: Sequence[int] = (),
+        *,
+        job_id: str | None = None,
+        limit: int = 1000,
+    ) -> list[JobEvent]:
+        """Events after ``high`` and those among ``gaps`` (ids below it not seen yet,
+        which may commit late: see ``domain/event_cursor.py``), oldest id first; of one
+        job, or of all."""
+        after = job_events.c.id > high
+        where = sa.or_(after, job_events.c.id.in_(list(gaps))) if gaps else after
+        q = sa.select(job_events).where(where)
+        if job_id is not None:
+            q = q.where(job_events.c.job_id == job_id)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(q.order_by(job_events.c.id).limit(limit))).all()
+        return [_job_event(r) for r in rows]
+
+    @cancel_safe
     async def last_event_id(self) -> int:
         """The newest event's id (0 when there is none)."""
         async with self.db.read() as conn:

@@ -1,0 +1,220 @@
+"""The event streams under out-of-order commits and many subscribers (issue 12).
+
+On PostgreSQL, event ids come from a sequence at insert time: an event inserted by a
+transaction that commits late has a smaller id than one already visible. A stream
+that resumed from "the last id sent" skipped it for good (202 of 2,321 events never
+reached 50 subscribers). And every subscriber ran its own query on every wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator.config import Settings
+from orchestrator.db.schema import job_events
+from orchestrator.domain.jobs import JobEvent
+from orchestrator.domain.params import FluxDevParams, FluxRequest
+from orchestrator.engine.events import FeedItem
+from orchestrator.runtime import Runtime, open_runtime
+from orchestrator.services import Service
+
+SUBSCRIBERS = 50
+
+
+@contextlib.asynccontextmanager
+async def no_worker(settings: Settings) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings, run_worker=False) as rt:
+        rt.service.feed.poll_s = 0.05
+        yield rt
+
+
+async def _job(service: Service) -> str:
+    job, _ = await service.submit(
+        FluxRequest(params=FluxDevParams(prompt="events", width=256, height=256))
+    )
+    return job.id
+
+
+async def _insert(service: Service, job_id: str, message: str) -> None:
+    await service.repo.add_event(job_id, "info", message)
+
+
+@contextlib.asynccontextmanager
+async def late_commit(service: Service, job_id: str, message: str) -> AsyncIterator[None]:
+    """An event inserted now (its id taken) whose transaction commits when the block
+    ends. On SQLite the write lock serialises writers, so commits cannot overtake: the
+    block's writes wait, and the order is the natural one."""
+    if service.db.is_sqlite:
+        yield
+        await _insert(service, job_id, message)
+        return
+    release = asyncio.Event()
+    inserted = asyncio.Event()
+
+    async def hold() -> None:
+        async with service.db.write() as conn:
+            await conn.execute(
+                job_events.insert().values(
+                    job_id=job_id,
+                    at=sa.func.now(),
+                    kind="info",
+                    message=message,
+                )
+            )
+            inserted.set()
+            await release.wait()
+
+    task = asyncio.create_task(hold())
+    await inserted.wait()
+    try:
+        yield
+    finally:
+        release.set()
+        await task
+
+
+async def _collect(stream: AsyncIterator[FeedItem], into: list[FeedItem], until: str) -> None:
+    async for item in stream:
+        into.append(item)
+        if item.event.message == until:
+            return
+
+
+async def _until(pred: Callable[[], bool]) -> None:
+    for _ in range(500):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in 10 s")
+
+
+def _messages(items: list[FeedItem]) -> list[str | None]:
+    return [i.event.message for i in items]
+
+
+async def test_a_late_commit_reaches_every_subscriber(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    async with no_worker(make_settings(database_url=db_url, demo_mode="on")) as rt:
+        svc = rt.service
+        job_id = await _job(svc)
+        got: list[list[FeedItem]] = [[] for _ in range(SUBSCRIBERS)]
+        readers = [
+            asyncio.create_task(_collect(svc.follow_all_events(), got[i], "last"))
+            for i in range(SUBSCRIBERS)
+        ]
+        await asyncio.sleep(0.2)  # all subscribed
+        async with late_commit(svc, job_id, "late"):
+            await _insert(svc, job_id, "early")  # a larger id, committed first
+            if not svc.db.is_sqlite:
+                await _until(lambda: all("early" in _messages(g) for g in got))
+        await _insert(svc, job_id, "last")
+        async with asyncio.timeout(10):
+            await asyncio.gather(*readers)
+    for items in got:
+        assert sorted(m for m in _messages(items) if m) == ["early", "last", "late"]
+        ids = [i.event.id for i in items]
+        assert len(ids) == len(set(ids))
+
+
+async def test_resuming_across_a_late_commit_skips_nothing(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    """A client that got "early" (a larger id) while "late" was still uncommitted, then
+    reconnected with its Last-Event-ID, still gets "late" — once — and what follows."""
+    async with no_worker(make_settings(database_url=db_url, demo_mode="on")) as rt:
+        svc = rt.service
+        job_id = await _job(svc)
+        first: list[FeedItem] = []
+        reader = asyncio.create_task(_collect(svc.follow_all_events(), first, "early"))
+        await asyncio.sleep(0.2)
+        async with late_commit(svc, job_id, "late"):
+            await _insert(svc, job_id, "early")
+            async with asyncio.timeout(10):
+                await reader  # disconnected after "early"
+        token = first[-1].token
+        await _insert(svc, job_id, "last")
+        again: list[FeedItem] = []
+        async with asyncio.timeout(10):
+            await _collect(svc.follow_all_events(token), again, "last")
+        seen = _messages(first) + _messages(again)
+        assert sorted(m for m in seen if m) == ["early", "last", "late"]
+        # the same through the per-job stream, resumed from the same kind of token
+        per_job: list[JobEvent] = []
+        job_first = [i async for i in _first_until(svc, job_id, "early")]
+        async for item in svc.follow_job(job_id, job_first[-1].token):
+            per_job.append(item.event)
+            if item.event.message == "last":
+                break
+        both = [i.event.message for i in job_first] + [e.message for e in per_job]
+        assert both.count("late") == 1 and both.count("last") == 1
+
+
+async def _first_until(svc: Service, job_id: str, message: str) -> AsyncIterator[FeedItem]:
+    async for item in svc.follow_job(job_id):
+        yield item
+        if item.event.message == message:
+            return
+
+
+@pytest.mark.postgres
+async def test_a_late_commit_reaches_the_job_stream(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    async with no_worker(make_settings(database_url=db_url, demo_mode="on")) as rt:
+        svc = rt.service
+        job_id = await _job(svc)
+        got: list[FeedItem] = []
+        reader = asyncio.create_task(_collect(svc.follow_job(job_id), got, "last"))
+        await asyncio.sleep(0.2)
+        async with late_commit(svc, job_id, "late"):
+            await _insert(svc, job_id, "early")
+            await _until(lambda: "early" in _messages(got))
+        await _insert(svc, job_id, "last")
+        async with asyncio.timeout(10):
+            await reader
+    assert sorted(m for m in _messages(got) if m in ("early", "late", "last")) == [
+        "early",
+        "last",
+        "late",
+    ]
+
+
+async def test_one_query_per_wake_up_whatever_the_subscribers(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """200 subscribers, 20 events: the reader's queries do not grow with subscribers."""
+    async with no_worker(make_settings(demo_mode="on")) as rt:
+        svc = rt.service
+        job_id = await _job(svc)
+        statements: list[str] = []
+
+        def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            if "FROM job_events" in statement:
+                statements.append(statement)
+
+        got: list[list[FeedItem]] = [[] for _ in range(200)]
+        readers = [
+            asyncio.create_task(_collect(svc.follow_all_events(), got[i], "event 19"))
+            for i in range(200)
+        ]
+        await asyncio.sleep(0.2)
+        sa.event.listen(svc.db.engine.sync_engine, "before_cursor_execute", count)
+        reads_before = svc.feed.reads
+        try:
+            for i in range(20):
+                await _insert(svc, job_id, f"event {i}")
+            async with asyncio.timeout(10):
+                await asyncio.gather(*readers)
+        finally:
+            sa.event.remove(svc.db.engine.sync_engine, "before_cursor_execute", count)
+        reads = svc.feed.reads - reads_before
+    assert all(len([m for m in _messages(g) if m and m.startswith("event")]) == 20 for g in got)
+    # one reader: at most a query per event written plus idle polls, never per subscriber
+    assert len(statements) <= 40, len(statements)
+    assert reads <= 40
