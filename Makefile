@@ -36,6 +36,7 @@ test: lint typecheck unit
 bench: install
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/tilda_import.py
+	$(BIN)/python bench/events_fanout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,277 @@
+"""The server-wide event stream under many subscribers: event -> client latency, API latency
+and idle CPU of ``orchestrator serve`` with 1,000 clients on ``GET /api/events``.
+
+Run it from the repository root::
+
+    .venv/bin/python bench/events_fanout.py                  # 1000 subscribers, 3 rounds
+    .venv/bin/python bench/events_fanout.py --subscribers 200 --rounds 1
+
+A real ``orchestrator serve`` (demo mode: simulated backends, no keys, SQLite in a temporary
+folder, auth off on 127.0.0.1) runs as its own process; this process holds the SSE clients
+(plain asyncio sockets, one per subscriber) and measures. Each round:
+
+* **baseline**: one subscriber; 20 demo jobs submitted 100 ms apart; every event's
+  latency is the time it reached the client minus its ``at`` (written by the server just
+  before its commit; one machine, one clock). ``GET /api/jobs?limit=1``, 200 times in a
+  row, with no subscriber connected.
+* **loaded**: the same with N subscribers connected (and receiving every event).
+* **idle CPU**: the server's CPU time (from ``/proc``) over 5 s with N subscribers connected
+  and nothing happening, in cores.
+
+Figures are printed as min / median / max over the rounds, each loaded figure also as a
+ratio against the baseline measured in the same round. Only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx2
+
+CLI = [sys.executable, "-m", "orchestrator"]
+JOBS = 20
+API_CALLS = 200
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def env_for(root: Path, port: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BFL_", "COMFY_", "V0_"))}
+    config = root / "config" / "orchestrator.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    env.update(
+        ORCHESTRATOR_CONFIG=str(config),
+        DATA_DIR=str(root / "data"),
+        DEMO_MODE="on",
+        AUTH_DISABLED="true",
+        ORCHESTRATOR_HOST="127.0.0.1",
+        ORCHESTRATOR_PORT=str(port),
+        LOG_LEVEL="WARNING",
+        LOG_FORMAT="json",
+    )
+    return env
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+@dataclass
+class Subscribers:
+    port: int
+    latencies_ms: list[float] = field(default_factory=list)
+    received: int = 0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    connected: int = 0
+
+    async def one(self, ready: asyncio.Event, n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
+        try:
+            writer.write(
+                b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            await writer.drain()
+            status = await reader.readline()
+            assert b" 200 " in status, status
+            while (await reader.readline()).strip():
+                pass
+            self.connected += 1
+            if self.connected == n:
+                ready.set()
+            while line := await reader.readline():
+                if line.startswith(b"data: "):
+                    at = datetime.fromisoformat(json.loads(line[6:])["at"])
+                    self.latencies_ms.append((datetime.now(UTC) - at).total_seconds() * 1000)
+                    self.received += 1
+        finally:
+            writer.close()
+
+    async def connect(self, n: int) -> None:
+        ready = asyncio.Event()
+        for i in range(n):
+            self.tasks.append(asyncio.create_task(self.one(ready, n)))
+            if i % 50 == 49:
+                await asyncio.sleep(0.05)  # do not flood the accept queue
+        async with asyncio.timeout(60):
+            await ready.wait()
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def make_events(client: httpx2.AsyncClient) -> None:
+    body = {"backend": "flux", "params": {"model": "flux-dev", "prompt": "fan-out", "width": 256}}
+    ids = []
+    for _ in range(JOBS):
+        r = await client.post("/api/generate", json=body)
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+        await asyncio.sleep(0.1)
+    for job_id in ids:
+        for _ in range(300):
+            if (await client.get(f"/api/jobs/{job_id}")).json()["status"] in ("succeeded",):
+                break
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)  # the last events reach every client
+
+
+async def api_latency(client: httpx2.AsyncClient) -> list[float]:
+    out = []
+    for _ in range(API_CALLS):
+        t0 = time.perf_counter()
+        (await client.get("/api/jobs?limit=1")).raise_for_status()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+@dataclass
+class Round:
+    base_event_p50: float
+    base_event_p99: float
+    event_p50: float
+    event_p99: float
+    base_api_p50: float
+    base_api_p99: float
+    api_p50: float
+    api_p99: float
+    idle_cores: float
+    delivered: float  # events received per subscriber, as a share of the baseline's
+
+
+async def one_round(port: int, pid: int, n: int) -> Round:
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        base_api = await api_latency(client)
+        one = Subscribers(port)
+        await one.connect(1)
+        await make_events(client)
+        await one.close()
+        many = Subscribers(port)
+        await many.connect(n)
+        t0, c0 = time.monotonic(), cpu_seconds(pid)
+        await asyncio.sleep(5)
+        idle = (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+        events = asyncio.create_task(make_events(client))
+        loaded_api = await api_latency(client)
+        await events
+        await many.close()
+    per_sub = many.received / n
+    return Round(
+        pct(one.latencies_ms, 0.5),
+        pct(one.latencies_ms, 0.99),
+        pct(many.latencies_ms, 0.5),
+        pct(many.latencies_ms, 0.99),
+        pct(base_api, 0.5),
+        pct(base_api, 0.99),
+        pct(loaded_api, 0.5),
+        pct(loaded_api, 0.99),
+        idle,
+        per_sub / max(one.received, 1),
+    )
+
+
+def row(label: str, values: list[float], unit: str = "", digits: int = 1) -> str:
+    lo, med, hi = min(values), statistics.median(values), max(values)
+    return f"| {label} | {lo:.{digits}f}{unit} | {med:.{digits}f}{unit} | {hi:.{digits}f}{unit} |"
+
+
+def table(rounds: list[Round], n: int) -> str:
+    def col(name: str) -> list[float]:
+        return [getattr(r, name) for r in rounds]
+
+    def ratio(a: str, b: str) -> list[float]:
+        return [getattr(r, a) / getattr(r, b) for r in rounds]
+
+    lines = [
+        f"| figure ({n} subscribers, {len(rounds)} rounds) | min | median | max |",
+        "|---|---:|---:|---:|",
+        row("event -> client p50, 1 subscriber (ms)", col("base_event_p50")),
+        row("event -> client p99, 1 subscriber (ms)", col("base_event_p99")),
+        row(f"event -> client p50, {n} subscribers (ms)", col("event_p50")),
+        row(f"event -> client p99, {n} subscribers (ms)", col("event_p99")),
+        row("  p99 ratio, loaded / 1 subscriber", ratio("event_p99", "base_event_p99"), "x", 2),
+        row("GET /api/jobs p50, no subscriber (ms)", col("base_api_p50")),
+        row(f"GET /api/jobs p50, {n} subscribers + events (ms)", col("api_p50")),
+        row("  p50 ratio, loaded / none", ratio("api_p50", "base_api_p50"), "x", 2),
+        row("  p99 ratio, loaded / none", ratio("api_p99", "base_api_p99"), "x", 2),
+        row(f"idle CPU of serve, {n} subscribers (cores)", col("idle_cores"), "", 3),
+        row("events per subscriber / baseline's", col("delivered"), "", 3),
+    ]
+    return "\n".join(lines)
+
+
+async def wait_ready(port: int) -> None:
+    async with httpx2.AsyncClient(timeout=2) as c:
+        for _ in range(300):
+            with contextlib.suppress(httpx2.TransportError):
+                if (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError("serve did not start")
+
+
+async def measure(port: int, pid: int, args: argparse.Namespace) -> list[Round]:
+    await wait_ready(port)
+    return [await one_round(port, pid, args.subscribers) for _ in range(args.rounds)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    raise_fd_limit()
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        proc = subprocess.Popen(
+            [*CLI, "serve"],
+            env=env_for(Path(tmp), port),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            rounds = asyncio.run(measure(port, proc.pid, args))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"\nServer-wide event stream fan-out (python {sys.version.split()[0]}, SQLite, demo)\n")
+    print(table(rounds, args.subscribers))
+
+
+if __name__ == "__main__":
+    main()
