@@ -16,6 +16,7 @@ from orchestrator import errors
 from orchestrator.db.engine import Database, head_revision, open_database
 from orchestrator.db.jobs import JobRepo, LeaseLost, NewJob, NewOutput
 from orchestrator.db.schema import jobs, metadata
+from orchestrator.domain.costs import Pricing
 from orchestrator.domain.jobs import JobError, JobStatus, UpstreamHandle
 
 
@@ -320,3 +321,42 @@ async def test_release_owner_expires_every_lease_of_a_dead_worker(db: Database) 
     taken = await repo.take_over_expired("w2", 30)
     assert {c.job.id for c in taken} == {c.job.id for c in dead}
     assert alive[0].job.id not in {c.job.id for c in taken}
+
+
+async def test_a_second_submission_is_recorded_with_its_cost(db: Database) -> None:
+    """Should a job ever be submitted twice, the ledger shows both."""
+    repo = JobRepo(db)
+    await repo.create(new_job())
+    [c1] = await repo.claim("w1", 30, 1, groups)
+    await repo.mark_submitting(c1.job.id, c1.lease)
+    await repo.release_leases([c1.lease])
+    [c2] = await repo.take_over_expired("w2", 30)
+    first = UpstreamHandle(task_id="first", polling_url="http://x/p?id=first")
+    await repo.set_upstream(c2.job.id, c2.lease, first, 2.5)
+    second = UpstreamHandle(task_id="second", polling_url="http://x/p?id=second")
+    with pytest.raises(LeaseLost):
+        await repo.set_upstream(c1.job.id, c1.lease, second, 4.0)
+    job = await repo.get(c1.job.id)
+    assert job.upstream == first and job.cost == 6.5
+    assert any(
+        "second upstream task (second)" in (e.message or "") for e in await repo.events(job.id)
+    )
+    done = await repo.finish(job.id, c2.lease, JobStatus.SUCCEEDED)
+    assert done.cost == 6.5
+
+
+async def test_a_handle_that_comes_after_the_end_is_kept_without_new_cost(db: Database) -> None:
+    repo = JobRepo(db, pricing=Pricing(flux={"m": 2.5}))
+    await repo.create(new_job())
+    [c1] = await repo.claim("w1", 30, 1, groups)
+    await repo.mark_submitting(c1.job.id, c1.lease)
+    await repo.release_leases([c1.lease])
+    [c2] = await repo.take_over_expired("w2", 30)
+    err = JobError(code=errors.ErrorCode.SUBMIT_INTERRUPTED, message="x")
+    failed = await repo.finish(c2.job.id, c2.lease, JobStatus.FAILED, error=err)
+    assert failed.cost == 2.5  # a submit was sent: counted as billed
+    late = UpstreamHandle(task_id="late", polling_url="http://x/p?id=late")
+    with pytest.raises(LeaseLost):
+        await repo.set_upstream(c1.job.id, c1.lease, late, 4.0)
+    job = await repo.get(c1.job.id)
+    assert job.upstream == late and job.cost == failed.cost

@@ -755,8 +755,65 @@ class JobRepo:
                         "lease; the new holder re-attaches)",
                         data=data,
                     )
+                else:
+                    await self._record_extra_submission(conn, job_id, handle, cost, now)
         if lost:
             raise LeaseLost(job_id)
+
+    async def _record_extra_submission(
+        self,
+        conn: AsyncConnection,
+        job_id: str,
+        handle: UpstreamHandle,
+        cost: float | None,
+        now: datetime,
+    ) -> None:
+        """A submit whose handle cannot be recorded: the job has another handle, or has
+        ended. Upstream accepted (and billed) it all the same, so its cost is added to
+        the job's and an event names it. The leases make this impossible; if it ever
+        happens, the ledger still shows what was paid."""
+        row = (
+            await conn.execute(
+                sa.select(jobs.c.upstream, jobs.c.backend, jobs.c.model).where(jobs.c.id == job_id)
+            )
+        ).one_or_none()
+        if row is None or (row.upstream or {}).get("task_id") == handle.task_id:
+            return
+        if row.upstream is None:
+            # It ended (e.g. submit_interrupted, counted as billed) before its handle
+            # came: the same submission, so keep the handle for the record, no new cost.
+            await conn.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id)
+                .values(upstream=handle.model_dump(mode="json"))
+            )
+            await _event(
+                conn,
+                job_id,
+                "info",
+                at=now,
+                message=f"upstream accepted the submit after all (task {handle.task_id}), "
+                "after the job had ended; it is not followed",
+                data={"task_id": handle.task_id, "cost": cost},
+            )
+            return
+        extra = cost
+        if extra is None and row.backend == "flux":
+            extra = float(self.pricing.flux.get(row.model, 0.0))
+        await conn.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id)
+            .values(cost=sa.func.coalesce(jobs.c.cost, 0.0) + (extra or 0.0))
+        )
+        await _event(
+            conn,
+            job_id,
+            "info",
+            at=now,
+            message=f"a second upstream task ({handle.task_id}) was submitted for this job and "
+            "may be billed; its cost is added to the job's, and it is not followed",
+            data={"task_id": handle.task_id, "cost": extra},
+        )
 
     @cancel_safe
     async def set_progress(
