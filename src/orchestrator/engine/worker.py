@@ -466,10 +466,11 @@ class Worker:
                 ),
             )
             self._settle(job.id)
-            self.hub.job_changed(job.id)
             self._observe(job, JobStatus.SUCCEEDED)
             log.info("job succeeded", outputs=len(outputs))
             await self._manifest(done)
+            # Waiters in this process are woken once the manifest is written too.
+            self.hub.job_changed(job.id)
         except TimeoutError:
             await self._fail(job, lease, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
         except errors.DeadlineExceeded as exc:
