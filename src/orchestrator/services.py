@@ -419,12 +419,13 @@ class Service:
                 continue
             await self.hub.wait_job(job_id, EVENT_POLL_S)
 
-    async def follow_all_events(self, resume: str | None = None) -> AsyncIterator[FeedItem]:
+    async def follow_all_events(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
         """Every job's events from ``resume`` (a cursor token; None: from now on), live,
-        forever: the server-wide stream behind the UI's "job finished" notices. One
-        reader per process serves every subscriber (``engine/events.py``)."""
-        async for item in self.feed.follow(resume):
-            yield item
+        forever, in batches of what arrived together: the server-wide stream behind the
+        UI's "job finished" notices. One reader per process serves every subscriber
+        (``engine/events.py``)."""
+        async for items in self.feed.follow(resume):
+            yield items
 
     async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""

@@ -78,6 +78,13 @@ async def late_commit(service: Service, job_id: str, message: str) -> AsyncItera
         await task
 
 
+async def _flat(stream: AsyncIterator[list[FeedItem]]) -> AsyncIterator[FeedItem]:
+    """The server-wide stream comes in batches (what arrived together)."""
+    async for items in stream:
+        for item in items:
+            yield item
+
+
 async def _collect(stream: AsyncIterator[FeedItem], into: list[FeedItem], until: str) -> None:
     async for item in stream:
         into.append(item)
@@ -105,7 +112,7 @@ async def test_a_late_commit_reaches_every_subscriber(
         job_id = await _job(svc)
         got: list[list[FeedItem]] = [[] for _ in range(SUBSCRIBERS)]
         readers = [
-            asyncio.create_task(_collect(svc.follow_all_events(), got[i], "last"))
+            asyncio.create_task(_collect(_flat(svc.follow_all_events()), got[i], "last"))
             for i in range(SUBSCRIBERS)
         ]
         await asyncio.sleep(0.2)  # all subscribed
@@ -131,7 +138,7 @@ async def test_resuming_across_a_late_commit_skips_nothing(
         svc = rt.service
         job_id = await _job(svc)
         first: list[FeedItem] = []
-        reader = asyncio.create_task(_collect(svc.follow_all_events(), first, "early"))
+        reader = asyncio.create_task(_collect(_flat(svc.follow_all_events()), first, "early"))
         await asyncio.sleep(0.2)
         async with late_commit(svc, job_id, "late"):
             await _insert(svc, job_id, "early")
@@ -141,7 +148,7 @@ async def test_resuming_across_a_late_commit_skips_nothing(
         await _insert(svc, job_id, "last")
         again: list[FeedItem] = []
         async with asyncio.timeout(10):
-            await _collect(svc.follow_all_events(token), again, "last")
+            await _collect(_flat(svc.follow_all_events(token)), again, "last")
         seen = _messages(first) + _messages(again)
         assert sorted(m for m in seen if m) == ["early", "last", "late"]
         # the same through the per-job stream, resumed from the same kind of token
@@ -200,7 +207,7 @@ async def test_one_query_per_wake_up_whatever_the_subscribers(
 
         got: list[list[FeedItem]] = [[] for _ in range(200)]
         readers = [
-            asyncio.create_task(_collect(svc.follow_all_events(), got[i], "event 19"))
+            asyncio.create_task(_collect(_flat(svc.follow_all_events()), got[i], "event 19"))
             for i in range(200)
         ]
         await asyncio.sleep(0.2)

@@ -35,8 +35,8 @@ async def all_events(
 
     async def stream() -> AsyncIterator[bytes]:
         with contextlib.suppress(FellBehind):  # the client reconnects from its last id
-            async for item in service.follow_all_events(resume):
-                yield sse_bytes(item)
+            async for items in service.follow_all_events(resume):
+                yield b"".join(sse_bytes(item) for item in items)  # one write per batch
 
     return EventSourceResponse(stream(), ping=15)
 

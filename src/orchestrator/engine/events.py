@@ -90,10 +90,11 @@ class EventFeed:
     def subscribers(self) -> int:
         return len(self._subs)
 
-    async def follow(self, resume: str | None = None) -> AsyncIterator[FeedItem]:
+    async def follow(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
         """Every job's events from ``resume`` (a token; None: from now on), live,
-        until the caller stops. Raises :class:`FellBehind` when this subscriber's
-        queue overflowed."""
+        until the caller stops, in batches: whatever arrived since the caller last
+        asked (so a burst costs a subscriber one write, not one per event). Raises
+        :class:`FellBehind` when this subscriber's queue overflowed."""
         await self._ensure_running()
         sub = _Subscriber(self.queue_max)
         self._subs.add(sub)  # join first, then catch up: nothing falls in between
@@ -102,26 +103,29 @@ class EventFeed:
             now = time.monotonic()
             start = Cursor.parse(resume, now) if resume else None
             if start is not None:
-                async for item in self._catch_up(start):
-                    seen.add(item.event.id)
-                    yield item
+                async for items in self._catch_up(start):
+                    seen.update(i.event.id for i in items)
+                    yield items
             while True:
-                live = await sub.queue.get()
-                if live is None:
+                batch = [await sub.queue.get()]
+                while not sub.queue.empty() and len(batch) < BATCH:
+                    batch.append(sub.queue.get_nowait())
+                live = [i for i in batch if i is not None and i.event.id not in seen]
+                if live:
+                    yield live
+                if None in batch:
                     raise FellBehind
-                if live.event.id in seen:  # already sent while catching up
-                    continue
-                yield live
+
         finally:
             self._subs.discard(sub)
 
-    async def _catch_up(self, cursor: Cursor) -> AsyncIterator[FeedItem]:
+    async def _catch_up(self, cursor: Cursor) -> AsyncIterator[list[FeedItem]]:
         while True:
             rows = await self.repo.events_after(cursor.high, cursor.open_gaps(), limit=BATCH)
             now = time.monotonic()
-            for ev in rows:
-                if cursor.accept(ev.id, now):
-                    yield _item(ev, cursor)
+            items = [_item(ev, cursor) for ev in rows if cursor.accept(ev.id, now)]
+            if items:
+                yield items
             if len(rows) < BATCH:
                 return
 
