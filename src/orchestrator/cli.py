@@ -167,7 +167,12 @@ def serve(
     )
     logs.get(__name__).info("serving", url=f"http://{settings.host}:{settings.port}")
     server = GracefulServer(config)
-    ok = asyncio.run(_serve(server))
+    try:
+        ok = asyncio.run(_serve(server))
+    finally:  # uvicorn exits (3) when start-up fails: say why, last
+        failed = getattr(application.state, "startup_error", None)
+        if isinstance(failed, errors.OrchestratorError):
+            err.print(f"[bold red]{failed.title}:[/] {failed.detail}")
     if not ok:
         raise typer.Exit(1)
 

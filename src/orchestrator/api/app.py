@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 
-from orchestrator import __version__, ui
+from orchestrator import __version__, errors, ui
 from orchestrator.api import (
     auth,
     problems,
@@ -56,12 +57,21 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(
-            settings,
-            run_worker=worker,
-            worker_options=worker_options,
-            webhook_options=webhook_options,
-        ) as runtime:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                runtime = await stack.enter_async_context(
+                    open_runtime(
+                        settings,
+                        run_worker=worker,
+                        worker_options=worker_options,
+                        webhook_options=webhook_options,
+                    )
+                )
+            except errors.OrchestratorError as exc:
+                # Why it could not start (e.g. a corrupt database file), for `serve`
+                # to say in one line after the server's start-up traceback.
+                app.state.startup_error = exc
+                raise
             app.state.runtime = runtime
             await auth.announce(settings, runtime.service.tokens)
             # A mounted app's own lifespan never runs: the MCP sessions live here,
