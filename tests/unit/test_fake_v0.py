@@ -226,9 +226,12 @@ async def test_fault_drop_and_cut_in_process(fake: tuple[FakeV0, httpx2.AsyncCli
 async def test_fault_error_event(fake: tuple[FakeV0, httpx2.AsyncClient]) -> None:
     f, c = fake
     f.faults.add(error_after=1)
-    data = events((await c.post(URL, json=body(stream=True), headers=AUTH)).text)
+    asked = body(stream=True, stream_options={"include_usage": True})
+    data = events((await c.post(URL, json=asked, headers=AUTH)).text)
     assert json.loads(data[-1])["error"]["type"] == "server_error"
     assert "[DONE]" not in data and f.completed == 0
+    # like OpenAI-compatible servers: usage comes only last, so a broken stream has none
+    assert all("usage" not in json.loads(d) for d in data)
 
 
 def test_fault_arguments_are_checked() -> None:

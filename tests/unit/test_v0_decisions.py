@@ -10,6 +10,7 @@ import json
 import httpx2
 import pytest
 from PIL import Image
+from pydantic import JsonValue
 
 from orchestrator import errors
 from orchestrator.backends import v0_prompt as vp
@@ -18,6 +19,7 @@ from orchestrator.backends.v0 import (
     Chunk,
     RetryPolicy,
     SseDecoder,
+    V0Client,
     error_detail,
     interpret_event,
     response_error,
@@ -225,6 +227,30 @@ def test_retry_policy() -> None:
     assert connect == [True] * 5 + [False]
     transient = [p(errors.TransientUpstreamError(C.STREAM_INTERRUPTED, "cut")) for _ in range(4)]
     assert transient == [True, True, True, False]
+
+
+async def test_every_attempt_that_streamed_is_counted() -> None:
+    """An attempt that began streaming and then failed (here a rate limit reported
+    mid-stream) was billed but reports no usage: its prompt and what it streamed are
+    counted on top of the last attempt's usage (they used not to be, issue 12)."""
+    chunk = json.dumps({"choices": [{"delta": {"content": "abcdefgh"}}]})
+    usage = json.dumps({"choices": [], "usage": {"total_tokens": 50}})
+    stop = json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    streams = [
+        [chunk, err("slow down", "rate_limit_exceeded")],
+        [chunk, stop, usage, "[DONE]"],
+    ]
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        body = "".join(f"data: {d}\n\n" for d in streams.pop(0))
+        return httpx2.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    async with httpx2.AsyncClient(transport=httpx2.MockTransport(answer)) as http:
+        client = V0Client(http, "http://v0.test", "key")
+        body: dict[str, JsonValue] = {"messages": [{"role": "user", "content": "x" * 40}]}
+        got = await client.complete(body)
+    assert total_tokens(got.usage) == 50 and got.attempts == 2
+    assert got.broken_tokens == 10 + 2  # 40 prompt characters, 8 streamed: 4 a token
 
 
 @pytest.mark.parametrize(

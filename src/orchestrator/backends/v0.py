@@ -290,8 +290,9 @@ class Answer:
     chunks: int
     attempts: int
     retries: list[str] = field(default_factory=list)  # why each earlier attempt failed
-    # Tokens of earlier attempts whose stream broke off: billed, but reported by no
-    # usage chunk (that comes last), so estimated (``prompt_tokens`` + what streamed).
+    # Tokens of earlier attempts that began streaming and then failed (cut, an error
+    # event, a stall): billed, but reported by no usage chunk (OpenAI-compatible
+    # streams send usage last), so estimated as ``prompt_tokens`` + what streamed.
     broken_tokens: int = 0
 
 
@@ -300,6 +301,8 @@ class StreamState:
     chars: int = 0
     chunks: int = 0
     attempt: int = 1
+    # v0 answered 200: the model ran, so the attempt is billed whatever happens next
+    started: bool = False
 
 
 OnStream = Callable[[StreamState], Awaitable[None]]
@@ -367,7 +370,7 @@ class V0Client:
                         return answer
                     except errors.UpstreamError as exc:
                         last = exc.detail
-                        if exc.code == Code.STREAM_INTERRUPTED:
+                        if state.started:  # billed, though no usage chunk came for it
                             broken += prompt + text_tokens(state.chars)
                         if broken:  # what the cost ledger counts if this is the last try
                             exc.extra["tokens"] = broken
@@ -389,7 +392,7 @@ class V0Client:
                 if resp.status_code != 200:
                     raw = (await resp.aread()).decode("utf-8", "replace")
                     raise response_error(resp.status_code, raw, resp.headers.get("retry-after"))
-                streaming = True
+                streaming = state.started = True
                 kind = resp.headers.get("content-type", "").split(";")[0].strip().lower()
                 if kind == "application/json":
                     return _whole_answer(await resp.aread(), state.attempt)
@@ -709,7 +712,11 @@ class V0Backend(Backend):
             )
         return outputs
 
-    async def cancel(self, job: Job, handle: UpstreamHandle | None) -> CancelOutcome:
+    async def cancel(
+        self, job: Job, handle: UpstreamHandle | None, *, submit_started: bool = False
+    ) -> CancelOutcome:
+        # submit() sends nothing (the request is made in wait()): without a handle,
+        # nothing went to v0 whatever ``submit_started`` says.
         self._local.discard(job.id)
         if handle is None:
             return CancelOutcome(True, "canceled before anything was sent to v0")

@@ -13,7 +13,9 @@ answer), or serve ``fake.app`` on 127.0.0.1 (see `orchestrator.testing.serve`).
   title and block texts, and a closing sentence. ``stream: true`` sends
   ``chat.completion.chunk`` events of ``config.chunk_chars`` characters every
   ``config.chunk_delay_s`` seconds, a last chunk with ``finish_reason``, a usage chunk
-  when ``stream_options.include_usage`` is set, then ``data: [DONE]``. Otherwise one
+  when ``stream_options.include_usage`` is set, then ``data: [DONE]`` (as OpenAI-compatible
+  servers do, usage comes only last: a stream that is cut or ends in an error event
+  reports none). Otherwise one
   ``chat.completion``. ``max_completion_tokens`` cuts the answer (``finish_reason:
   "length"``). Tokens are counted as characters / 4 (images: 85 each).
 * The magic marker ``[no-code]`` in the prompt gives an answer without a code block.
