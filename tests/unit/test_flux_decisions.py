@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC, datetime
 
 import httpx2
 import pytest
@@ -14,6 +15,7 @@ from orchestrator.backends.flux import (
     MAX_CONNECT_RETRIES,
     MAX_GET_RETRIES,
     MAX_RETRY_AFTER_S,
+    FluxBackend,
     Pending,
     Ready,
     _RetryBudget,
@@ -22,6 +24,7 @@ from orchestrator.backends.flux import (
     retry_after_seconds,
     submit_error,
 )
+from orchestrator.domain.jobs import Job, JobStatus, UpstreamHandle
 
 Code = errors.ErrorCode
 
@@ -403,3 +406,35 @@ def test_submit_never_retries_after_it_may_have_been_sent() -> None:
     assert budget(_transient()) is False
     assert budget(errors.UpstreamError(Code.SUBMIT_UNCERTAIN, "?")) is False
     assert budget.other_failures == 0
+
+
+NOW = datetime(2026, 3, 7, tzinfo=UTC)
+JOB = Job(
+    id="j",
+    backend="flux",
+    model="flux-dev",
+    params={},
+    status=JobStatus.RUNNING,
+    priority=0,
+    deadline_at=NOW,
+    created_at=NOW,
+    updated_at=NOW,
+)
+
+
+@pytest.mark.parametrize(
+    ("handle", "submit_started", "stopped", "note"),
+    [
+        (None, False, True, "canceled before anything was sent to BFL"),
+        # the submit was in flight: it used to say "before anything was sent" too
+        (None, True, False, "BFL may have accepted and billed it"),
+        (UpstreamHandle(task_id="t", polling_url="http://b/r"), True, False, "may still finish"),
+    ],
+)
+async def test_cancel_says_what_may_have_been_billed(
+    handle: UpstreamHandle | None, submit_started: bool, stopped: bool, note: str
+) -> None:
+    async with httpx2.AsyncClient() as http:
+        backend = FluxBackend(http, base_url="http://bfl.test", api_key="k")
+        got = await backend.cancel(JOB, handle, submit_started=submit_started)
+    assert got.stopped_upstream is stopped and note in got.note

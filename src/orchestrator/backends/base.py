@@ -102,7 +102,13 @@ class Backend(ABC):
     ) -> list[NewOutput]: ...
 
     @abstractmethod
-    async def cancel(self, job: Job, handle: UpstreamHandle | None) -> CancelOutcome: ...
+    async def cancel(
+        self, job: Job, handle: UpstreamHandle | None, *, submit_started: bool = False
+    ) -> CancelOutcome:
+        """Stop the job upstream where the upstream allows it. ``handle``: the stored
+        upstream handle (None: none was recorded); ``submit_started``: a submit was
+        sent, or may have been, though no handle was recorded (the note must not say
+        that nothing was sent)."""
 
     @abstractmethod
     async def health(self) -> BackendHealth: ...

@@ -917,7 +917,13 @@ class ComfyBackend(Backend):
                     )
         return outputs
 
-    async def cancel(self, job: Job, handle: UpstreamHandle | None) -> CancelOutcome:
+    async def cancel(
+        self, job: Job, handle: UpstreamHandle | None, *, submit_started: bool = False
+    ) -> CancelOutcome:
+        # The prompt id is planned and stored before the submit, so a handle is
+        # normally there once a submit started.
+        if handle is None and submit_started:
+            return CancelOutcome(False, "canceled while the prompt was sent to ComfyUI; it may run")
         if handle is None or self.pool is None:
             return CancelOutcome(True, "canceled before anything was sent to ComfyUI")
         inst = self.pool.get(handle.instance)

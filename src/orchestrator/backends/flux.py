@@ -458,15 +458,24 @@ class FluxBackend(Backend):
                     raise _transport_error(exc, "the result download") from exc
         return outputs
 
-    async def cancel(self, job: Job, handle: UpstreamHandle | None) -> CancelOutcome:
+    async def cancel(
+        self, job: Job, handle: UpstreamHandle | None, *, submit_started: bool = False
+    ) -> CancelOutcome:
         # BFL has no cancel endpoint: we stop polling; upstream may still finish
         # and bill the task.
-        note = (
-            "BFL cannot cancel a submitted task: polling stopped; BFL may still finish and bill it"
-            if handle is not None
-            else "canceled before anything was sent to BFL"
-        )
-        return CancelOutcome(stopped_upstream=handle is None, note=note)
+        if handle is not None:
+            note = (
+                "BFL cannot cancel a submitted task: polling stopped; BFL may still finish "
+                "and bill it"
+            )
+            return CancelOutcome(stopped_upstream=False, note=note)
+        if submit_started:
+            note = (
+                "canceled while the submit to BFL was in flight; BFL may have accepted and "
+                "billed it"
+            )
+            return CancelOutcome(stopped_upstream=False, note=note)
+        return CancelOutcome(stopped_upstream=True, note="canceled before anything was sent to BFL")
 
     async def health(self) -> BackendHealth:
         if self.client is None:
