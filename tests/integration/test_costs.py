@@ -125,6 +125,22 @@ async def test_an_accepted_task_lost_from_sight_is_billed(
     assert done.cost == 2.5  # BFL's quote for flux-dev
 
 
+async def test_a_deadline_during_the_submit_is_billed(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair
+) -> None:
+    """The deadline cuts a submit BFL has accepted (and billed) but not yet answered:
+    no handle is stored, yet the job costs the model's price (issue 12)."""
+    fake, _ = fake_bfl
+    fake.faults.add("submit", process=True, hang=True)  # accepted, never answered
+    async with runtime(settings_for()) as rt:
+        req = dev("deadline mid-submit").model_copy(update={"deadline_s": 0.3})
+        job, _ = await rt.service.submit(req)
+        done = await rt.service.wait_for(job.id, 20)
+    assert done.error is not None and done.error.code == errors.ErrorCode.DEADLINE_EXCEEDED
+    assert done.upstream is None and fake.submission_count("deadline mid-submit") == 1
+    assert done.cost == 2.5
+
+
 async def test_a_first_comfy_job_is_held_to_the_budget(
     make_settings: Callable[..., Settings],
 ) -> None:
