@@ -19,6 +19,25 @@ from orchestrator.db import engine as db_engine
 log = logs.get(__name__)
 PROBLEM_TYPE_BASE = "https://orchestrator.dev/problems/"
 MEDIA_TYPE = "application/problem+json"
+# An OSError that passed through these packages is the database's connection failing
+# (asyncpg raises a refused or reset connection as a bare ConnectionRefusedError).
+DATABASE_DRIVERS = frozenset({"sqlalchemy", "asyncpg", "aiosqlite"})
+
+
+def database_outage(exc: BaseException) -> bool:
+    """Whether an error means the database is unavailable for now (answered 503 with
+    Retry-After): locked past its busy timeout, unreachable, connections cut, pool
+    exhausted, or an OSError raised by the database driver. An OSError from elsewhere
+    (e.g. the output folder) is not the database's."""
+    if isinstance(exc, OSError):
+        tb = exc.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__")
+            if isinstance(module, str) and module.split(".", 1)[0] in DATABASE_DRIVERS:
+                return True
+            tb = tb.tb_next
+        return False
+    return db_engine.is_transient(exc)
 
 
 class FieldError(BaseModel):
@@ -173,16 +192,19 @@ def install(app: FastAPI) -> None:
             headers={"Retry-After": str(problem.retry_after_s)},
         )
 
+    # Handled here, not by the catch-all below: Starlette re-raises what reaches that
+    # one after answering, and the server then drops the connection.
     @app.exception_handler(sa_exc.DBAPIError)
     @app.exception_handler(sa_exc.TimeoutError)
+    @app.exception_handler(OSError)
     async def _database(request: Request, exc: Exception) -> Response:
-        if db_engine.is_transient(exc):
+        if database_outage(exc):
             return _unavailable(request, exc)
         return await _unexpected(request, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
-        if db_engine.is_transient(exc):
+        if database_outage(exc):
             return _unavailable(request, exc)
         log.exception("unhandled error")
         return _answer(
