@@ -77,6 +77,10 @@ class SystemHealth(BaseModel):
     version: str
     demo: bool = Field(description="True when backends are simulated: outputs are not real.")
     database: Literal["ok", "down"]
+    database_problem: str | None = Field(
+        default=None,
+        description="Why the database is down (unreachable; SQLite file deleted or replaced).",
+    )
     database_url: str
     workers: int = Field(description="Worker processes seen in the last lease period.")
     backends: list[BackendHealth]
@@ -570,11 +574,13 @@ class Service:
         return [await b.health() for b in self.backends.values()]
 
     async def health(self) -> SystemHealth:
-        try:
-            await self.db.ping()
-            db_ok = True
-        except Exception:
-            db_ok = False
+        problem = self.db.file_problem()
+        if problem is None:
+            try:
+                await self.db.ping()
+            except Exception as exc:
+                problem = f"unreachable: {(str(exc) or type(exc).__name__).splitlines()[0]}"
+        db_ok = problem is None
         backends = await self.backend_health()
         queue = await self.repo.counts() if db_ok else {}
         live = await self.worker_repo.live(self.settings.lease_s) if db_ok else []
@@ -590,6 +596,7 @@ class Service:
             version=__version__,
             demo=self.demo,
             database="ok" if db_ok else "down",
+            database_problem=problem,
             database_url=self.settings.masked()["DATABASE_URL"],
             workers=len(live),
             backends=backends,

@@ -35,9 +35,12 @@ def _assert_refused(api: Api, needle: str) -> None:
     r = api.client.post("/api/generate", json=BODY)
     assert r.status_code == 503, r.text
     assert needle in r.json()["detail"] and "Retry-After" in r.headers
-    health = api.client.post("/api/system/ignite").json()
-    [db] = [c for c in health["checks"] if c["component"] == "database"]
+    ignite = api.client.post("/api/system/ignite").json()
+    [db] = [c for c in ignite["checks"] if c["component"] == "database"]
     assert db["status"] == "fail" and needle in db["message"]
+    health = api.client.get("/api/system/health").json()
+    assert (health["status"], health["database"]) == ("degraded", "down"), health
+    assert needle in health["database_problem"]
 
 
 def test_a_deleted_database_file_is_noticed(api_factory: Callable[..., Api]) -> None:
