@@ -428,8 +428,15 @@ class Service:
         forever, in batches of what arrived together: the server-wide stream behind the
         UI's "job finished" notices. One reader per process serves every subscriber
         (``engine/events.py``)."""
-        async for items in self.feed.follow(resume):
+        async for items in await self.subscribe_all_events(resume):
             yield items
+
+    async def subscribe_all_events(
+        self, resume: str | None = None
+    ) -> AsyncIterator[list[FeedItem]]:
+        """Like :meth:`follow_all_events`, subscribed when this returns: a stream
+        whose headers go out before it is first read misses nothing written after."""
+        return await self.feed.subscribe(resume)
 
     async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""

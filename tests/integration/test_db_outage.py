@@ -8,14 +8,14 @@ server (its connections are terminated and it is dropped).
 from __future__ import annotations
 
 import sqlite3
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from tests.conftest import PG_ADMIN_URL, _pg_admin
+from tests.conftest import _pg_admin
 from tests.integration.test_api import Api, api_factory
+from tests.reliability.test_crash_recovery import pg_url
 
-__all__ = ["api_factory"]
+__all__ = ["api_factory", "pg_url"]  # fixtures, re-used
 
 BODY = {"backend": "flux", "params": {"model": "flux-dev", "prompt": "p", "width": 256}}
 
@@ -47,27 +47,13 @@ def test_a_locked_sqlite_database_answers_503(
     assert api.client.post("/api/generate", json=BODY).status_code == 202
 
 
-@pytest.fixture
-def doomed_pg() -> Iterator[str]:
-    name = f"orch_outage_{uuid.uuid4().hex[:10]}"
-    try:
-        _pg_admin(f'CREATE DATABASE "{name}"')
-    except Exception as exc:
-        pytest.skip(f"no PostgreSQL server: {exc}")
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    try:
-        yield f"{base}/{name}"
-    finally:
-        _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.postgres
 def test_a_vanished_postgresql_database_answers_503(
-    api_factory: Callable[..., Api], doomed_pg: str
+    api_factory: Callable[..., Api], pg_url: str
 ) -> None:
-    api = api_factory(worker_enabled=False, database_url=doomed_pg)
+    api = api_factory(worker_enabled=False, database_url=pg_url)
     assert api.client.post("/api/generate", json=BODY).status_code == 202
-    name = doomed_pg.rsplit("/", 1)[1]
+    name = pg_url.rsplit("/", 1)[1]
     _pg_admin(f'DROP DATABASE "{name}" WITH (FORCE)')  # terminates the server's connections
     for _ in range(2):  # the pool's dead connections, then a refused new one
         _assert_unavailable(api.client.post("/api/generate", json=BODY))

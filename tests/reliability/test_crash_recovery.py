@@ -180,6 +180,12 @@ class Proc:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def fake_bfl_proc(port: int, duration_s: float, log_dir: Path) -> Proc:
+    """The fake BFL as its own process (what it counts survives our kills)."""
+    args = [*CLI, "fake-bfl", "--port", str(port), "--key", BFL_KEY]
+    return Proc("fake-bfl", [*args, "--duration", str(duration_s)], clean_environ(), log_dir)
+
+
 def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     with httpx2.Client(timeout=2.0) as client:
@@ -261,22 +267,7 @@ class Cluster:
     def start_fakes(self) -> None:
         env = clean_environ()
         self.bfl, self.bfl_url = self._start_fake(
-            lambda port: Proc(
-                "fake-bfl",
-                [
-                    *CLI,
-                    "fake-bfl",
-                    "--port",
-                    str(port),
-                    "--key",
-                    BFL_KEY,
-                    "--duration",
-                    str(self.bfl_duration_s),
-                ],
-                env,
-                self.logs,
-            ),
-            "/_fake/state",
+            lambda port: fake_bfl_proc(port, self.bfl_duration_s, self.logs), "/_fake/state"
         )
         comfy_dir = self.root / "comfyui"
         self.comfy, self.comfy_url = self._start_fake(

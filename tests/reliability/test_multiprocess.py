@@ -41,6 +41,7 @@ from tests.reliability.test_crash_recovery import (
     Proc,
     _free_port,
     clean_environ,
+    fake_bfl_proc,
     pg_url,
     wait_http,
 )
@@ -69,21 +70,7 @@ class Fleet:
 
     def start_bfl(self, duration_s: float) -> None:
         port = _free_port()
-        self.bfl = Proc(
-            "fake-bfl",
-            [
-                *CLI,
-                "fake-bfl",
-                "--port",
-                str(port),
-                "--key",
-                BFL_KEY,
-                "--duration",
-                str(duration_s),
-            ],
-            clean_environ(),
-            self.logs,
-        )
+        self.bfl = fake_bfl_proc(port, duration_s, self.logs)
         self.bfl.start()
         self.bfl_url = f"http://127.0.0.1:{port}"
         wait_http(self.bfl_url + "/_fake/state", self.bfl)

@@ -32,10 +32,13 @@ async def all_events(
     earlier events may still commit late). Resume with ``Last-Event-ID`` (or
     ``?after=<event id>``): nothing is skipped, also an event that committed late."""
     resume = last_event_id or (str(after) if after is not None else None)
+    # Subscribed before the response starts: what is written once the client has the
+    # headers reaches it.
+    batches = await service.subscribe_all_events(resume)
 
     async def stream() -> AsyncIterator[bytes]:
         with contextlib.suppress(FellBehind):  # the client reconnects from its last id
-            async for items in service.follow_all_events(resume):
+            async for items in batches:
                 yield b"".join(sse_bytes(item) for item in items)  # one write per batch
 
     return EventSourceResponse(stream(), ping=15)

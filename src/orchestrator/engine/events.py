@@ -51,18 +51,17 @@ class FellBehind(Exception):
 class _Subscriber:
     def __init__(self, queue_max: int) -> None:
         self.queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(queue_max)
-        self.behind = False
 
-    def offer(self, item: FeedItem) -> None:
-        if self.behind:
-            return
+    def offer(self, item: FeedItem) -> bool:
+        """Queue the item; False when the queue overflowed (the end marker is queued)."""
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            self.behind = True
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.queue.get_nowait()  # room for the end marker
             self.queue.put_nowait(None)
+            return False
+        return True
 
 
 class EventFeed:
@@ -90,14 +89,22 @@ class EventFeed:
     def subscribers(self) -> int:
         return len(self._subs)
 
-    async def follow(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
-        """Every job's events from ``resume`` (a token; None: from now on), live,
-        until the caller stops, in batches: whatever arrived since the caller last
-        asked (so a burst costs a subscriber one write, not one per event). Raises
-        :class:`FellBehind` when this subscriber's queue overflowed."""
+    async def subscribe(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
+        """Subscribe now (events committed from here on are not missed, even before the
+        caller starts reading) and return the stream: every job's events from
+        ``resume`` (a token; None: from now on), live, in batches of what arrived
+        together (a burst costs a subscriber one write, not one per event). The stream
+        raises :class:`FellBehind` when this subscriber's queue overflowed."""
         await self._ensure_running()
         sub = _Subscriber(self.queue_max)
         self._subs.add(sub)  # join first, then catch up: nothing falls in between
+        return self._stream(sub, resume)
+
+    async def follow(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
+        async for items in await self.subscribe(resume):
+            yield items
+
+    async def _stream(self, sub: _Subscriber, resume: str | None) -> AsyncIterator[list[FeedItem]]:
         try:
             seen: set[int] = set()
             now = time.monotonic()
@@ -115,7 +122,6 @@ class EventFeed:
                     yield live
                 if None in batch:
                     raise FellBehind
-
         finally:
             self._subs.discard(sub)
 
@@ -151,7 +157,10 @@ class EventFeed:
                 if cursor.accept(ev.id, now):
                     item = _item(ev, cursor)
                     for sub in list(self._subs):
-                        sub.offer(item)
+                        if not sub.offer(item):
+                            # Fell behind (or never read: its response was never
+                            # started): it is told once, and no longer fed.
+                            self._subs.discard(sub)
             cursor.expire(now, self.grace_s)
             if len(rows) == BATCH:
                 continue
