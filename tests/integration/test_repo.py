@@ -360,3 +360,34 @@ async def test_a_handle_that_comes_after_the_end_is_kept_without_new_cost(db: Da
         await repo.set_upstream(c1.job.id, c1.lease, late, 4.0)
     job = await repo.get(c1.job.id)
     assert job.upstream == late and job.cost == failed.cost
+
+
+async def test_a_requeued_job_taken_over_mid_submit_can_be_failed(db: Database) -> None:
+    """A requeue stored the cleared handle as JSON null, which 'upstream IS NULL' does not
+    match: failing the job as submit_interrupted (unless a handle came) was refused for
+    ever, and the job was taken over again and again (found by the crash suite)."""
+    repo = JobRepo(db)
+    await repo.create(new_job())
+    [c1] = await repo.claim("w1", 30, 1, groups)
+    await repo.requeue(c1.job.id, c1.lease, "nothing ran")
+    [c2] = await repo.claim("w2", 30, 1, groups)
+    await repo.mark_submitting(c2.job.id, c2.lease)
+    await repo.release_leases([c2.lease])
+    [c3] = await repo.take_over_expired("w3", 30)
+    err = JobError(code=errors.ErrorCode.SUBMIT_INTERRUPTED, message="x")
+    failed = await repo.finish(
+        c3.job.id, c3.lease, JobStatus.FAILED, error=err, unless_upstream=True
+    )
+    assert failed.status == JobStatus.FAILED
+    # and a handle recorded by a lost holder after a requeue is kept
+    await repo.create(new_job())
+    [d1] = await repo.claim("w1", 30, 1, groups)
+    await repo.requeue(d1.job.id, d1.lease, "nothing ran")
+    [d2] = await repo.claim("w2", 30, 1, groups)
+    await repo.mark_submitting(d2.job.id, d2.lease)
+    await repo.release_leases([d2.lease])
+    [d3] = await repo.take_over_expired("w3", 30)
+    handle = UpstreamHandle(task_id="paid", polling_url="http://x/p?id=paid")
+    with pytest.raises(LeaseLost):
+        await repo.set_upstream(d2.job.id, d2.lease, handle, 4.0)
+    assert (await repo.get(d3.job.id)).upstream == handle

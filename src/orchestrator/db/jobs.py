@@ -741,7 +741,7 @@ class JobRepo:
                     .where(
                         jobs.c.id == job_id,
                         jobs.c.status == JobStatus.RUNNING.value,
-                        jobs.c.upstream.is_(None),
+                        _no_handle(),
                     )
                     .values(**values)
                 )
@@ -853,7 +853,7 @@ class JobRepo:
                 lease_owner=None,
                 lease_expires_at=None,
                 submitting_at=None,
-                upstream=None,
+                upstream=sa.null(),
                 cost=None,
                 progress=None,
                 updated_at=now,
@@ -939,7 +939,7 @@ class JobRepo:
             if lease is not None:
                 where.append(jobs.c.lease_owner == lease)
             if unless_upstream:
-                where.append(jobs.c.upstream.is_(None))
+                where.append(_no_handle())
             res = await conn.execute(jobs.update().where(*where).values(**values))
             if res.rowcount != 1:
                 raise LeaseLost(job_id)
@@ -1046,6 +1046,12 @@ def lease_holder(lease: str) -> str:
 
 def _holder(lease: str | None) -> str:
     return "nobody" if lease is None else lease_holder(lease)
+
+
+def _no_handle() -> sa.ColumnElement[bool]:
+    """No upstream handle: SQL NULL, or a JSON null (what earlier versions wrote when a
+    job was requeued)."""
+    return sa.or_(jobs.c.upstream.is_(None), sa.cast(jobs.c.upstream, sa.Text) == "null")
 
 
 def _held(job_id: str, lease: str) -> tuple[sa.ColumnElement[bool], ...]:

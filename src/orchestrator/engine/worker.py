@@ -533,14 +533,21 @@ class Worker:
             await self._finish_canceled(job, lease, backend, "canceled")
             return job.model_copy(update={"status": JobStatus.CANCELED})
         if action == recovery.Action.FAIL_SUBMIT_INTERRUPTED:
-            await self._fail(
-                job,
-                lease,
-                Code.SUBMIT_INTERRUPTED,
-                "the worker stopped while submitting; not resubmitted because upstream "
-                "may have accepted (and billed) it. Retry the job to run it again.",
-                unless_upstream=True,
-            )
+            try:
+                await self._fail(
+                    job,
+                    lease,
+                    Code.SUBMIT_INTERRUPTED,
+                    "the worker stopped while submitting; not resubmitted because upstream "
+                    "may have accepted (and billed) it. Retry the job to run it again.",
+                    unless_upstream=True,
+                )
+            except LeaseLost:
+                current = await self.repo.get(job.id)
+                if current.upstream is None or current.status != JobStatus.RUNNING:
+                    raise
+                log.info("the handle came at the last moment; re-attaching")
+                return current
             return job.model_copy(update={"status": JobStatus.FAILED})
         return job
 
