@@ -231,6 +231,26 @@ async def test_reattach_never_resubmits(
     assert len(job.outputs) == 1
 
 
+async def test_a_cancel_of_a_job_crashed_mid_submit_says_it_may_be_billed(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair
+) -> None:
+    """The worker died mid-submit and the user canceled: the job used to say "canceled
+    before anything was sent to BFL" and cost 0."""
+    settings = settings_for()
+    job_id = await _crashed_job(
+        settings, "cancel maybe sent", submit=False, mark=True, fake=fake_bfl
+    )
+    async with runtime(settings, worker=False) as rt:
+        await rt.service.repo.request_cancel(job_id)  # flagged: the job is running
+    async with runtime(settings) as rt:
+        job = await rt.service.wait_for(job_id, 20)
+        events = [e.message or "" for e in await rt.service.events(job_id)]
+    assert job.status == JobStatus.CANCELED
+    assert not any("before anything was sent" in m for m in events), events
+    assert any("may have accepted and billed it" in m for m in events), events
+    assert job.cost == 2.5  # a submit was sent: counted as billed
+
+
 async def test_crash_mid_submit_is_not_resubmitted(
     settings_for: Callable[..., Settings], fake_bfl: FakePair
 ) -> None:

@@ -492,7 +492,14 @@ class Worker:
         except asyncio.CancelledError:
             reason = r.stop_reason if r is not None else None
             if reason == "user":
-                await self._finish_canceled(job, lease, backend, "canceled by request", handle)
+                await self._finish_canceled(
+                    job,
+                    lease,
+                    backend,
+                    "canceled by request",
+                    handle,
+                    submit_started=r.submit_started if r is not None else True,
+                )
                 return
             if reason == "shutdown":
                 await self._leave_for_later(job, lease, handle)
@@ -530,7 +537,9 @@ class Worker:
             self.hub.job_queued()
             return job.model_copy(update={"status": JobStatus.QUEUED})
         if action == recovery.Action.CANCEL:
-            await self._finish_canceled(job, lease, backend, "canceled")
+            await self._finish_canceled(
+                job, lease, backend, "canceled", submit_started=claimed.submitting_at is not None
+            )
             return job.model_copy(update={"status": JobStatus.CANCELED})
         if action == recovery.Action.FAIL_SUBMIT_INTERRUPTED:
             try:
@@ -672,8 +681,12 @@ class Worker:
         backend: Backend,
         message: str,
         handle: UpstreamHandle | None = None,
+        *,
+        submit_started: bool = False,
     ) -> None:
-        outcome = await asyncio.shield(backend.cancel(job, handle or job.upstream))
+        outcome = await asyncio.shield(
+            backend.cancel(job, handle or job.upstream, submit_started=submit_started)
+        )
         await asyncio.shield(
             self.repo.finish(
                 job.id, lease, JobStatus.CANCELED, message=f"{message}; {outcome.note}"
