@@ -222,6 +222,7 @@ class Service:
             str(uuid.uuid4()),
             default_deadline_s=backend.default_deadline_s(),
             simulated=backend.simulated,
+            estimate=await self.ledger.estimate(old.backend, old.model, old.params),
             guard=self.ledger.retry_guard(principal.token_id),
             token_id=principal.token_id,
         )
