@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import contextvars
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
-from fastapi.responses import RedirectResponse
+from fastapi.responses import PlainTextResponse, RedirectResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator import __version__, errors, ui
 from orchestrator.api import (
@@ -28,9 +33,13 @@ from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from orchestrator.config import Settings
 from orchestrator.engine.webhooks import WebhookOptions
 from orchestrator.engine.worker import WorkerOptions
-from orchestrator.mcp_server import build_mcp, transport_security
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.ui import login
+
+if TYPE_CHECKING:
+    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
+    from orchestrator.services import Service
 
 DESCRIPTION = """
 Durable image and video generation jobs on FLUX and on a pool of ComfyUI servers
@@ -74,10 +83,13 @@ def create_app(
                 raise
             app.state.runtime = runtime
             await auth.announce(settings, runtime.service.tokens)
-            # A mounted app's own lifespan never runs: the MCP sessions live here,
-            # inside the runtime they use, and end before it closes.
-            async with mcp.session_manager.run():
+            # The MCP sessions (started by the first MCP request) live inside the
+            # runtime they use, and end before it closes.
+            mcp.open()
+            try:
                 yield
+            finally:
+                await mcp.aclose()
 
     app = FastAPI(
         title="Orchestrator",
@@ -116,10 +128,100 @@ def create_app(
     # MCP over streamable HTTP at /mcp, calling this app's service in-process. Its
     # route joins the app's own routes (rather than a catch-all mount at "/"), so
     # unknown paths still get the app's problem+json 404.
-    mcp = build_mcp(lambda: get_runtime(app).service)
-    mcp_app = mcp.streamable_http_app(transport_security=transport_security(settings))
-    app.router.routes.extend(mcp_app.routes)
+    mcp = LazyMCP(settings, lambda: get_runtime(app).service)
+    app.router.routes.append(Route("/mcp", endpoint=mcp))
     return app
+
+
+class LazyMCP:
+    """The ASGI endpoint at ``/mcp``: builds the MCP server and starts its session
+    manager on the first MCP request, not at start-up. Importing the MCP SDK costs
+    about half a second and 20 MB, which a server never called over MCP need not pay.
+
+    The session manager runs in a task of its own (with a fresh context, so no
+    request's log bindings leak into it) until ``aclose``, which the app's lifespan
+    calls before the runtime closes."""
+
+    def __init__(self, settings: Settings, get_service: Callable[[], Service]) -> None:
+        self._settings = settings
+        self._get_service = get_service
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._endpoint: ASGIApp | None = None
+        self._starting: tuple[ASGIApp, asyncio.Future[None]] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = True  # until the lifespan opens it
+
+    def open(self) -> None:
+        """Ready for a new lifespan (each one gets its own MCP server)."""
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._endpoint = None
+        self._starting = None
+        self._task = None
+        self._closed = False
+
+    @property
+    def started(self) -> bool:
+        """Whether an MCP request built the MCP server in this lifespan."""
+        return self._endpoint is not None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self._endpoint or await self._start()
+        if endpoint is None:  # outside the app's lifespan (or shutting down)
+            response = PlainTextResponse("MCP is not running", status_code=503)
+            await response(scope, receive, send)
+            return
+        await endpoint(scope, receive, send)
+
+    async def _start(self) -> ASGIApp | None:
+        async with self._lock:
+            if self._closed:
+                return None
+            if self._starting is None:
+                from orchestrator.mcp_server import build_mcp, transport_security
+
+                server = build_mcp(self._get_service)
+                mcp_app = server.streamable_http_app(
+                    transport_security=transport_security(self._settings)
+                )
+                started = asyncio.get_running_loop().create_future()
+                self._starting = (mcp_app.router, started)
+                self._task = asyncio.create_task(
+                    self._run(server.session_manager, started),
+                    name="mcp-sessions",
+                    context=contextvars.Context(),
+                )
+            router, started = self._starting
+            # shielded: a first caller that goes away leaves the start to the next one
+            await asyncio.shield(started)
+            self._endpoint = router
+            return router
+
+    async def _run(
+        self, manager: StreamableHTTPSessionManager, started: asyncio.Future[None]
+    ) -> None:
+        try:
+            async with manager.run():
+                started.set_result(None)
+                await self._stop.wait()
+        except BaseException as exc:
+            if started.done():
+                raise
+            if isinstance(exc, asyncio.CancelledError):
+                started.cancel()
+                raise
+            started.set_exception(exc)
+
+    async def aclose(self) -> None:
+        """Stop the MCP sessions (a no-op if MCP was never used)."""
+        async with self._lock:
+            self._closed = True
+            self._endpoint = None
+            self._stop.set()
+            task, self._task = self._task, None
+        if task is not None:
+            await task
 
 
 def get_runtime(app: FastAPI) -> Runtime:
