@@ -801,19 +801,19 @@ async def throwaway_postgres(url: str) -> AsyncIterator[tuple[str | None, str]]:
 # --- report -------------------------------------------------------------------------------
 
 
-def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
-    """A Markdown table, padded; the first ``left`` columns left-aligned, the rest right."""
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[int]) -> str:
+    """A Markdown table, padded; the columns in ``left`` left-aligned, the rest right."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         padded = (
-            c.ljust(w) if i < left else c.rjust(w)
+            c.ljust(w) if i in left else c.rjust(w)
             for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
         return "| " + " | ".join(padded) + " |"
 
     rule = "|" + "|".join(
-        "-" * (w + 2) if i < left else "-" * (w + 1) + ":" for i, w in enumerate(widths)
+        "-" * (w + 2) if i in left else "-" * (w + 1) + ":" for i, w in enumerate(widths)
     )
     return "\n".join([line(headers), rule + "|", *(line(r) for r in rows)])
 
@@ -972,15 +972,19 @@ def print_summary(args: argparse.Namespace, res: Results) -> None:
         md_table(
             ["figure", "goal", "min", "median", "max", "baseline median", "ratio median"],
             [r.cells() for r in rows],
-            left=2,
+            left=(0, 1),
         )
     )
     print()
     judged = [(r, r.verdict()) for r in rows if r.verdict() is not None]
-    missed = [r.figure for r, ok in judged if not ok]
+    missed = [r for r, ok in judged if not ok]
     print(f"Goals met by the median: {len(judged) - len(missed)} of {len(judged)} rows.")
     if missed:
-        print("Missed: " + "; ".join(missed) + ".")
+        print("Missed:")
+        for r in missed:
+            _f, goal, _min, med, _max, _base, ratio = r.cells()
+            also = "" if ratio == "-" else f" (ratio {ratio})"
+            print(f"- {r.figure}: {med}{also}, goal {goal}")
     print()
     footnote(
         "min/median/max: the figure in each round (latency: the Orchestrator median minus "
@@ -1023,7 +1027,7 @@ def latency_details(title: str, pairs: list[Pair]) -> None:
         "added ms",
         "ratio",
     ]
-    print(md_table(headers, rows, left=3))
+    print(md_table(headers, rows, left=(0, 2)))
     print()
 
 
@@ -1059,7 +1063,7 @@ def throughput_details(title: str, pairs: list[Pair]) -> None:
         "wall ratio",
         "jobs/s ratio",
     ]
-    print(md_table(headers, rows, left=3))
+    print(md_table(headers, rows, left=(0, 2)))
     print()
 
 
@@ -1096,7 +1100,7 @@ def sql_details(res: Results) -> None:
         "tx with DML",
         "write tx",
     ]
-    print(md_table(headers, rows, left=1))
+    print(md_table(headers, rows, left=(0,)))
     print()
     footnote(
         "All per job, over the jobs counted right after the timed FLUX latency run (one after "
