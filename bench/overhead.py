@@ -12,7 +12,10 @@ Defaults: 3 rounds; N=50 sequential jobs per path for latency (after 5 warm-up j
 500-job batch at concurrency 24; M=300 jobs at concurrency 64 for queue throughput; SQL
 counted over 20 FLUX jobs. SQLite only, unless a PostgreSQL URL is given (``--postgres`` or
 the environment variable ``BENCH_POSTGRES_URL``): then both stores, or the ones ``--stores``
-names. A full default run on both stores takes about 6 minutes on a 2-core machine.
+names. A default run on both stores took about 3 minutes on the 2-core machine this was
+written on, and would take about 6 at the per-job cost issue 13 started from: the
+Orchestrator side of the batch and throughput runs dominates, so a slower job path makes a
+longer run (the header says how long it took).
 
 What it prints: the figures of issue 13's job-path rows, each against its baseline measured
 in the same run (the bare client), with min/median/max over the rounds, per store, as one
