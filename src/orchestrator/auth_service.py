@@ -8,6 +8,15 @@ expires, on logout, or when its token is revoked. Both prefixes let the log
 redactor (``logs.py``) recognise a secret wherever it appears.
 
 The :class:`Service` holds one :class:`Tokens`; every entry point goes through it.
+
+**The token cache.** A verified bearer token is remembered in this process for
+:data:`TOKEN_CACHE_TTL_S` seconds (its hash -> its row), so a busy client costs no token
+query per request. Revoking a token through this ``Tokens`` (the API, or the service in
+this process) drops it from the cache at once; another process (``orchestrator token
+revoke`` while ``serve`` runs, or another server on the same database) sees the
+revocation after at most the TTL. A lookup that was in flight while a token was revoked
+does not put it back (a generation counter). Unknown tokens are not cached, and neither
+are session cookies (each is checked against the database).
 """
 
 from __future__ import annotations
@@ -17,6 +26,8 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, Field
@@ -35,6 +46,8 @@ SHOWN_CHARS = 12  # of a token, kept for display ("orch_AbCdEfG")
 SECRET_BYTES = 32
 MAX_SECRET_LEN = 200
 TOUCH_EVERY_S = 60.0  # last_used_at is written at most this often per token
+TOKEN_CACHE_TTL_S = 5.0  # a verified token is trusted this long without a query
+TOKEN_CACHE_MAX = 4096  # entries; the cache is emptied when it is full
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 
 
@@ -91,11 +104,29 @@ def _info(row: TokenRow) -> TokenInfo:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    token_id: str
+    principal: Principal
+    until: float  # on the cache's clock
+
+
 class Tokens:
-    def __init__(self, repo: TokenRepo, *, session_ttl_s: float) -> None:
+    def __init__(
+        self,
+        repo: TokenRepo,
+        *,
+        session_ttl_s: float,
+        cache_ttl_s: float = TOKEN_CACHE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.repo = repo
         self.session_ttl_s = session_ttl_s
+        self.cache_ttl_s = cache_ttl_s
+        self._clock = clock
         self._touched: dict[str, float] = {}
+        self._verified: dict[str, _Verified] = {}  # token hash -> principal
+        self._generation = 0  # bumped by every revocation: see forget()
 
     # --- management (admin) -----------------------------------------------------------
     async def create(
@@ -121,10 +152,13 @@ class Tokens:
         return [_info(r) for r in await self.repo.list_all()]
 
     async def revoke(self, token_id: str, *, principal: Principal = auth.LOCAL) -> TokenInfo:
-        """Revoke a token: it stops working at once, and its UI sessions end."""
+        """Revoke a token: this process refuses it at once, others within
+        :data:`TOKEN_CACHE_TTL_S`; its UI sessions end at once."""
         auth.require(principal, auth.Action.MANAGE_TOKENS)
-        row = await self.repo.revoke(token_id)
-        self._touched.pop(token_id, None)
+        try:
+            row = await self.repo.revoke(token_id)
+        finally:
+            self.forget(token_id)
         log.info("api token revoked", id=token_id, name=row.name)
         return _info(row)
 
@@ -132,12 +166,37 @@ class Tokens:
         return await self.repo.count_active()
 
     # --- authentication -------------------------------------------------------------
+    def forget(self, token_id: str) -> None:
+        """Drop a token from this process's cache, at once. Whatever revokes or changes
+        a token calls this (after its transaction, and also when it fails)."""
+        self._generation += 1
+        self._touched.pop(token_id, None)
+        for digest in [d for d, v in self._verified.items() if v.token_id == token_id]:
+            del self._verified[digest]
+
     async def authenticate(self, secret: str) -> Principal | None:
-        """The principal of a live bearer token, or None."""
+        """The principal of a live bearer token, or None (from the cache when the token
+        was verified less than :data:`TOKEN_CACHE_TTL_S` ago)."""
+        if not _plausible(secret, TOKEN_PREFIX):
+            return None
+        digest = hash_secret(secret)
+        now = self._clock()
+        hit = self._verified.get(digest)
+        if hit is not None:
+            if now < hit.until:
+                await self._touch(hit.token_id)
+                return hit.principal
+            del self._verified[digest]
+        generation = self._generation
         row = await self._lookup(secret)
         if row is None:
             return None
-        return Principal(token_id=row.id, name=row.name, scope=row.scope, via="token")
+        principal = Principal(token_id=row.id, name=row.name, scope=row.scope, via="token")
+        if generation == self._generation:  # no revocation while we were reading
+            if len(self._verified) >= TOKEN_CACHE_MAX:
+                self._verified.clear()
+            self._verified[digest] = _Verified(row.id, principal, now + self.cache_ttl_s)
+        return principal
 
     async def _lookup(self, secret: str) -> TokenRow | None:
         if not _plausible(secret, TOKEN_PREFIX):
