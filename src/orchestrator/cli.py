@@ -1,50 +1,36 @@
-"""The ``orchestrator`` command. Every command calls the service layer in-process."""
+"""The ``orchestrator`` command. Every command calls the service layer in-process.
+
+Start-up matters here (``--help`` and one-shot commands should answer at once): this
+module imports only what typer needs to build the commands (their option types); the
+runtime, the service layer, the web app, uvicorn and the domain models are imported by
+the command that uses them. ``tests/integration/test_startup_imports.py`` keeps it so.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-import uvicorn
-from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator import errors, logs
 from orchestrator.cli_tilda import tilda_app
 from orchestrator.cli_tokens import token_app
-from orchestrator.config import Settings, load_settings
-from orchestrator.domain.costs import GROUP_KEYS
-from orchestrator.domain.jobs import Job, JobStatus
-from orchestrator.domain.params import (
-    AnyRequest,
-    ComfyRawParams,
-    ComfyRequest,
-    FluxParams,
-    FluxRequest,
-    Sd35Params,
-    Sd35Request,
-    SdxlParams,
-    SdxlRequest,
-    SvdParams,
-    SvdRequest,
-    V0Params,
-    V0Request,
-    WorkflowParams,
-    WorkflowRequest,
-)
-from orchestrator.engine.worker import WorkerOptions
-from orchestrator.runtime import Runtime, open_runtime, start_worker
+from orchestrator.domain.jobs import JobStatus
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from orchestrator.config import Settings
+    from orchestrator.domain.jobs import Job
+    from orchestrator.domain.params import AnyRequest
+    from orchestrator.runtime import Runtime
 
 app = typer.Typer(
     help="Durable image and video generation jobs on FLUX and ComfyUI.",
@@ -96,6 +82,9 @@ def _global(
 
 
 def _settings(ctx: typer.Context, *, verbose: bool = False, **more: object) -> Settings:
+    from orchestrator import errors, logs
+    from orchestrator.config import load_settings
+
     opts: Opts = ctx.obj
     try:
         settings = load_settings(opts.config, {**opts.overrides, **more})
@@ -114,6 +103,10 @@ def _settings(ctx: typer.Context, *, verbose: bool = False, **more: object) -> S
 
 
 def _run(coro: Awaitable[T]) -> T:
+    import asyncio
+
+    from orchestrator import errors
+
     async def main() -> T:
         return await coro
 
@@ -125,6 +118,8 @@ def _run(coro: Awaitable[T]) -> T:
 
 
 def _with_runtime(settings: Settings, fn: Callable[[Runtime], Awaitable[T]]) -> T:
+    from orchestrator.runtime import open_runtime
+
     async def go() -> T:
         async with open_runtime(settings, run_worker=False) as rt:
             return await fn(rt)
@@ -150,6 +145,11 @@ def serve(
     ] = True,
 ) -> None:
     """Serve the HTTP API, web UI and MCP (and run the worker)."""
+    import asyncio
+
+    import uvicorn
+
+    from orchestrator import errors, logs
     from orchestrator.api.app import create_app
 
     settings = _settings(
@@ -166,7 +166,7 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
     logs.get(__name__).info("serving", url=f"http://{settings.host}:{settings.port}")
-    server = GracefulServer(config)
+    server = graceful_server(config)
     try:
         ok = asyncio.run(_serve(server))
     finally:  # uvicorn exits (3) when start-up fails: say why, last
@@ -177,20 +177,29 @@ def serve(
         raise typer.Exit(1)
 
 
-class GracefulServer(uvicorn.Server):
-    """SIGTERM and SIGINT start a graceful shutdown; the process then exits 0
-    (uvicorn's default re-raises the signal after shutting down)."""
+def graceful_server(config: uvicorn.Config) -> uvicorn.Server:
+    """A uvicorn server on which SIGTERM and SIGINT start a graceful shutdown; the
+    process then exits 0 (uvicorn's default re-raises the signal after shutting down).
+    Defined here, not at import, so that other commands do not import uvicorn."""
+    import contextlib
+    import signal
+    from collections.abc import Iterator
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        previous = {
-            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
-        }
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            previous = {
+                sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return GracefulServer(config)
 
 
 async def _serve(server: uvicorn.Server) -> bool:
@@ -211,6 +220,7 @@ def ignite(
     Configured [[comfy_processes]] are started for the checks and stopped afterwards
     (`serve` is what keeps them running)."""
     from orchestrator.ignite import IgniteReport
+    from orchestrator.runtime import open_runtime
 
     settings = _settings(ctx)
 
@@ -287,6 +297,10 @@ def generate_flux(
     wait: Annotated[bool, typer.Option(help="Wait for the result and print its path.")] = False,
 ) -> None:
     """Queue a FLUX job (and with --wait, run it and print the output path)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from orchestrator.domain.params import FluxParams, FluxRequest
+
     settings = _settings(ctx)
     raw: dict[str, object] = {"model": model, "prompt": prompt, **_parse_params(param or [])}
     for key, value in (("width", width), ("height", height), ("seed", seed)):
@@ -308,6 +322,8 @@ def generate_flux(
 def _build(
     make: Callable[[], AnyRequest],
 ) -> AnyRequest:
+    from pydantic import ValidationError
+
     try:
         return make()
     except ValidationError as exc:
@@ -387,6 +403,8 @@ def generate_sdxl(
     wait: WaitOpt = False,
 ) -> None:
     """Queue an SDXL text-to-image job on ComfyUI."""
+    from orchestrator.domain.params import SdxlParams, SdxlRequest
+
     _text_to_image(
         ctx,
         lambda raw: SdxlRequest(params=SdxlParams.model_validate(raw), priority=priority),
@@ -418,6 +436,8 @@ def generate_sd35(
     wait: WaitOpt = False,
 ) -> None:
     """Queue an SD3.5 text-to-image job on ComfyUI."""
+    from orchestrator.domain.params import Sd35Params, Sd35Request
+
     _text_to_image(
         ctx,
         lambda raw: Sd35Request(params=Sd35Params.model_validate(raw), priority=priority),
@@ -448,6 +468,8 @@ def generate_svd(
     wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
 ) -> None:
     """Queue a Stable Video Diffusion image-to-video job on ComfyUI."""
+    from orchestrator.domain.params import SvdParams, SvdRequest
+
     settings = _settings(ctx)
     image = str(init_image)
     if not image.startswith("asset:"):  # else an imported Tilda image
@@ -480,6 +502,8 @@ def generate_comfy(
     wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
 ) -> None:
     """Run a raw API-format ComfyUI workflow as a job."""
+    from orchestrator.domain.params import ComfyRawParams, ComfyRequest
+
     settings = _settings(ctx)
     try:
         doc = json.loads(workflow.expanduser().read_text(encoding="utf-8"))
@@ -511,6 +535,8 @@ def generate_workflow(
     wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
 ) -> None:
     """Run one of your own workflows (a job kind per file in COMFY_WORKFLOWS_DIR)."""
+    from orchestrator.domain.params import WorkflowParams, WorkflowRequest
+
     settings = _settings(ctx)
     inputs: dict[str, object] = _parse_params(param or [])
     for pair in image or []:
@@ -548,6 +574,8 @@ def generate_v0(
     wait: Annotated[bool, typer.Option(help="Wait and print the output paths.")] = False,
 ) -> None:
     """Generate page code with v0 from a prompt and, optionally, an imported page."""
+    from orchestrator.domain.params import V0Params, V0Request
+
     settings = _settings(ctx)
     images: list[str] = []
     for value in image or []:
@@ -574,6 +602,9 @@ def generate_v0(
 
 
 async def _generate(rt: Runtime, req: AnyRequest, key: str | None, wait: bool) -> int:
+    from orchestrator.engine.worker import WorkerOptions
+    from orchestrator.runtime import start_worker
+
     job, _created = await rt.service.submit(req, key)
     if rt.demo:
         err.print("[yellow]DEMO MODE: simulated backend, placeholder output.[/]")
@@ -601,6 +632,8 @@ async def _generate(rt: Runtime, req: AnyRequest, key: str | None, wait: bool) -
 
 
 async def _follow(rt: Runtime, job: Job) -> Job:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -755,6 +788,8 @@ def costs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What generation cost, in credits (1 credit = US$0.01); default the last 30 days."""
+    from orchestrator.domain.costs import GROUP_KEYS
+
     keys = by or ["day"]
     bad = [k for k in keys if k not in GROUP_KEYS]
     if bad:
@@ -850,6 +885,8 @@ def fake_bfl(
     duration: Annotated[float, typer.Option(help="Seconds per task.")] = 2.0,
 ) -> None:
     """Run the fake BFL API (for tests and manual checks)."""
+    import uvicorn
+
     from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
 
     fake = FakeBfl(
@@ -868,6 +905,8 @@ def fake_comfy(
     node_delay: Annotated[float, typer.Option(help="Seconds per node.")] = 0.01,
 ) -> None:
     """Run the fake ComfyUI server (for tests and manual checks)."""
+    import uvicorn
+
     from orchestrator.testing.fake_comfy import FakeComfy, FakeComfyConfig
 
     fake = FakeComfy(FakeComfyConfig(base_dir=base_dir, node_delay_s=node_delay))

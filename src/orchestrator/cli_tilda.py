@@ -4,14 +4,14 @@ in-process (with a progress bar) and look at what was imported."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from orchestrator.domain.tilda import ImportRun, ImportStatus
-from orchestrator.runtime import Runtime
+if TYPE_CHECKING:  # imported by the commands: `orchestrator --help` stays light
+    from orchestrator.domain.tilda import ImportRun
+    from orchestrator.runtime import Runtime
 
 tilda_app = typer.Typer(help="Import Tilda website exports; browse sites and pages.")
 
@@ -35,7 +35,16 @@ def tilda_import(
 ) -> None:
     """Import an export (pages, block texts, images). Running it again on the same
     export changes nothing; a newer export reports added, changed and removed pages."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from orchestrator import cli
+    from orchestrator.domain.tilda import ImportStatus
 
     settings = cli._settings(ctx)
     source: Path | None = None
@@ -75,6 +84,7 @@ def tilda_import(
 
 def _print_run(run: ImportRun) -> None:
     from orchestrator import cli
+    from orchestrator.domain.tilda import ImportStatus
 
     if run.status != ImportStatus.SUCCEEDED or run.report is None:
         cli.err.print(f"[bold red]Import failed ({run.error_code}):[/] {run.error_message}")

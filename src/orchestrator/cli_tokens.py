@@ -4,13 +4,15 @@ machine's owner (the local admin principal)."""
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from orchestrator.auth_service import NewToken, TokenInfo
 from orchestrator.domain.auth import Scope
+
+if TYPE_CHECKING:  # imported by the commands: `orchestrator --help` stays light
+    from orchestrator.auth_service import NewToken, TokenInfo
 
 token_app = typer.Typer(help="API tokens: create (shown once), list, revoke.", no_args_is_help=True)
 
