@@ -1,33 +1,31 @@
 """Builds and closes the process's resources — database, HTTP client, backends,
 storage, service, worker — for every entry point (``serve``, CLI commands, MCP).
-Nothing is built at import time."""
+Nothing is built at import time, and little is imported: the functions that build
+import what they build, so that a light command (``config check``) that only asks
+``demo_enabled`` does not load the database layer, the backends or the service."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-
-import httpx2
+from typing import TYPE_CHECKING
 
 from orchestrator import logs
-from orchestrator.backends.base import Backend
-from orchestrator.backends.comfy import ComfyBackend, ComfyInstanceConfig, ComfyPool
-from orchestrator.backends.flux import FluxBackend
-from orchestrator.backends.user_workflows import load_user_workflows
-from orchestrator.backends.v0 import V0Backend
-from orchestrator.backends.v0_pages import TildaPages
-from orchestrator.backends.v0_wiring import build_v0_backend
-from orchestrator.config import Settings
-from orchestrator.db.engine import open_database
-from orchestrator.domain.params import COMFY_BACKENDS
-from orchestrator.engine.hub import Hub
-from orchestrator.engine.processes import ProcessSupervisor
-from orchestrator.engine.webhooks import WebhookDispatcher, WebhookOptions
-from orchestrator.engine.worker import Worker, WorkerOptions
-from orchestrator.metrics import Metrics
-from orchestrator.services import Service
-from orchestrator.storage import InputStore, OutputStore
+
+if TYPE_CHECKING:
+    import httpx2
+
+    from orchestrator.backends.base import Backend
+    from orchestrator.backends.comfy import ComfyInstanceConfig, ComfyPool
+    from orchestrator.config import Settings
+    from orchestrator.engine.hub import Hub
+    from orchestrator.engine.processes import ProcessSupervisor
+    from orchestrator.engine.webhooks import WebhookDispatcher, WebhookOptions
+    from orchestrator.engine.worker import Worker, WorkerOptions
+    from orchestrator.metrics import Metrics
+    from orchestrator.services import Service
+    from orchestrator.storage import InputStore
 
 log = logs.get(__name__)
 
@@ -49,12 +47,20 @@ def demo_enabled(settings: Settings) -> bool:
 
 
 def http_timeout(settings: Settings) -> httpx2.Timeout:
+    import httpx2
+
     return httpx2.Timeout(
         connect=settings.http_connect_timeout_s,
         read=settings.http_read_timeout_s,
         write=settings.http_read_timeout_s,
         pool=settings.http_connect_timeout_s,
     )
+
+
+def _metrics() -> Metrics:
+    from orchestrator.metrics import Metrics
+
+    return Metrics()
 
 
 @dataclass
@@ -64,7 +70,7 @@ class Runtime:
     worker: Worker | None
     demo: bool
     webhooks: WebhookDispatcher | None = None
-    metrics: Metrics = field(default_factory=Metrics)
+    metrics: Metrics = field(default_factory=_metrics)
     processes: ProcessSupervisor | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
@@ -72,6 +78,14 @@ class Runtime:
 async def _build_backends(
     settings: Settings, stack: AsyncExitStack, demo: bool, inputs: InputStore
 ) -> tuple[dict[str, Backend], ComfyPool | None]:
+    import httpx2
+
+    from orchestrator.backends.comfy import ComfyBackend
+    from orchestrator.backends.flux import FluxBackend
+    from orchestrator.backends.user_workflows import load_user_workflows
+    from orchestrator.backends.v0_wiring import build_v0_backend
+    from orchestrator.domain.params import COMFY_BACKENDS
+
     http = await stack.enter_async_context(
         httpx2.AsyncClient(
             timeout=http_timeout(settings),
@@ -140,6 +154,8 @@ async def _build_backends(
 
 
 def comfy_instances(settings: Settings) -> list[ComfyInstanceConfig]:
+    from orchestrator.backends.comfy import ComfyInstanceConfig
+
     out = [
         ComfyInstanceConfig(name=i.name, url=str(i.url), max_in_flight=i.max_in_flight)
         for i in settings.comfy_instances
@@ -163,6 +179,8 @@ def comfy_instances(settings: Settings) -> list[ComfyInstanceConfig]:
 async def _build_comfy_pool(
     settings: Settings, stack: AsyncExitStack, http: httpx2.AsyncClient, demo: bool
 ) -> ComfyPool | None:
+    from orchestrator.backends.comfy import ComfyInstanceConfig, ComfyPool
+
     configs = comfy_instances(settings)
     simulated = False
     if not configs and demo:
@@ -200,6 +218,16 @@ async def open_runtime(
     """``start_processes`` (default: ``run_worker``) starts the configured local
     ComfyUI processes, stopped when the runtime closes; ``wait_processes`` waits
     until they are ready (or gave up) before going on."""
+    from orchestrator.backends.v0 import V0Backend
+    from orchestrator.backends.v0_pages import TildaPages
+    from orchestrator.db.engine import open_database
+    from orchestrator.engine.hub import Hub
+    from orchestrator.engine.processes import ProcessSupervisor
+    from orchestrator.engine.worker import Worker, WorkerOptions
+    from orchestrator.metrics import Metrics
+    from orchestrator.services import Service
+    from orchestrator.storage import InputStore, OutputStore
+
     demo = demo_enabled(settings)
     async with AsyncExitStack() as stack:
         db = await open_database(settings.db_url)
@@ -289,6 +317,10 @@ async def _start_webhooks(
     options: WebhookOptions | None,
     metrics: Metrics,
 ) -> WebhookDispatcher:
+    import httpx2
+
+    from orchestrator.engine.webhooks import WebhookDispatcher
+
     assert settings.webhook_secret is not None
     http = await stack.enter_async_context(
         httpx2.AsyncClient(
@@ -317,6 +349,8 @@ async def _start_webhooks(
 async def start_worker(runtime: Runtime, options: WorkerOptions) -> Worker:
     """Start a worker inside an open runtime (one-shot commands restrict it to their
     own jobs with ``options.only_ids``); it stops when the runtime closes."""
+    from orchestrator.engine.worker import Worker
+
     svc = runtime.service
     worker = Worker(
         svc.repo, svc.worker_repo, svc.backends, svc.store, svc.hub, options, runtime.metrics
