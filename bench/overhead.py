@@ -829,7 +829,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[str]], left: Sequen
 
 
 def footnote(text: str) -> None:
-    print(textwrap.fill(text, width=92))
+    print(textwrap.fill(text, width=92, break_on_hyphens=False))
 
 
 @dataclass(frozen=True)
@@ -1007,6 +1007,10 @@ def print_summary(args: argparse.Namespace, res: Results) -> None:
     )
 
 
+def by_store_then_round(pairs: list[Pair]) -> list[Pair]:
+    return sorted(pairs, key=lambda p: (STORES.index(p.store), p.round))
+
+
 def latency_details(title: str, pairs: list[Pair]) -> None:
     print(f"## {title}")
     print()
@@ -1025,7 +1029,7 @@ def latency_details(title: str, pairs: list[Pair]) -> None:
             f"{p.direct.cpu_ms_per_job:.2f}",
             f"{p.orch.cpu_ms_per_job:.2f}",
         ]
-        for p in pairs
+        for p in by_store_then_round(pairs)
     ]
     headers = [
         "store",
@@ -1062,7 +1066,7 @@ def throughput_details(title: str, pairs: list[Pair]) -> None:
             f"{p.orch.elapsed_s / p.direct.elapsed_s:.2f}",
             f"{p.orch.jobs_per_s / p.direct.jobs_per_s:.2f}x",
         ]
-        for p in pairs
+        for p in by_store_then_round(pairs)
     ]
     headers = [
         "store",
@@ -1085,7 +1089,7 @@ def sql_details(res: Results) -> None:
     print("## SQL per FLUX job (Orchestrator path)")
     print()
     rows = []
-    for store, rnd, c in res.sql:
+    for store, rnd, c in sorted(res.sql, key=lambda x: (STORES.index(x[0]), x[1])):
         rows.append(
             [
                 STORE_NAMES[store],
