@@ -121,6 +121,7 @@ import tempfile
 import textwrap
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -651,9 +652,9 @@ def progress(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-async def run_rounds(bench: Bench) -> Results:
+async def run_rounds(bench: Bench, res: Results) -> None:
+    """Every round, every store, every measurement; results go into ``res`` as they come."""
     args = bench.args
-    res = Results()
     flux = args.only in ("flux", "all")
     comfy = args.only in ("comfy", "all")
     for rnd in range(1, args.rounds + 1):
@@ -705,7 +706,6 @@ async def run_rounds(bench: Bench) -> Results:
                         f"{where}, {kind} ({jobs} jobs, {conc} in flight): direct "
                         f"{d.elapsed_s:.2f} s, Orchestrator {o.elapsed_s:.2f} s"
                     )
-    return res
 
 
 # --- setup --------------------------------------------------------------------------------
@@ -1201,7 +1201,8 @@ def print_details(args: argparse.Namespace, res: Results) -> None:
 # --- main ---------------------------------------------------------------------------------
 
 
-async def run(args: argparse.Namespace, root: Path) -> None:
+async def run(args: argparse.Namespace, root: Path) -> bool:
+    """Measure, then print; False when a measurement failed (what came before is printed)."""
     started = time.perf_counter()
     fake_bfl = FakeBfl(
         FakeBflConfig(
@@ -1223,7 +1224,15 @@ async def run(args: argparse.Namespace, root: Path) -> None:
     ):
         fake_bfl.public_base_url = bfl.base_url
         bench = Bench(args, root, fake_bfl, bfl, fake_comfy, comfy)
-        results = await run_rounds(bench)
+        results = Results()
+        failure: BaseException | None = None
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT_S):
+                await run_rounds(bench, results)
+        except Exception as exc:  # print what was measured before it, then fail
+            failure = exc
+            progress("stopped early:")
+            traceback.print_exc(file=sys.stderr)
 
     print("# Orchestrator overhead vs the bare clients")
     print()
@@ -1246,10 +1255,14 @@ async def run(args: argparse.Namespace, root: Path) -> None:
         f"took {time.perf_counter() - started:.0f} s"
     )
     print()
+    if failure is not None:
+        print(f"**Stopped early** ({type(failure).__name__}: {failure}): partial results.")
+        print()
     print_summary(args, results)
     print()
     print_details(args, results)
     sys.stdout.flush()
+    return failure is None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1315,7 +1328,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logs.configure("ERROR", "console")  # hide start-up warnings
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
-        asyncio.run(asyncio.wait_for(run(args, Path(tmp)), RUN_TIMEOUT_S))
+        if not asyncio.run(run(args, Path(tmp))):
+            sys.exit(1)
 
 
 if __name__ == "__main__":
