@@ -101,8 +101,11 @@ without ``BEGIN IMMEDIATE``); on PostgreSQL the latter. Everything from the firs
 submit to the last counted job done counts: the create, the worker's transactions and its
 re-claim after each finish, the waiter's reads, any background task of the runtime.
 
-Only 127.0.0.1 is contacted. The temporary folder is always removed and every throwaway
-PostgreSQL database dropped; the run stops by itself (every wait has a timeout).
+Only the loopback interface is contacted: the fakes listen on 127.0.0.1, and a PostgreSQL
+URL naming another host is refused. The temporary folder is always removed and every
+throwaway PostgreSQL database dropped; the run stops by itself (every wait has a timeout,
+the whole run 30 minutes). If a measurement fails or times out, the tables show what was
+measured before it, marked as stopped early, and the exit status is 1.
 """
 
 from __future__ import annotations
