@@ -361,8 +361,9 @@ class SqlCount:
 
 
 def database_engines(db: Any) -> list[sa.Engine]:
-    """Every synchronous engine the database runs statements on."""
-    return list(getattr(db, "engines", lambda: [db.engine.sync_engine])())
+    """Every synchronous engine the database runs statements on (each once)."""
+    engines = getattr(db, "engines", lambda: [db.engine.sync_engine])()
+    return list({id(e): e for e in engines}.values())
 
 
 class SqlCounter:
