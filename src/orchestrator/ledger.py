@@ -8,8 +8,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
+import sqlalchemy as sa
 from pydantic import JsonValue
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import errors
 from orchestrator.config import Settings
@@ -80,17 +80,17 @@ class Ledger:
             tokens = v0_token_ceiling(params or {}, self.pricing.v0_default_tokens)
         return estimate(backend, model, self.pricing, expected, v0_tokens=tokens)
 
-    async def _check(self, conn: AsyncConnection, cost: float, token_id: str | None) -> None:
+    def _check(self, conn: sa.Connection, cost: float, token_id: str | None) -> None:
         day = today()
         if self.daily_budget is not None:
-            spend = await costs_db.spend(conn, day)
+            spend = costs_db.spend(conn, day)
             refusal = check_budget("global", self.daily_budget, spend, cost)
             if refusal is not None:
                 raise _refuse(refusal, token_id)
         if token_id is not None:
-            limit = await costs_db.token_budget(conn, token_id)
+            limit = costs_db.token_budget(conn, token_id)
             if limit is not None:
-                spend = await costs_db.spend(conn, day, token_id)
+                spend = costs_db.spend(conn, day, token_id)
                 refusal = check_budget("token", limit, spend, cost)
                 if refusal is not None:
                     raise _refuse(refusal, token_id)
@@ -101,19 +101,18 @@ class Ledger:
         if cost <= 0 or (self.daily_budget is None and token_id is None):
             return None
 
-        async def check(conn: AsyncConnection) -> None:
-            await self._check(conn, cost, token_id)
+        def check(conn: sa.Connection) -> None:
+            self._check(conn, cost, token_id)
 
         return check
 
     def retry_guard(self, token_id: str | None) -> RetryGuard:
-        async def check(
-            conn: AsyncConnection, backend: str, model: str, params: Mapping[str, JsonValue]
-        ) -> float:
-            cost = await self.estimate(backend, model, params)
+        """The budget check of a retry: the new job's estimate (made before the
+        transaction) is checked in the transaction that inserts it."""
+
+        def check(conn: sa.Connection, cost: float) -> None:
             if cost > 0:
-                await self._check(conn, cost, token_id)
-            return cost
+                self._check(conn, cost, token_id)
 
         return check
 

@@ -55,11 +55,20 @@ def new_job(
     )
 
 
+SQLITE_BLIND = ("remove_index", "add_index")
+DESC = ("ix_jobs_queued",)
+
+
 async def test_migrations_match_schema(db: Database) -> None:
     assert await db.current_revision() == head_revision()
 
     def diff(conn: sa.Connection) -> list[object]:
-        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+        found = list(compare_metadata(MigrationContext.configure(conn), metadata))
+        if conn.dialect.name == "sqlite":
+            # SQLite does not report an index column's direction back (priority DESC):
+            # the claim-order index shows as removed and added. Anything else counts.
+            found = [d for d in found if not (d[0] in SQLITE_BLIND and d[1].name in DESC)]
+        return found
 
     async with db.read() as conn:
         assert await conn.run_sync(diff) == []

@@ -8,7 +8,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.db.engine import Database, cancel_safe
 from orchestrator.db.schema import jobs, token_budgets
@@ -25,7 +24,7 @@ def _day_expr(conn_dialect: str) -> sa.ColumnElement[Any]:
     return sa.cast(jobs.c.created_at, sa.Date)
 
 
-async def spend(conn: AsyncConnection, day: date, token_id: str | None = None) -> Spend:
+def spend(conn: sa.Connection, day: date, token_id: str | None = None) -> Spend:
     """A UTC day's spend, of one token's jobs or (``token_id=None``) of all jobs:
     ``spent`` by jobs that ended, ``reserved`` by unfinished jobs (their quoted cost
     when BFL sent one, else their estimate)."""
@@ -45,15 +44,13 @@ async def spend(conn: AsyncConnection, day: date, token_id: str | None = None) -
     )
     if token_id is not None:
         query = query.where(jobs.c.token_id == token_id)
-    row = (await conn.execute(query)).one()
+    row = conn.execute(query).one()
     return Spend(spent=float(row.spent), reserved=float(row.reserved))
 
 
-async def token_budget(conn: AsyncConnection, token_id: str) -> float | None:
-    row = (
-        await conn.execute(
-            sa.select(token_budgets.c.daily_limit).where(token_budgets.c.token_id == token_id)
-        )
+def token_budget(conn: sa.Connection, token_id: str) -> float | None:
+    row = conn.execute(
+        sa.select(token_budgets.c.daily_limit).where(token_budgets.c.token_id == token_id)
     ).one_or_none()
     return None if row is None else float(row.daily_limit)
 
@@ -63,8 +60,7 @@ class CostRepo:
         self.db = db
 
     async def spend(self, day: date, token_id: str | None = None) -> Spend:
-        async with self.db.read() as conn:
-            return await spend(conn, day, token_id)
+        return await self.db.run(lambda conn: spend(conn, day, token_id))
 
     async def average_gpu_seconds(self, backend: str, model: str, last: int = 20) -> float | None:
         """Mean GPU-seconds of the model's last ``last`` jobs that recorded any."""
@@ -140,8 +136,7 @@ class CostRepo:
         return {r.token_id: float(r.daily_limit) for r in rows}
 
     async def token_budget(self, token_id: str) -> float | None:
-        async with self.db.read() as conn:
-            return await token_budget(conn, token_id)
+        return await self.db.run(lambda conn: token_budget(conn, token_id))
 
     @cancel_safe
     async def set_budget(self, token_id: str, daily_limit: float) -> None:

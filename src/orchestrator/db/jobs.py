@@ -11,19 +11,19 @@ from __future__ import annotations
 import base64
 import itertools
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from pydantic import JsonValue
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import errors
 from orchestrator.db import webhooks as webhooks_db
 from orchestrator.db.engine import Database, cancel_safe, db_now
-from orchestrator.db.schema import job_events, job_outputs, jobs
+from orchestrator.db.schema import job_counts, job_events, job_outputs, jobs
 from orchestrator.domain import limits
 from orchestrator.domain.costs import Pricing, final_cost
 from orchestrator.domain.jobs import (
@@ -41,10 +41,9 @@ from orchestrator.domain.jobs import (
 from orchestrator.domain.webhooks import WebhookEvent, WebhookPolicy
 
 # A budget check run inside the job-creating transaction; raises to refuse.
-Guard = Callable[[AsyncConnection], Awaitable[None]]
-# The same for a retry: given the old job's backend, model and parameters, returns the
-# new estimate.
-RetryGuard = Callable[[AsyncConnection, str, str, dict[str, JsonValue]], Awaitable[float]]
+Guard = Callable[[sa.Connection], None]
+# The same for a retry, given the new job's estimate.
+RetryGuard = Callable[[sa.Connection, float], None]
 
 
 class LeaseLost(Exception):
@@ -98,10 +97,21 @@ class Claimed:
     previous: str | None = None
 
 
+class Claims(list[Claimed]):
+    """What :meth:`JobRepo.claim` took, and ``backlog``: whether queued jobs were
+    left behind (capacity or a limit held them back), so a freed slot is worth
+    another claim; without a backlog only a new job can give the worker work."""
+
+    backlog: bool = False
+
+
 class JobRepo:
     """``webhooks``: when given, job transitions queue webhook deliveries in their own
     transaction (see ``db/webhooks.py``); ``on_webhook`` is called after such a
-    commit, to wake the delivery loop of this process."""
+    commit, to wake the delivery loop of this process.
+
+    Every method is one unit of work (``Database.run``): one synchronous function
+    in one transaction, one hop to the database thread."""
 
     def __init__(
         self,
@@ -129,52 +139,58 @@ class JobRepo:
         check) runs in the inserting transaction, serialised with every other guarded
         insert, and may raise to refuse the job; it is skipped for a repeated key."""
         now = utcnow()
-        try:
-            async with self.db.write(claim_lock=guard is not None) as conn:
-                if guard is not None and not await _key_used(conn, new.idempotency_key):
-                    await guard(conn)
-                await conn.execute(
-                    jobs.insert().values(
-                        id=new.id,
-                        backend=new.backend,
-                        model=new.model,
-                        params=new.params,
-                        priority=new.priority,
-                        status=JobStatus.QUEUED.value,
-                        attempts=0,
-                        idempotency_key=new.idempotency_key,
-                        request_hash=new.request_hash,
-                        simulated=new.simulated,
-                        cancel_requested=False,
-                        deadline_at=new.deadline_at,
-                        created_at=now,
-                        updated_at=now,
-                        deadline_s=new.deadline_s,
-                        retry_of=new.retry_of,
-                        webhook_url=new.webhook_url,
-                        webhook_events=_events_list(new.webhook_events),
-                        cost_estimate=new.cost_estimate,
-                        token_id=new.token_id,
-                    )
+
+        def insert(conn: sa.Connection) -> None:
+            if guard is not None and not _key_used(conn, new.idempotency_key):
+                guard(conn)
+            conn.execute(
+                jobs.insert().values(
+                    id=new.id,
+                    backend=new.backend,
+                    model=new.model,
+                    params=new.params,
+                    priority=new.priority,
+                    status=JobStatus.QUEUED.value,
+                    attempts=0,
+                    idempotency_key=new.idempotency_key,
+                    request_hash=new.request_hash,
+                    simulated=new.simulated,
+                    cancel_requested=False,
+                    deadline_at=new.deadline_at,
+                    created_at=now,
+                    updated_at=now,
+                    deadline_s=new.deadline_s,
+                    retry_of=new.retry_of,
+                    webhook_url=new.webhook_url,
+                    webhook_events=_events_list(new.webhook_events),
+                    cost_estimate=new.cost_estimate,
+                    token_id=new.token_id,
                 )
-                await _event(conn, new.id, "created", status=JobStatus.QUEUED, at=now)
+            )
+            _event(conn, new.id, "created", status=JobStatus.QUEUED, at=now)
+
+        def existing(conn: sa.Connection) -> Job | None:
+            row = conn.execute(
+                sa.select(jobs).where(jobs.c.idempotency_key == new.idempotency_key)
+            ).one_or_none()
+            if row is None:
+                return None
+            if row.request_hash != new.request_hash:
+                raise errors.IdempotencyConflict(
+                    "this Idempotency-Key was used with a different request body",
+                    job_id=row.id,
+                )
+            return _with_outputs(conn, _job(row))
+
+        try:
+            await self.db.run(insert, write=True, claim_lock=guard is not None)
         except IntegrityError:
             if new.idempotency_key is None:
                 raise
-            async with self.db.read() as conn:
-                row = (
-                    await conn.execute(
-                        sa.select(jobs).where(jobs.c.idempotency_key == new.idempotency_key)
-                    )
-                ).one_or_none()
-                if row is None:
-                    raise
-                if row.request_hash != new.request_hash:
-                    raise errors.IdempotencyConflict(
-                        "this Idempotency-Key was used with a different request body",
-                        job_id=row.id,
-                    ) from None
-                return await _job(conn, row), False
+            found = await self.db.run(existing)
+            if found is None:
+                raise
+            return found, False
         job = Job(
             id=new.id,
             backend=new.backend,
@@ -203,16 +219,19 @@ class JobRepo:
         *,
         default_deadline_s: float,
         simulated: bool,
+        estimate: float | None = None,
         guard: RetryGuard | None = None,
         token_id: str | None = None,
     ) -> Job:
         """A new queued job with a finished job's backend, model, parameters,
         priority, deadline and webhook settings, linked by ``retry_of``; an event on
-        each job says so. Only a terminal job can be retried. ``guard`` (a budget
-        check, given the old job) runs first in the transaction and may refuse."""
+        each job says so. Only a terminal job can be retried. ``estimate`` is the new
+        job's reserved cost (default: the old job's); ``guard`` (a budget check of
+        it) runs first in the transaction and may refuse."""
         now = utcnow()
-        async with self.db.write(claim_lock=guard is not None) as conn:
-            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
+
+        def insert(conn: sa.Connection) -> Job:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
             if row is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
             current = JobStatus(row.status)
@@ -224,10 +243,10 @@ class JobRepo:
                     job_id=job_id,
                 )
             deadline_s = row.deadline_s if row.deadline_s is not None else default_deadline_s
-            estimate = row.cost_estimate
+            cost = row.cost_estimate if estimate is None else estimate
             if guard is not None:
-                estimate = await guard(conn, str(row.backend), str(row.model), dict(row.params))
-            await conn.execute(
+                guard(conn, cost or 0.0)
+            conn.execute(
                 jobs.insert().values(
                     id=new_id,
                     backend=row.backend,
@@ -245,11 +264,11 @@ class JobRepo:
                     retry_of=job_id,
                     webhook_url=row.webhook_url,
                     webhook_events=row.webhook_events,
-                    cost_estimate=estimate,
+                    cost_estimate=cost,
                     token_id=token_id,
                 )
             )
-            await _event(
+            _event(
                 conn,
                 new_id,
                 "created",
@@ -258,7 +277,7 @@ class JobRepo:
                 message=f"retry of {job_id}",
                 data={"retry_of": job_id},
             )
-            await _event(
+            _event(
                 conn,
                 job_id,
                 "info",
@@ -266,18 +285,14 @@ class JobRepo:
                 message=f"retried as {new_id}",
                 data={"retried_as": new_id},
             )
-            return await self._get(conn, new_id)
+            return _get(conn, new_id)
+
+        return await self.db.run(insert, write=True, claim_lock=guard is not None)
 
     @cancel_safe
     async def get(self, job_id: str) -> Job:
-        async with self.db.read() as conn:
-            return await self._get(conn, job_id)
-
-    async def _get(self, conn: AsyncConnection, job_id: str, *, outputs: bool = True) -> Job:
-        row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
-        if row is None:
-            raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
-        return await _job(conn, row, outputs=outputs)
+        """A job with its outputs, in one query."""
+        return await self.db.run(lambda conn: _get(conn, job_id))
 
     @cancel_safe
     async def page(
@@ -341,27 +356,35 @@ class JobRepo:
                 )
             )
         q = q.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit + 1)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(q)).all()
-            items = [await _job(conn, r, outputs=False) for r in rows[:limit]]
-            await _attach_outputs(conn, items)
+
+        def read(conn: sa.Connection) -> tuple[list[Job], bool]:
+            rows = conn.execute(q).all()
+            items = [_job(r) for r in rows[:limit]]
+            _attach_outputs(conn, items)
+            return items, len(rows) > limit
+
+        items, more = await self.db.run(read)
         next_cursor = None
-        if len(rows) > limit:
+        if more:
             last = items[-1]
             next_cursor = _encode_cursor(last.created_at, last.id)
         return JobPage(items=items, next_cursor=next_cursor)
 
     @cancel_safe
     async def counts(self) -> dict[str, dict[str, int]]:
-        """``{backend: {status: n}}``."""
-        q = sa.select(jobs.c.backend, jobs.c.status, sa.func.count()).group_by(
-            jobs.c.backend, jobs.c.status
+        """``{backend: {status: n}}``, from the counts the triggers on ``jobs`` keep
+        (no scan of the table)."""
+        q = sa.select(job_counts.c.backend, job_counts.c.status, job_counts.c.n).where(
+            job_counts.c.n > 0
         )
-        out: dict[str, dict[str, int]] = {}
-        async with self.db.read() as conn:
-            for backend, status, n in (await conn.execute(q)).all():
+
+        def read(conn: sa.Connection) -> dict[str, dict[str, int]]:
+            out: dict[str, dict[str, int]] = {}
+            for backend, status, n in conn.execute(q).all():
                 out.setdefault(backend, {})[status] = int(n)
-        return out
+            return out
+
+        return await self.db.run(read)
 
     @cancel_safe
     async def events(self, job_id: str, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
@@ -371,17 +394,15 @@ class JobRepo:
             .order_by(job_events.c.id)
             .limit(limit)
         )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(q)).all()
-        return [_job_event(r) for r in rows]
+        return await self.db.run(lambda conn: [_job_event(r) for r in conn.execute(q).all()])
 
     @cancel_safe
     async def events_since(self, after_id: int, limit: int = 500) -> list[JobEvent]:
         """Events of every job after ``after_id``, oldest first (the server-wide stream)."""
         q = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(q.limit(limit))).all()
-        return [_job_event(r) for r in rows]
+        return await self.db.run(
+            lambda conn: [_job_event(r) for r in conn.execute(q.limit(limit)).all()]
+        )
 
     @cancel_safe
     async def events_after(
@@ -400,16 +421,14 @@ class JobRepo:
         q = sa.select(job_events).where(where)
         if job_id is not None:
             q = q.where(job_events.c.job_id == job_id)
-        async with self.db.read() as conn:
-            rows = (await conn.execute(q.order_by(job_events.c.id).limit(limit))).all()
-        return [_job_event(r) for r in rows]
+        q = q.order_by(job_events.c.id).limit(limit)
+        return await self.db.run(lambda conn: [_job_event(r) for r in conn.execute(q).all()])
 
     @cancel_safe
     async def last_event_id(self) -> int:
         """The newest event's id (0 when there is none)."""
-        async with self.db.read() as conn:
-            value = (await conn.execute(sa.select(sa.func.max(job_events.c.id)))).scalar()
-        return int(value or 0)
+        q = sa.select(sa.func.max(job_events.c.id))
+        return await self.db.run(lambda conn: int(conn.execute(q).scalar() or 0))
 
     @cancel_safe
     async def status_of(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, bool]]:
@@ -419,9 +438,12 @@ class JobRepo:
         q = sa.select(jobs.c.id, jobs.c.status, jobs.c.cancel_requested).where(
             jobs.c.id.in_(list(job_ids))
         )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(q)).all()
-        return {r.id: (JobStatus(r.status), bool(r.cancel_requested)) for r in rows}
+
+        def read(conn: sa.Connection) -> dict[str, tuple[JobStatus, bool]]:
+            rows = conn.execute(q).all()
+            return {r.id: (JobStatus(r.status), bool(r.cancel_requested)) for r in rows}
+
+        return await self.db.run(read)
 
     # --- cancel ------------------------------------------------------------------
     @cancel_safe
@@ -429,15 +451,16 @@ class JobRepo:
         """A queued job is canceled at once; a running one is flagged, and its
         worker finishes the cancel. A finished job cannot be canceled."""
         now = utcnow()
-        queued = 0
-        async with self.db.write() as conn:
-            row = (await conn.execute(sa.select(jobs).where(jobs.c.id == job_id))).one_or_none()
+
+        def cancel(conn: sa.Connection) -> tuple[Job, int]:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
             if row is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
             current = JobStatus(row.status)
+            queued = 0
             if current == JobStatus.QUEUED:
                 transition(current, JobStatus.CANCELED)
-                await conn.execute(
+                conn.execute(
                     jobs.update()
                     .where(jobs.c.id == job_id)
                     .values(
@@ -449,7 +472,7 @@ class JobRepo:
                         lease_expires_at=None,
                     )
                 )
-                await _event(
+                _event(
                     conn,
                     job_id,
                     "transition",
@@ -457,23 +480,39 @@ class JobRepo:
                     at=now,
                     message="canceled while queued",
                 )
-                queued = await webhooks_db.enqueue(
-                    conn, self.webhooks, WebhookEvent.COMPLETED, await self._get(conn, job_id), now
+                queued = webhooks_db.enqueue(
+                    conn, self.webhooks, WebhookEvent.COMPLETED, _get(conn, job_id), now
                 )
             elif current == JobStatus.RUNNING:
                 if not row.cancel_requested:
-                    await conn.execute(
+                    conn.execute(
                         jobs.update()
                         .where(jobs.c.id == job_id)
                         .values(cancel_requested=True, updated_at=now)
                     )
-                    await _event(conn, job_id, "info", at=now, message="cancel requested")
+                    _event(conn, job_id, "info", at=now, message="cancel requested")
             else:
                 transition(current, JobStatus.CANCELED)  # raises InvalidTransition
+            return _get(conn, job_id), queued
+
+        job, queued = await self.db.run(cancel, write=True)
         self._queued(queued)
-        return await self.get(job_id)
+        return job
 
     # --- the worker's side ----------------------------------------------------------
+    @cancel_safe
+    async def has_queued(
+        self, backends: Sequence[str] | None = None, only_ids: Sequence[str] | None = None
+    ) -> bool:
+        """Whether any job waits in the queue (a read: what an idle worker's poll
+        asks before it takes the claim lock)."""
+        q = sa.select(jobs.c.id).where(_is(JobStatus.QUEUED))
+        if backends is not None:
+            q = q.where(jobs.c.backend.in_(list(backends)))
+        if only_ids is not None:
+            q = q.where(jobs.c.id.in_(list(only_ids)))
+        return await self.db.run(lambda conn: conn.execute(q.limit(1)).first() is not None)
+
     @cancel_safe
     async def claim(
         self,
@@ -484,42 +523,62 @@ class JobRepo:
         *,
         backends: Sequence[str] | None = None,
         only_ids: Sequence[str] | None = None,
-    ) -> list[Claimed]:
+        submits_at_once: Callable[[str], bool] | None = None,
+        manifests: Sequence[str] = (),
+    ) -> Claims:
         """Atomically move up to ``capacity`` queued jobs to running, each under a new
         lease token of this owner, highest priority then oldest first, within every
         limit (counted over all processes). Lease times come from the database's
-        clock, read once the write lock is held."""
+        clock, read once the write lock is held.
+
+        ``submits_at_once(backend)``: jobs of a backend that submits right away (no
+        handle planned first) are marked as submitting in this transaction (what
+        :meth:`mark_submitting` would write next). ``manifests``: jobs whose manifest
+        was written meanwhile, recorded in this transaction too."""
         if capacity <= 0:
-            return []
-        async with self.db.write(claim_lock=True) as conn:
-            cq = sa.select(jobs.c.id, jobs.c.backend, jobs.c.model, jobs.c.started_at).where(
-                jobs.c.status == JobStatus.QUEUED.value
-            )
+            return Claims()
+
+        def take(conn: sa.Connection) -> tuple[Claims, int]:
+            if manifests:
+                _manifests_written(conn, manifests)
+            cq = sa.select(
+                jobs.c.id, jobs.c.backend, jobs.c.model, jobs.c.started_at, _clock(conn)
+            ).where(_is(JobStatus.QUEUED))
             if backends is not None:
                 cq = cq.where(jobs.c.backend.in_(list(backends)))
             if only_ids is not None:
                 cq = cq.where(jobs.c.id.in_(list(only_ids)))
-            cq = cq.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(
-                max(capacity * 4, 64)
-            )
-            crows = (await conn.execute(cq)).all()
+            window = max(capacity * 4, 64)
+            cq = cq.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(window)
+            crows = conn.execute(cq).all()
+            out = Claims()
+            if not crows:
+                return out, 0
             never_started = {r.id for r in crows if r.started_at is None}
             candidates = [limits.Candidate(r.id, r.backend, r.model) for r in crows]
-            if not candidates:
-                return []
-            rq = (
-                sa.select(jobs.c.backend, jobs.c.model, sa.func.count())
-                .where(jobs.c.status == JobStatus.RUNNING.value)
-                .group_by(jobs.c.backend, jobs.c.model)
-            )
-            running = {(b, m): int(n) for b, m, n in (await conn.execute(rq)).all()}
+            running: dict[tuple[str, str], int] = {}
+            if any(groups(c.backend, c.model) for c in candidates):
+                rq = (
+                    sa.select(jobs.c.backend, jobs.c.model, sa.func.count())
+                    .where(_is(JobStatus.RUNNING))
+                    .group_by(jobs.c.backend, jobs.c.model)
+                )
+                running = {(b, m): int(n) for b, m, n in conn.execute(rq).all()}
             chosen = limits.pick(candidates, running, groups, capacity)
+            out.backlog = len(chosen) < len(crows) or len(crows) == window
             if not chosen:
-                return []
-            now = await db_now(conn)
+                return out, 0
+            now = _as_utc(crows[0][-1])
             until = now + timedelta(seconds=lease_s)
             leases = {jid: lease_token(owner) for jid in chosen}
-            await conn.execute(
+            backend_of = {r.id: r.backend for r in crows}
+            at_once = {
+                jid: now
+                if submits_at_once is not None and submits_at_once(backend_of[jid])
+                else None
+                for jid in chosen
+            }
+            conn.execute(
                 jobs.update()
                 .where(jobs.c.id == sa.bindparam("jid"), jobs.c.status == JobStatus.QUEUED.value)
                 .values(
@@ -528,40 +587,45 @@ class JobRepo:
                     lease_expires_at=until,
                     attempts=jobs.c.attempts + 1,
                     started_at=sa.func.coalesce(jobs.c.started_at, now),
+                    submitting_at=sa.bindparam("sub", type_=jobs.c.submitting_at.type),
                     updated_at=now,
                 ),
-                [{"jid": jid, "token": token} for jid, token in leases.items()],
+                [{"jid": j, "token": leases[j], "sub": at_once[j]} for j in chosen],
             )
-            rows = (await conn.execute(sa.select(jobs).where(jobs.c.id.in_(chosen)))).all()
+            rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(chosen))).all()
             order = {jid: i for i, jid in enumerate(chosen)}
             # A job canceled meanwhile (not under the claim lock) is not ours.
-            claimed = [
-                Claimed(job=await _job(conn, r, outputs=False), lease=leases[r.id])
-                for r in rows
-                if r.lease_owner == leases[r.id]
-            ]
-            if claimed:
-                await conn.execute(
-                    job_events.insert(),
-                    [
-                        {
-                            "job_id": c.job.id,
-                            "at": now,
-                            "kind": "transition",
-                            "status": JobStatus.RUNNING.value,
-                            "message": f"claimed by {owner}",
-                            "data": None,
-                        }
-                        for c in claimed
-                    ],
-                )
-            claimed.sort(key=lambda c: order[c.job.id])
+            mine = [r for r in rows if r.lease_owner == leases[r.id]]
+            mine.sort(key=lambda r: order[r.id])
+            out.extend(
+                Claimed(job=_job(r), lease=leases[r.id], submitting_at=r.submitting_at)
+                for r in mine
+            )
+            if not out:
+                return out, 0
+            conn.execute(
+                job_events.insert(),
+                [
+                    {
+                        "job_id": c.job.id,
+                        "at": now,
+                        "kind": "transition",
+                        "status": JobStatus.RUNNING.value,
+                        "message": f"claimed by {owner}",
+                        "data": None,
+                    }
+                    for c in out
+                ],
+            )
             queued = 0
-            for c in claimed:
+            for c in out:
                 if c.job.id in never_started:
-                    queued += await webhooks_db.enqueue(
+                    queued += webhooks_db.enqueue(
                         conn, self.webhooks, WebhookEvent.STARTED, c.job, now
                     )
+            return out, queued
+
+        claimed, queued = await self.db.run(take, write=True, claim_lock=True)
         self._queued(queued)
         return claimed
 
@@ -578,11 +642,12 @@ class JobRepo:
         """Jobs left running under a lease that expired (by the database's clock)
         become ours, each under a new lease token: whatever the previous holder still
         tries to write under its old token is refused (:class:`LeaseLost`)."""
-        async with self.db.write(claim_lock=True) as conn:
-            now = await db_now(conn)
+
+        def take(conn: sa.Connection) -> list[Claimed]:
+            now = db_now(conn)
             until = now + timedelta(seconds=lease_s)
             q = sa.select(jobs).where(
-                jobs.c.status == JobStatus.RUNNING.value,
+                _is(JobStatus.RUNNING),
                 sa.or_(jobs.c.lease_expires_at.is_(None), jobs.c.lease_expires_at < now),
             )
             if backends is not None:
@@ -590,11 +655,11 @@ class JobRepo:
             if only_ids is not None:
                 q = q.where(jobs.c.id.in_(list(only_ids)))
             q = q.order_by(jobs.c.priority.desc(), jobs.c.created_at).limit(limit)
-            rows = (await conn.execute(q)).all()
+            rows = conn.execute(q).all()
             if not rows:
                 return []
             leases = {r.id: lease_token(owner) for r in rows}
-            await conn.execute(
+            conn.execute(
                 jobs.update()
                 .where(
                     jobs.c.id == sa.bindparam("jid"),
@@ -611,16 +676,14 @@ class JobRepo:
                 [{"jid": r.id, "old": r.lease_owner, "token": leases[r.id]} for r in rows],
             )
             mine = set(
-                (
-                    await conn.execute(
-                        sa.select(jobs.c.id).where(jobs.c.lease_owner.in_(list(leases.values())))
-                    )
+                conn.execute(
+                    sa.select(jobs.c.id).where(jobs.c.lease_owner.in_(list(leases.values())))
                 ).scalars()
             )
             rows = [r for r in rows if r.id in mine]
             if not rows:
                 return []
-            await conn.execute(
+            conn.execute(
                 job_events.insert(),
                 [
                     {
@@ -635,38 +698,45 @@ class JobRepo:
                     for r in rows
                 ],
             )
-            out = []
-            for r in rows:
-                job = await _job(conn, r, outputs=False)
-                out.append(
-                    Claimed(
-                        job=job,
-                        lease=leases[r.id],
-                        submitting_at=r.submitting_at,
-                        previous=r.lease_owner,
-                    )
+            return [
+                Claimed(
+                    job=_job(r),
+                    lease=leases[r.id],
+                    submitting_at=r.submitting_at,
+                    previous=r.lease_owner,
                 )
-        return out
+                for r in rows
+            ]
+
+        return await self.db.run(take, write=True, claim_lock=True)
 
     @cancel_safe
-    async def renew_leases(self, leases: Sequence[str], lease_s: float) -> dict[str, bool]:
+    async def renew_leases(
+        self, leases: Sequence[str], lease_s: float, *, manifests: Sequence[str] = ()
+    ) -> dict[str, bool]:
         """Extend these leases (by the database's clock); returns
         ``{lease: cancel_requested}`` for the ones still held. A lease missing from
-        the result was lost: its job was taken over, or it finished."""
-        if not leases:
+        the result was lost: its job was taken over, or it finished. ``manifests``:
+        jobs whose manifest was written meanwhile, recorded in this transaction."""
+        if not leases and not manifests:
             return {}
-        async with self.db.write() as conn:
-            now = await db_now(conn)
+
+        def renew(conn: sa.Connection) -> dict[str, bool]:
+            if manifests:
+                _manifests_written(conn, manifests)
+            if not leases:
+                return {}
+            now = db_now(conn)
             held = jobs.c.lease_owner.in_(list(leases)), jobs.c.status == JobStatus.RUNNING.value
-            await conn.execute(
+            conn.execute(
                 jobs.update().where(*held).values(lease_expires_at=now + timedelta(seconds=lease_s))
             )
-            rows = (
-                await conn.execute(
-                    sa.select(jobs.c.lease_owner, jobs.c.cancel_requested).where(*held)
-                )
+            rows = conn.execute(
+                sa.select(jobs.c.lease_owner, jobs.c.cancel_requested).where(*held)
             ).all()
-        return {str(r.lease_owner): bool(r.cancel_requested) for r in rows}
+            return {str(r.lease_owner): bool(r.cancel_requested) for r in rows}
+
+        return await self.db.run(renew, write=True)
 
     @cancel_safe
     async def release_leases(self, leases: Sequence[str]) -> None:
@@ -674,21 +744,25 @@ class JobRepo:
         process re-attaches them at once."""
         if not leases:
             return
-        async with self.db.write() as conn:
-            now = await db_now(conn)
-            await conn.execute(
+
+        def release(conn: sa.Connection) -> None:
+            now = db_now(conn)
+            conn.execute(
                 jobs.update()
                 .where(jobs.c.lease_owner.in_(list(leases)))
                 .values(lease_expires_at=now - timedelta(seconds=1))
             )
 
+        await self.db.run(release, write=True)
+
     @cancel_safe
     async def release_owner(self, owner: str) -> int:
         """Expire every lease a (dead) worker held, so its jobs are taken over at once
         instead of after ``LEASE_S``; returns how many."""
-        async with self.db.write() as conn:
-            now = await db_now(conn)
-            res = await conn.execute(
+
+        def release(conn: sa.Connection) -> int:
+            now = db_now(conn)
+            res = conn.execute(
                 jobs.update()
                 .where(
                     jobs.c.status == JobStatus.RUNNING.value,
@@ -696,7 +770,9 @@ class JobRepo:
                 )
                 .values(lease_expires_at=now - timedelta(seconds=1))
             )
-        return int(res.rowcount or 0)
+            return int(res.rowcount or 0)
+
+        return await self.db.run(release, write=True)
 
     @cancel_safe
     async def mark_submitting(self, job_id: str, lease: str) -> None:
@@ -705,8 +781,10 @@ class JobRepo:
         (:class:`LeaseLost`) once the lease is lost, so a job taken over is never
         submitted by its previous holder."""
         now = utcnow()
-        async with self.db.write() as conn:
-            await self._guarded(conn, job_id, lease, submitting_at=now, updated_at=now)
+        await self.db.run(
+            lambda conn: _guarded(conn, job_id, lease, submitting_at=now, updated_at=now),
+            write=True,
+        )
 
     @cancel_safe
     async def set_upstream(
@@ -727,42 +805,41 @@ class JobRepo:
             "instance": handle.instance,
             "cost": cost,
         }
-        lost = False
-        async with self.db.write() as conn:
-            res = await conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
+
+        def record(conn: sa.Connection) -> bool:
+            res = conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
             if res.rowcount == 1:
-                await _event(
-                    conn, job_id, "upstream", at=now, message="submitted upstream", data=data
+                _event(conn, job_id, "upstream", at=now, message="submitted upstream", data=data)
+                return False
+            rescued = conn.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job_id,
+                    jobs.c.status == JobStatus.RUNNING.value,
+                    _no_handle(),
+                )
+                .values(**values)
+            )
+            if rescued.rowcount == 1:
+                _event(
+                    conn,
+                    job_id,
+                    "upstream",
+                    at=now,
+                    message="submitted upstream (recorded by the previous holder of the "
+                    "lease; the new holder re-attaches)",
+                    data=data,
                 )
             else:
-                lost = True
-                rescued = await conn.execute(
-                    jobs.update()
-                    .where(
-                        jobs.c.id == job_id,
-                        jobs.c.status == JobStatus.RUNNING.value,
-                        _no_handle(),
-                    )
-                    .values(**values)
-                )
-                if rescued.rowcount == 1:
-                    await _event(
-                        conn,
-                        job_id,
-                        "upstream",
-                        at=now,
-                        message="submitted upstream (recorded by the previous holder of the "
-                        "lease; the new holder re-attaches)",
-                        data=data,
-                    )
-                else:
-                    await self._record_extra_submission(conn, job_id, handle, cost, now)
-        if lost:
+                self._record_extra_submission(conn, job_id, handle, cost, now)
+            return True
+
+        if await self.db.run(record, write=True):
             raise LeaseLost(job_id)
 
-    async def _record_extra_submission(
+    def _record_extra_submission(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         job_id: str,
         handle: UpstreamHandle,
         cost: float | None,
@@ -772,22 +849,20 @@ class JobRepo:
         ended. Upstream accepted (and billed) it all the same, so its cost is added to
         the job's and an event names it. The leases make this impossible; if it ever
         happens, the ledger still shows what was paid."""
-        row = (
-            await conn.execute(
-                sa.select(jobs.c.upstream, jobs.c.backend, jobs.c.model).where(jobs.c.id == job_id)
-            )
+        row = conn.execute(
+            sa.select(jobs.c.upstream, jobs.c.backend, jobs.c.model).where(jobs.c.id == job_id)
         ).one_or_none()
         if row is None or (row.upstream or {}).get("task_id") == handle.task_id:
             return
         if row.upstream is None:
             # It ended (e.g. submit_interrupted, counted as billed) before its handle
             # came: the same submission, so keep the handle for the record, no new cost.
-            await conn.execute(
+            conn.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id)
                 .values(upstream=handle.model_dump(mode="json"))
             )
-            await _event(
+            _event(
                 conn,
                 job_id,
                 "info",
@@ -800,12 +875,12 @@ class JobRepo:
         extra = cost
         if extra is None and row.backend == "flux":
             extra = float(self.pricing.flux.get(row.model, 0.0))
-        await conn.execute(
+        conn.execute(
             jobs.update()
             .where(jobs.c.id == job_id)
             .values(cost=sa.func.coalesce(jobs.c.cost, 0.0) + (extra or 0.0))
         )
-        await _event(
+        _event(
             conn,
             job_id,
             "info",
@@ -820,32 +895,36 @@ class JobRepo:
         self, job_id: str, lease: str, progress: float | None, message: str | None = None
     ) -> None:
         now = utcnow()
-        queued = 0
-        async with self.db.write() as conn:
-            await self._guarded(conn, job_id, lease, progress=progress, updated_at=now)
-            await _event(conn, job_id, "progress", at=now, progress=progress, message=message)
-            if progress is not None and await webhooks_db.wants_events(conn, self.webhooks, job_id):
-                job = await self._get(conn, job_id, outputs=False)
-                queued = await webhooks_db.enqueue(
-                    conn, self.webhooks, WebhookEvent.PROGRESS, job, now
-                )
-        self._queued(queued)
+
+        def record(conn: sa.Connection) -> int:
+            _guarded(conn, job_id, lease, progress=progress, updated_at=now)
+            _event(conn, job_id, "progress", at=now, progress=progress, message=message)
+            if progress is not None and webhooks_db.wants_events(conn, self.webhooks, job_id):
+                job = _get(conn, job_id, outputs=False)
+                return webhooks_db.enqueue(conn, self.webhooks, WebhookEvent.PROGRESS, job, now)
+            return 0
+
+        self._queued(await self.db.run(record, write=True))
 
     @cancel_safe
     async def add_event(
         self, job_id: str, kind: EventKind, message: str, data: dict[str, JsonValue] | None = None
     ) -> None:
-        async with self.db.write() as conn:
-            await _event(conn, job_id, kind, at=utcnow(), message=message, data=data)
+        at = utcnow()
+        await self.db.run(
+            lambda conn: _event(conn, job_id, kind, at=at, message=message, data=data),
+            write=True,
+        )
 
     @cancel_safe
     async def requeue(self, job_id: str, lease: str, reason: str) -> None:
         """Back to the queue: nothing was sent upstream, so running it again is safe."""
         now = utcnow()
-        async with self.db.write() as conn:
-            current = await self._owned_status(conn, job_id, lease)
+
+        def back(conn: sa.Connection) -> None:
+            current = _owned_status(conn, job_id, lease)
             transition(current, JobStatus.QUEUED)
-            await self._guarded(
+            _guarded(
                 conn,
                 job_id,
                 lease,
@@ -858,9 +937,9 @@ class JobRepo:
                 progress=None,
                 updated_at=now,
             )
-            await _event(
-                conn, job_id, "transition", status=JobStatus.QUEUED, at=now, message=reason
-            )
+            _event(conn, job_id, "transition", status=JobStatus.QUEUED, at=now, message=reason)
+
+        await self.db.run(back, write=True)
 
     @cancel_safe
     async def finish(
@@ -875,28 +954,30 @@ class JobRepo:
         message: str | None = None,
         gpu_seconds: float | None = None,
         tokens: int | None = None,
+        never_submitted: bool = False,
     ) -> Job:
         """Move a job to a terminal state with its outputs or error, in one
         transaction, recording its final cost (``domain/costs.final_cost``).
         ``lease=None`` acts without a lease (a queued job). ``unless_upstream``: refuse
         (:class:`LeaseLost`) if an upstream handle was recorded meanwhile (a job about to
         be failed as ``submit_interrupted`` whose previous holder recorded its handle
-        after all: it is re-attached instead)."""
+        after all: it is re-attached instead). ``never_submitted``: the lease holder
+        knows no submit was started (a job marked submitting at its claim, ended
+        before the submit): its mark is cleared and nothing is counted as billed."""
         now = utcnow()
-        async with self.db.write() as conn:
+
+        def end(conn: sa.Connection) -> tuple[Job, int]:
             # One read: the status (and lease) to check, and what the final cost needs.
-            ledger = (
-                await conn.execute(
-                    sa.select(
-                        jobs.c.status,
-                        jobs.c.lease_owner,
-                        jobs.c.backend,
-                        jobs.c.model,
-                        jobs.c.cost,
-                        jobs.c.upstream,
-                        jobs.c.submitting_at,
-                    ).where(jobs.c.id == job_id)
-                )
+            ledger = conn.execute(
+                sa.select(
+                    jobs.c.status,
+                    jobs.c.lease_owner,
+                    jobs.c.backend,
+                    jobs.c.model,
+                    jobs.c.cost,
+                    jobs.c.upstream,
+                    jobs.c.submitting_at,
+                ).where(jobs.c.id == job_id)
             ).one_or_none()
             if lease is None and ledger is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
@@ -907,6 +988,7 @@ class JobRepo:
                 raise LeaseLost(job_id)
             current = JobStatus(ledger.status)
             transition(current, status)
+            unsent = never_submitted and ledger.upstream is None
             values: dict[str, object] = {
                 "status": status.value,
                 "finished_at": now,
@@ -919,7 +1001,7 @@ class JobRepo:
                     model=ledger.model,
                     status=status,
                     accepted=ledger.upstream is not None,
-                    submit_started=ledger.submitting_at is not None,
+                    submit_started=ledger.submitting_at is not None and not unsent,
                     quoted=ledger.cost,
                     error_code=error.code if error is not None else None,
                     gpu_seconds=gpu_seconds,
@@ -927,6 +1009,8 @@ class JobRepo:
                     pricing=self.pricing,
                 ),
             }
+            if unsent:
+                values["submitting_at"] = None
             if status == JobStatus.SUCCEEDED:
                 values["progress"] = 1.0
             if error is not None:
@@ -940,11 +1024,14 @@ class JobRepo:
                 where.append(jobs.c.lease_owner == lease)
             if unless_upstream:
                 where.append(_no_handle())
-            res = await conn.execute(jobs.update().where(*where).values(**values))
-            if res.rowcount != 1:
+            row = conn.execute(
+                jobs.update().where(*where).values(**values).returning(*jobs.c)
+            ).one_or_none()
+            if row is None:
                 raise LeaseLost(job_id)
+            job = _job(row)
             if outputs:
-                await conn.execute(
+                conn.execute(
                     job_outputs.insert(),
                     [
                         {
@@ -962,10 +1049,12 @@ class JobRepo:
                         for o in outputs
                     ],
                 )
+            if status == JobStatus.SUCCEEDED:
+                job.outputs = [_new_output(job_id, o) for o in sorted(outputs, key=_by_n)]
             data: dict[str, JsonValue] | None = None
             if error is not None:
                 data = {"code": error.code.value, **error.details}
-            await _event(
+            _event(
                 conn,
                 job_id,
                 "transition",
@@ -974,57 +1063,51 @@ class JobRepo:
                 message=message or (error.message if error else None),
                 data=data,
             )
-            job = await self._get(conn, job_id)
-            queued = await webhooks_db.enqueue(
-                conn, self.webhooks, WebhookEvent.COMPLETED, job, now
-            )
+            queued = webhooks_db.enqueue(conn, self.webhooks, WebhookEvent.COMPLETED, job, now)
+            return job, queued
+
+        job, queued = await self.db.run(end, write=True)
         self._queued(queued)
         return job
 
     @cancel_safe
     async def mark_manifest_written(self, job_id: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(
-                jobs.update().where(jobs.c.id == job_id).values(manifest_at=utcnow())
-            )
+        await self.mark_manifests_written([job_id])
 
     @cancel_safe
-    async def missing_manifests(self, older_than_s: float, limit: int = 100) -> list[Job]:
+    async def mark_manifests_written(self, job_ids: Sequence[str]) -> None:
+        """Record that these jobs' manifests were written (one transaction for all;
+        the worker also passes them to its next claim or lease renewal instead)."""
+        if job_ids:
+            await self.db.run(lambda conn: _manifests_written(conn, job_ids), write=True)
+
+    @cancel_safe
+    async def missing_manifests(
+        self, older_than_s: float, limit: int = 100, *, exclude: Sequence[str] = ()
+    ) -> list[Job]:
         """Succeeded jobs whose manifest was never written (the process died between
-        the commit and the file), finished more than ``older_than_s`` ago."""
+        the commit and the file), finished more than ``older_than_s`` ago; but not
+        ``exclude`` (written, not yet recorded). Served by a partial index on the
+        succeeded jobs without a manifest."""
         before = utcnow() - timedelta(seconds=older_than_s)
         q = (
             sa.select(jobs)
             .where(
-                jobs.c.status == JobStatus.SUCCEEDED.value,
+                _is(JobStatus.SUCCEEDED),
                 jobs.c.manifest_at.is_(None),
                 jobs.c.finished_at < before,
             )
             .order_by(jobs.c.finished_at)
-            .limit(limit)
+            .limit(limit + len(exclude))
         )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(q)).all()
-            items = [await _job(conn, r, outputs=False) for r in rows]
-            await _attach_outputs(conn, items)
-        return items
+        skip = set(exclude)
 
-    async def _owned_status(self, conn: AsyncConnection, job_id: str, lease: str) -> JobStatus:
-        row = (
-            await conn.execute(
-                sa.select(jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id)
-            )
-        ).one_or_none()
-        if row is None or row.lease_owner != lease:
-            raise LeaseLost(job_id)
-        return JobStatus(row.status)
+        def read(conn: sa.Connection) -> list[Job]:
+            items = [_job(r) for r in conn.execute(q).all() if r.id not in skip][:limit]
+            _attach_outputs(conn, items)
+            return items
 
-    async def _guarded(
-        self, conn: AsyncConnection, job_id: str, lease: str, **values: object
-    ) -> None:
-        res = await conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
-        if res.rowcount != 1:
-            raise LeaseLost(job_id)
+        return await self.db.run(read)
 
 
 # --- helpers -------------------------------------------------------------------------
@@ -1054,6 +1137,13 @@ def _no_handle() -> sa.ColumnElement[bool]:
     return sa.or_(jobs.c.upstream.is_(None), sa.cast(jobs.c.upstream, sa.Text) == "null")
 
 
+def _is(status: JobStatus) -> sa.ColumnElement[bool]:
+    """``status = '<status>'`` with the value written into the SQL, not bound: how
+    SQLite (and PostgreSQL, for a generic plan) can use a partial index whose
+    condition names that status (``ix_jobs_queued``, ...)."""
+    return jobs.c.status == sa.literal_column(f"'{status.value}'")
+
+
 def _held(job_id: str, lease: str) -> tuple[sa.ColumnElement[bool], ...]:
     """The fence of every write a lease holder makes."""
     return (
@@ -1063,8 +1153,41 @@ def _held(job_id: str, lease: str) -> tuple[sa.ColumnElement[bool], ...]:
     )
 
 
-async def _event(
-    conn: AsyncConnection,
+def _guarded(conn: sa.Connection, job_id: str, lease: str, **values: object) -> None:
+    res = conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
+    if res.rowcount != 1:
+        raise LeaseLost(job_id)
+
+
+def _owned_status(conn: sa.Connection, job_id: str, lease: str) -> JobStatus:
+    row = conn.execute(
+        sa.select(jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id)
+    ).one_or_none()
+    if row is None or row.lease_owner != lease:
+        raise LeaseLost(job_id)
+    return JobStatus(row.status)
+
+
+def _clock(conn: sa.Connection) -> sa.ColumnElement[object]:
+    """The database's clock as a column (see ``db_now``), read in a query the
+    transaction makes anyway once its locks are held."""
+    if conn.dialect.name == "sqlite":
+        return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").label("db_now")
+    return sa.func.clock_timestamp().label("db_now")
+
+
+def _as_utc(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+def _manifests_written(conn: sa.Connection, job_ids: Sequence[str]) -> None:
+    conn.execute(jobs.update().where(jobs.c.id.in_(list(job_ids))).values(manifest_at=utcnow()))
+
+
+def _event(
+    conn: sa.Connection,
     job_id: str,
     kind: EventKind,
     *,
@@ -1074,7 +1197,7 @@ async def _event(
     message: str | None = None,
     data: dict[str, JsonValue] | None = None,
 ) -> None:
-    await conn.execute(
+    conn.execute(
         job_events.insert().values(
             job_id=job_id,
             at=at,
@@ -1101,10 +1224,10 @@ def _job_event(r: sa.Row[tuple[object, ...]]) -> JobEvent:
     )
 
 
-async def _key_used(conn: AsyncConnection, key: str | None) -> bool:
+def _key_used(conn: sa.Connection, key: str | None) -> bool:
     if key is None:
         return False
-    found = await conn.execute(sa.select(jobs.c.id).where(jobs.c.idempotency_key == key))
+    found = conn.execute(sa.select(jobs.c.id).where(jobs.c.idempotency_key == key))
     return found.first() is not None
 
 
@@ -1112,22 +1235,82 @@ def _events_list(events: Sequence[WebhookEventName] | None) -> list[WebhookEvent
     return None if events is None else list(events)
 
 
-def _output(row: sa.Row[tuple[object, ...]]) -> JobOutput:
-    m = row._mapping
+_OUTPUT_COLUMNS = (
+    "n",
+    "path",
+    "mime_type",
+    "size_bytes",
+    "sha256",
+    "width",
+    "height",
+    "duration_s",
+)
+
+
+def _output_of(job_id: str, m: Mapping[Any, Any], prefix: str = "") -> JobOutput:
+    n = int(m[prefix + "n"])
     return JobOutput(
-        n=int(m["n"]),
-        path=str(m["path"]),
-        url=f"/api/outputs/{m['job_id']}/{m['n']}",
-        mime_type=str(m["mime_type"]),
-        size_bytes=int(m["size_bytes"]),
-        sha256=str(m["sha256"]),
-        width=m["width"],
-        height=m["height"],
-        duration_s=m["duration_s"],
+        n=n,
+        path=str(m[prefix + "path"]),
+        url=f"/api/outputs/{job_id}/{n}",
+        mime_type=str(m[prefix + "mime_type"]),
+        size_bytes=int(m[prefix + "size_bytes"]),
+        sha256=str(m[prefix + "sha256"]),
+        width=m[prefix + "width"],
+        height=m[prefix + "height"],
+        duration_s=m[prefix + "duration_s"],
     )
 
 
-async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: bool = True) -> Job:
+def _new_output(job_id: str, o: NewOutput) -> JobOutput:
+    return _output_of(job_id, {c: getattr(o, c) for c in _OUTPUT_COLUMNS})
+
+
+def _by_n(o: NewOutput) -> int:
+    return o.n
+
+
+def _get(conn: sa.Connection, job_id: str, *, outputs: bool = True) -> Job:
+    """A job (with its outputs, from the same query: an outer join, a row per
+    output)."""
+    if not outputs:
+        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+        if row is None:
+            raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+        return _job(row)
+    cols = [job_outputs.c[c].label(f"o_{c}") for c in _OUTPUT_COLUMNS]
+    q = (
+        sa.select(jobs, *cols)
+        .select_from(
+            jobs.outerjoin(
+                job_outputs,
+                sa.and_(
+                    job_outputs.c.job_id == jobs.c.id,
+                    jobs.c.status == JobStatus.SUCCEEDED.value,
+                ),
+            )
+        )
+        .where(jobs.c.id == job_id)
+        .order_by(job_outputs.c.n)
+    )
+    rows = conn.execute(q).all()
+    if not rows:
+        raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
+    job = _job(rows[0])
+    if job.status == JobStatus.SUCCEEDED:
+        job.outputs = [
+            _output_of(job_id, r._mapping, "o_") for r in rows if r._mapping["o_n"] is not None
+        ]
+    return job
+
+
+def _with_outputs(conn: sa.Connection, job: Job) -> Job:
+    _attach_outputs(conn, [job])
+    return job
+
+
+def _job(row: sa.Row[tuple[object, ...]]) -> Job:
+    """A job from its row (without its outputs)."""
     m = row._mapping
     error = None
     if m["error_code"]:
@@ -1136,7 +1319,7 @@ async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: 
             message=str(m["error_message"] or ""),
             details=m["error_details"] or {},
         )
-    job = Job(
+    return Job(
         id=str(m["id"]),
         backend=str(m["backend"]),
         model=str(m["model"]),
@@ -1163,25 +1346,20 @@ async def _job(conn: AsyncConnection, row: sa.Row[tuple[object, ...]], outputs: 
         webhook_events=m["webhook_events"],
         token_id=m["token_id"],
     )
-    if outputs:
-        await _attach_outputs(conn, [job])
-    return job
 
 
-async def _attach_outputs(conn: AsyncConnection, items: list[Job]) -> None:
+def _attach_outputs(conn: sa.Connection, items: list[Job]) -> None:
     ids = [j.id for j in items if j.status == JobStatus.SUCCEEDED]
     if not ids:
         return
-    rows = (
-        await conn.execute(
-            sa.select(job_outputs)
-            .where(job_outputs.c.job_id.in_(ids))
-            .order_by(job_outputs.c.job_id, job_outputs.c.n)
-        )
+    rows = conn.execute(
+        sa.select(job_outputs)
+        .where(job_outputs.c.job_id.in_(ids))
+        .order_by(job_outputs.c.job_id, job_outputs.c.n)
     ).all()
     by_job: dict[str, list[JobOutput]] = {}
     for r in rows:
-        by_job.setdefault(str(r.job_id), []).append(_output(r))
+        by_job.setdefault(str(r.job_id), []).append(_output_of(str(r.job_id), r._mapping))
     for j in items:
         j.outputs = by_job.get(j.id, [])
 

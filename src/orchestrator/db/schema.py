@@ -70,10 +70,39 @@ jobs = sa.Table(
     # added in 0005: the cost ledger (``cost`` is the final or quoted cost)
     sa.Column("cost_estimate", sa.Float, nullable=True),
     sa.Column("gpu_seconds", sa.Float, nullable=True),
-    sa.Index("ix_jobs_queue", "status", "priority", "created_at"),
     sa.Index("ix_jobs_created", "created_at", "id"),
     sa.Index("ix_jobs_backend_status", "backend", "status"),
     sa.Index("ix_jobs_token", "token_id"),
+    # added in 0007: partial indexes (see that migration)
+    sa.Index(
+        "ix_jobs_queued",
+        sa.text("priority DESC"),
+        "created_at",
+        "id",
+        sqlite_where=sa.text("status = 'queued'"),
+        postgresql_where=sa.text("status = 'queued'"),
+    ),
+    sa.Index(
+        "ix_jobs_lease",
+        "lease_expires_at",
+        sqlite_where=sa.text("status = 'running'"),
+        postgresql_where=sa.text("status = 'running'"),
+    ),
+    sa.Index(
+        "ix_jobs_manifest_missing",
+        "finished_at",
+        sqlite_where=sa.text("status = 'succeeded' AND manifest_at IS NULL"),
+        postgresql_where=sa.text("status = 'succeeded' AND manifest_at IS NULL"),
+    ),
+)
+
+# added in 0007: jobs per (backend, status), kept by triggers on ``jobs``
+job_counts = sa.Table(
+    "job_counts",
+    metadata,
+    sa.Column("backend", sa.String(32), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("n", sa.BigInteger, nullable=False),
 )
 
 job_outputs = sa.Table(

@@ -56,8 +56,8 @@ class DueDelivery:
 # --- the producer side: called inside job transitions ---------------------------------
 
 
-async def enqueue(
-    conn: AsyncConnection,
+def enqueue(
+    conn: sa.Connection,
     policy: WebhookPolicy | None,
     event: WebhookEvent,
     job: Job,
@@ -71,12 +71,12 @@ async def enqueue(
     if not urls:
         return 0
     if event == WebhookEvent.PROGRESS:
-        sent, last_at = await _progress_sent(conn, job.id)
+        sent, last_at = _progress_sent(conn, job.id)
         if not progress_due(sent, last_at, at, has_progress=job.progress is not None):
             return 0
     body = payload(event, job, at)
     expires = at + timedelta(seconds=policy.max_age_s)
-    await conn.execute(
+    conn.execute(
         webhook_deliveries.insert(),
         [
             {
@@ -97,30 +97,26 @@ async def enqueue(
     return len(urls)
 
 
-async def wants_events(conn: AsyncConnection, policy: WebhookPolicy | None, job_id: str) -> bool:
+def wants_events(conn: sa.Connection, policy: WebhookPolicy | None, job_id: str) -> bool:
     """Cheap pre-check for hot paths: could this job have any target at all?"""
     if policy is None or not policy.enabled:
         return False
     if policy.global_url:
         return True
-    row = (
-        await conn.execute(sa.select(jobs.c.webhook_url).where(jobs.c.id == job_id))
-    ).one_or_none()
+    row = conn.execute(sa.select(jobs.c.webhook_url).where(jobs.c.id == job_id)).one_or_none()
     return row is not None and row.webhook_url is not None
 
 
-async def _progress_sent(conn: AsyncConnection, job_id: str) -> tuple[int, datetime | None]:
+def _progress_sent(conn: sa.Connection, job_id: str) -> tuple[int, datetime | None]:
     """How many ``job.progress`` events were queued for a job (all targets of one
     event share its ``created_at``), and when the last one was."""
-    row = (
-        await conn.execute(
-            sa.select(
-                sa.func.count(sa.distinct(webhook_deliveries.c.created_at)),
-                sa.func.max(webhook_deliveries.c.created_at),
-            ).where(
-                webhook_deliveries.c.job_id == job_id,
-                webhook_deliveries.c.event == WebhookEvent.PROGRESS.value,
-            )
+    row = conn.execute(
+        sa.select(
+            sa.func.count(sa.distinct(webhook_deliveries.c.created_at)),
+            sa.func.max(webhook_deliveries.c.created_at),
+        ).where(
+            webhook_deliveries.c.job_id == job_id,
+            webhook_deliveries.c.event == WebhookEvent.PROGRESS.value,
         )
     ).one()
     last: datetime | None = row[1]

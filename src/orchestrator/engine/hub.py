@@ -9,7 +9,13 @@ webhook wakes the delivery loop.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Callable
+
+from orchestrator.domain.jobs import Job
+
+# How many finished jobs the hub remembers for waiters (a few KB each).
+FINAL_KEPT = 2048
 
 
 class Hub:
@@ -24,6 +30,23 @@ class Hub:
         self.local_jobs: set[str] = set()
         # Waiters for a change of any job (the server-wide event stream).
         self._any_waiters: set[asyncio.Event] = set()
+        # Jobs that ended lately, as their final transaction returned them: what a
+        # waiter in this process answers with, without reading the database again.
+        self._final: OrderedDict[str, Job] = OrderedDict()
+
+    def job_finished(self, job: Job) -> None:
+        """``job`` reached its terminal state (committed): remember it and wake its
+        waiters."""
+        self._final[job.id] = job
+        self._final.move_to_end(job.id)
+        while len(self._final) > FINAL_KEPT:
+            self._final.popitem(last=False)
+        self.job_changed(job.id)
+
+    def final_job(self, job_id: str) -> Job | None:
+        """The job as it ended, when it ended lately in this process (or a poll of
+        this process saw it end); else None."""
+        return self._final.get(job_id)
 
     def job_changed(self, job_id: str) -> None:
         for ev in self._job_waiters.get(job_id, ()):

@@ -67,11 +67,14 @@ class WorkerOptions:
 
 
 class _Running:
-    def __init__(self, claimed: Claimed, task: asyncio.Task[None]) -> None:
+    def __init__(self, claimed: Claimed, task: asyncio.Task[None], *, taken_over: bool) -> None:
         self.job = claimed.job
         self.lease = claimed.lease
         self.task = task
         self.stop_reason: StopReason | None = None
+        # Claimed here from the queue (not taken over): what this process did is all
+        # that happened to the job under this claim.
+        self.fresh = not taken_over
         self.submit_started = False
         # Between the submit's start and its handle being recorded: a stop is
         # deferred, since cutting the call would lose a task upstream may have billed.
@@ -117,6 +120,12 @@ class Worker:
         # Short enough for a lease token (``<id>#<n>``) to fit its column.
         self.id = f"{self.host[:32]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._running: dict[str, _Running] = {}
+        # Jobs whose manifest was written but not yet recorded: recorded with the
+        # next claim or lease renewal (no transaction of their own).
+        self._manifests: list[str] = []
+        # Whether the last claim left queued jobs behind: only then is a freed slot
+        # worth another claim (else only a new job, or the poll, can bring work).
+        self._backlog = True
         self._stopping = asyncio.Event()
         self._wake = hub.queue_changed
         self._main: asyncio.Task[None] | None = None
@@ -162,6 +171,7 @@ class Worker:
         if self._beat is not None:
             self._beat.cancel()
             await asyncio.gather(self._beat, return_exceptions=True)
+        await self._flush_manifests()
         with contextlib.suppress(Exception):
             await self.workers.unregister(self.id)
         _LIVE_HERE.discard(self.id)
@@ -180,33 +190,55 @@ class Worker:
         b = self.backends.get(backend)
         return b.limit_groups(model) if b is not None else ()
 
+    def _submits_at_once(self, backend: str) -> bool:
+        """Whether this backend's jobs go upstream right after the claim, with no
+        handle planned first: the claim marks them as submitting itself."""
+        b = self.backends.get(backend)
+        return b is not None and type(b).plan is Backend.plan
+
     async def _loop(self) -> None:
         last_recovery = time.monotonic()
+        polled = True  # the first pass looks at the queue as a poll would
         while not self._stopping.is_set():
             try:
                 self._wake.clear()
                 free = self.opts.concurrency - len(self._running)
                 claimed: list[Claimed] = []
-                if free > 0:
-                    claimed = await self.repo.claim(
+                if free <= 0:
+                    self._backlog = True  # unknown: look again when a slot frees
+                elif not polled or await self.repo.has_queued(
+                    self.enabled_backends(), self.opts.only_ids
+                ):
+                    manifests = list(self._manifests)
+                    got = await self.repo.claim(
                         self.id,
                         self.opts.lease_s,
                         free,
                         self._groups,
                         backends=self.enabled_backends(),
                         only_ids=self.opts.only_ids,
+                        submits_at_once=self._submits_at_once,
+                        manifests=manifests,
                     )
+                    self._recorded(manifests)
+                    self._backlog = got.backlog
+                    claimed = got
                     for c in claimed:
                         self._spawn(c, taken_over=False)
                         self.hub.job_changed(c.job.id)
+                else:
+                    self._backlog = False
                 if time.monotonic() - last_recovery > self.opts.lease_s / 2:
                     last_recovery = time.monotonic()
                     await self._recover()
                 if claimed and len(claimed) == free:
+                    polled = False
                     continue  # the queue may hold more
+                polled = True
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.opts.poll_interval_s):
                         await self._wake.wait()
+                        polled = False
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -227,7 +259,7 @@ class Worker:
         task = asyncio.create_task(
             self._run(claimed, taken_over=taken_over, after=after), name=f"job-{job_id}"
         )
-        self._running[job_id] = _Running(claimed, task)
+        self._running[job_id] = _Running(claimed, task, taken_over=taken_over)
 
         def done(finished: asyncio.Task[None]) -> None:
             self._done(job_id, finished)
@@ -239,20 +271,40 @@ class Worker:
         if r is not None and r.task is task:  # not a newer claim's entry
             del self._running[job_id]
             self.hub.local_jobs.discard(job_id)
-        self._wake.set()
+        if self._backlog:
+            self._wake.set()
 
     async def _manifest(self, job: Job) -> None:
-        """Write the job's manifest and record it. A process killed before that is
-        caught up by :meth:`_repair_manifests` on the next start."""
+        """Write the job's manifest; it is recorded with the next claim or lease
+        renewal (or at shutdown). A process killed before that rewrites it on the
+        next start (:meth:`_repair_manifests`), which is harmless."""
         try:
             await asyncio.shield(self.store.write_manifest(job))
-            await self.repo.mark_manifest_written(job.id)
         except OSError as exc:
             log.error("could not write the job manifest; will retry", error=str(exc))
+            return
+        self._manifests.append(job.id)
+
+    def _recorded(self, manifests: Sequence[str]) -> None:
+        """These manifests' marks committed: no longer pending."""
+        if manifests:
+            done = set(manifests)
+            self._manifests = [m for m in self._manifests if m not in done]
+
+    async def _flush_manifests(self) -> None:
+        manifests = list(self._manifests)
+        try:
+            await self.repo.mark_manifests_written(manifests)
+        except Exception:
+            log.exception("could not record written manifests; the next start rewrites them")
+            return
+        self._recorded(manifests)
 
     async def _repair_manifests(self, older_than_s: float) -> None:
         try:
-            missing = await self.repo.missing_manifests(older_than_s=older_than_s)
+            missing = await self.repo.missing_manifests(
+                older_than_s=older_than_s, exclude=self._manifests
+            )
         except Exception:
             log.exception("manifest repair scan failed")
             return
@@ -317,7 +369,11 @@ class Worker:
             await asyncio.sleep(interval)
             try:
                 held = [r for r in self._running.values() if not r.lost and not r.task.done()]
-                kept = await self.repo.renew_leases([r.lease for r in held], self.opts.lease_s)
+                manifests = list(self._manifests)
+                kept = await self.repo.renew_leases(
+                    [r.lease for r in held], self.opts.lease_s, manifests=manifests
+                )
+                self._recorded(manifests)
                 for r in held:
                     if r.settled or r.task.done():
                         continue
@@ -411,6 +467,7 @@ class Worker:
                 raise errors.DeadlineExceeded("the deadline passed before the job could start")
             async with asyncio.timeout(remaining) as deadline:
                 if handle is None:
+                    marked = claimed is None and self._submits_at_once(job.backend)
                     if r is not None:
                         r.submit_started = True
                     planned = backend.plan(job)
@@ -418,7 +475,9 @@ class Worker:
                         # Our own id: stored first, so a crash mid-submit re-attaches.
                         await self.repo.set_upstream(job.id, lease, planned, None)
                         handle = planned
-                    else:
+                    elif not marked:
+                        # (a fresh claim of a backend that submits at once was marked
+                        # as submitting by the claim itself)
                         await self.repo.mark_submitting(job.id, lease)
                     if r is not None:
                         r.in_submit = True
@@ -469,8 +528,8 @@ class Worker:
             self._observe(job, JobStatus.SUCCEEDED)
             log.info("job succeeded", outputs=len(outputs))
             await self._manifest(done)
-            # Waiters in this process are woken once the manifest is written too.
-            self.hub.job_changed(job.id)
+            # Waiters in this process get the job once its manifest is written too.
+            self.hub.job_finished(done)
         except TimeoutError:
             await self._fail(job, lease, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
         except errors.DeadlineExceeded as exc:
@@ -655,7 +714,8 @@ class Worker:
     ) -> None:
         clean = {k: v for k, v in (details or {}).items() if v is not None}
         err = JobError.model_validate({"code": code, "message": message, "details": clean})
-        await asyncio.shield(
+        never_submitted = self._never_submitted(job.id)
+        ended = await asyncio.shield(
             self._durably(
                 "failure",
                 lambda: self.repo.finish(
@@ -666,13 +726,21 @@ class Worker:
                     gpu_seconds=_number(clean.get("gpu_seconds")),
                     tokens=_int(clean.get("tokens")),
                     unless_upstream=unless_upstream,
+                    never_submitted=never_submitted,
                 ),
             )
         )
         self._settle(job.id)
-        self.hub.job_changed(job.id)
+        self.hub.job_finished(ended)
         self._observe(job, JobStatus.FAILED, code)
         log.warning("job failed", code=code.value, error=message)
+
+    def _never_submitted(self, job_id: str) -> bool:
+        """Whether this process knows nothing was sent upstream for the job under its
+        current claim: claimed here from the queue, and its submit never started (a
+        claim may have marked it as submitting ahead of the submit)."""
+        r = self._running.get(job_id)
+        return r is not None and r.fresh and not r.submit_started
 
     async def _finish_canceled(
         self,
@@ -687,13 +755,17 @@ class Worker:
         outcome = await asyncio.shield(
             backend.cancel(job, handle or job.upstream, submit_started=submit_started)
         )
-        await asyncio.shield(
+        ended = await asyncio.shield(
             self.repo.finish(
-                job.id, lease, JobStatus.CANCELED, message=f"{message}; {outcome.note}"
+                job.id,
+                lease,
+                JobStatus.CANCELED,
+                message=f"{message}; {outcome.note}",
+                never_submitted=self._never_submitted(job.id),
             )
         )
         self._settle(job.id)
-        self.hub.job_changed(job.id)
+        self.hub.job_finished(ended)
         self._observe(job, JobStatus.CANCELED)
         log.info("job canceled", note=outcome.note)
 
