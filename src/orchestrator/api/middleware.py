@@ -4,9 +4,10 @@ log line of the request and echoed in the response."""
 from __future__ import annotations
 
 import json
+import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Mapping
 
 import structlog
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator import logs
 
 log = logs.get("orchestrator.access")
+_level = logging.getLogger("orchestrator.access")  # to skip the debug line cheaply
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -31,7 +33,7 @@ class RequestIdMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_holder = {"status": 0}
@@ -48,13 +50,14 @@ class RequestIdMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                log.debug(
-                    "request",
-                    method=scope.get("method"),
-                    path=scope.get("path"),
-                    status=status_holder["status"],
-                    duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                )
+                if _level.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "request",
+                        method=scope.get("method"),
+                        path=scope.get("path"),
+                        status=status_holder["status"],
+                        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
 
 
 MAX_BODY_BYTES = 40 * 1024 * 1024  # base64 images up to ~28 MB, plus the JSON around them

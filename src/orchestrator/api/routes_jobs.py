@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from sse_starlette import EventSourceResponse
 
-from orchestrator.api.deps import PrincipalDep, ServiceDep
+from orchestrator.api.deps import PrincipalDep, ServiceDep, get_service
 from orchestrator.api.problems import Problem
 from orchestrator.api.routes_events import sse_bytes
 from orchestrator.domain.auth import Principal
@@ -65,22 +65,27 @@ async def generate(
     return job
 
 
+# The read routes take the service from the request rather than through ServiceDep:
+# FastAPI runs a plain-function dependency in a worker thread, one thread hop per
+# request, which the GET path cannot afford.
+
+
 @router.get("/jobs", responses=PROBLEMS, summary="List jobs, newest first")
 async def list_jobs(
-    service: ServiceDep,
+    request: Request,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     backend: Annotated[list[BackendName] | None, Query()] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:
-    return await service.list_jobs(
+    return await get_service(request).list_jobs(
         status=status_ or (), backend=backend or (), cursor=cursor, limit=limit
     )
 
 
 @router.get("/jobs/{job_id}", responses=PROBLEMS, summary="One job")
-async def get_job(job_id: str, service: ServiceDep) -> Job:
-    return await service.get_job(job_id)
+async def get_job(job_id: str, request: Request) -> Job:
+    return await get_service(request).get_job(job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", responses=PROBLEMS, summary="Cancel a job")
