@@ -28,14 +28,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
 
 import httpx2
 import stamina
 from pydantic import BaseModel, JsonValue
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import WebSocketException
 
 from orchestrator import errors, logs
 from orchestrator.backends.base import (
@@ -66,6 +64,9 @@ from orchestrator.domain.params import (
     WorkflowParams,
 )
 from orchestrator.storage import InputStore, OutputStore
+
+if TYPE_CHECKING:  # websockets is imported when a socket first opens
+    from websockets.asyncio.client import ClientConnection
 
 log = logs.get(__name__)
 Code = errors.ErrorCode
@@ -400,6 +401,9 @@ class InstanceSocket:
             q.put_nowait(WsEvent(kind))
 
     async def _run(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import WebSocketException
+
         delay = 0.2
         first = True
         while True:

@@ -10,9 +10,10 @@ a session.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -21,15 +22,25 @@ from orchestrator.api.deps import ServiceDep
 from orchestrator.auth_service import SESSION_COOKIE
 from orchestrator.ui import csrf
 
+if TYPE_CHECKING:
+    import jinja2
+
 log = logs.get(__name__)
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 DEFAULT_NEXT = "/ui/"
-_env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
+
+
+@functools.cache
+def _env() -> jinja2.Environment:
+    """Built (and jinja2 imported) by the first login page, not at start-up."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 def safe_next(value: object) -> str:
@@ -48,13 +59,17 @@ def login_page(
     next_path: object = None,
     error: str | None = None,
 ) -> HTMLResponse:
-    html = _env.get_template("login.html").render(
-        csrf_field=csrf.CSRF_FIELD,
-        csrf_token=csrf.token_for(request),
-        next_path=safe_next(next_path),
-        error=error,
-        version=__version__,
-        request_id=getattr(request.state, "request_id", None),
+    html = (
+        _env()
+        .get_template("login.html")
+        .render(
+            csrf_field=csrf.CSRF_FIELD,
+            csrf_token=csrf.token_for(request),
+            next_path=safe_next(next_path),
+            error=error,
+            version=__version__,
+            request_id=getattr(request.state, "request_id", None),
+        )
     )
     response = HTMLResponse(html, status_code=status_code, headers={"Cache-Control": "no-store"})
     csrf.issue(request, response)

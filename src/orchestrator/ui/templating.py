@@ -2,37 +2,48 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from orchestrator import __version__
 from orchestrator.ui import csrf, media, nav
 
+if TYPE_CHECKING:
+    import jinja2
+
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 STATIC_PREFIX = "/ui/static"
 
-env = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES),
-    autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
-env.filters["age"] = media.age
-env.filters["when"] = media.when
-env.filters["pct"] = media.pct
-env.filters["size"] = media.human_size
-env.filters["prompt_of"] = media.prompt_of
-env.globals["media_kind"] = media.kind
-env.globals["static"] = lambda name: f"{STATIC_PREFIX}/{name}?v={__version__}"
+
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The pages' Jinja2 environment, built (and jinja2 imported) by the first page
+    rendered, not when the server starts."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["age"] = media.age
+    env.filters["when"] = media.when
+    env.filters["pct"] = media.pct
+    env.filters["size"] = media.human_size
+    env.filters["prompt_of"] = media.prompt_of
+    env.globals["media_kind"] = media.kind
+    env.globals["static"] = lambda name: f"{STATIC_PREFIX}/{name}?v={__version__}"
+    return env
 
 
 def render(
@@ -59,7 +70,7 @@ def render(
         "version": __version__,
         "now": datetime.now(UTC),
     }
-    html = env.get_template(template).render({**shared, **(context or {})})
+    html = environment().get_template(template).render({**shared, **(context or {})})
     response = HTMLResponse(html, status_code=status_code)
     csrf.issue(request, response)
     return response
