@@ -24,13 +24,13 @@ from orchestrator.backends.user_workflows import UserWorkflow
 from orchestrator.backends.v0 import V0Backend
 from orchestrator.config import Settings
 from orchestrator.db.engine import Database
+from orchestrator.db.events import EventLog
 from orchestrator.db.jobs import JobRepo, NewJob
 from orchestrator.db.tokens import TokenRepo
 from orchestrator.db.webhooks import WebhookRepo
 from orchestrator.db.workers import WorkerRepo
 from orchestrator.domain import auth
 from orchestrator.domain.costs import BudgetStatus
-from orchestrator.domain.event_cursor import Cursor
 from orchestrator.domain.jobs import Job, JobEvent, JobOutput, JobPage, JobStatus
 from orchestrator.domain.params import (
     FLUX_LIST_PRICE,
@@ -52,7 +52,7 @@ from orchestrator.domain.webhooks import (
     WebhookPolicy,
     check_url,
 )
-from orchestrator.engine.events import GAP_GRACE_S, EventFeed, FeedItem
+from orchestrator.engine.events import EventFeed, FeedItem, Subscription
 from orchestrator.engine.hub import Hub
 from orchestrator.engine.processes import ProcessSupervisor
 from orchestrator.ignite import IgniteReport, report, run_checks
@@ -126,9 +126,9 @@ class Service:
         self.backends = backends
         self.store = store
         self.hub = hub
-        # The server-wide event stream's one reader (started by its first subscriber,
-        # stopped with the runtime).
-        self.feed = EventFeed(self.repo, hub)
+        # The event streams' one reader (started by the first subscriber, stopped with
+        # the runtime).
+        self.feed = EventFeed(EventLog(db), hub)
         self.demo = demo
         self.inputs = inputs or InputStore(settings.data_path / "inputs")
         self.comfy = comfy
@@ -392,7 +392,7 @@ class Service:
 
     async def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         await self.repo.get(job_id)  # 404 for unknown jobs
-        return await self.repo.events(job_id, after_id)
+        return await self.feed.log.of_job(job_id, after_id)
 
     async def follow_events(self, job_id: str, after_id: int = 0) -> AsyncIterator[JobEvent]:
         """Every event of a job after ``after_id``, live, until the job is finished."""
@@ -402,27 +402,11 @@ class Service:
     async def follow_job(self, job_id: str, resume: str | None = None) -> AsyncIterator[FeedItem]:
         """A job's events from ``resume`` (a cursor token; None: from the first), live,
         until the job is finished; each with the token to resume after it. A late
-        commit (an event whose id is below one already sent) is not skipped."""
-        await self.repo.get(job_id)
-        now = time.monotonic()
-        cursor = (Cursor.parse(resume, now) if resume else None) or Cursor()
-        while True:
-            batch = await self.repo.events_after(cursor.high, cursor.open_gaps(), job_id=job_id)
-            now = time.monotonic()
-            for ev in batch:
-                if cursor.accept(ev.id, now):
-                    yield FeedItem(ev, cursor.token(), ev.model_dump_json())
-            cursor.expire(now, GAP_GRACE_S)
-            if batch:
-                continue
-            if (await self.repo.status_of([job_id]))[job_id][0].terminal:
-                # The job's last transition is committed; only late commits of events
-                # already numbered could follow, and they are events of its past.
-                tail = await self.repo.events_after(cursor.high, cursor.open_gaps(), job_id=job_id)
-                if not tail:
-                    return
-                continue
-            await self.hub.wait_job(job_id, EVENT_POLL_S)
+        commit (an event whose id is below one already sent) is not skipped. Served by
+        the process's one event reader (``engine/events.py``): no query per wake-up."""
+        job = await self.repo.get(job_id)  # 404; finished: its events are all written
+        async for item in self.feed.follow_job(job_id, resume, finished=job.status.terminal):
+            yield item
 
     async def follow_all_events(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
         """Every job's events from ``resume`` (a cursor token; None: from now on), live,
@@ -432,9 +416,7 @@ class Service:
         async for items in await self.subscribe_all_events(resume):
             yield items
 
-    async def subscribe_all_events(
-        self, resume: str | None = None
-    ) -> AsyncIterator[list[FeedItem]]:
+    async def subscribe_all_events(self, resume: str | None = None) -> Subscription:
         """Like :meth:`follow_all_events`, subscribed when this returns: a stream
         whose headers go out before it is first read misses nothing written after."""
         return await self.feed.subscribe(resume)

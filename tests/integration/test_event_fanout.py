@@ -225,3 +225,94 @@ async def test_one_query_per_wake_up_whatever_the_subscribers(
     # one reader: at most a query per event written plus idle polls, never per subscriber
     assert len(statements) <= 40, len(statements)
     assert reads <= 40
+
+
+# --- a reader that starts while events are still uncommitted (issue 13) -----------------
+
+
+async def test_an_event_open_when_the_reader_starts_is_not_lost(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    """Another process inserted "late" (its id taken) and has not committed when this
+    process's reader starts; "early" (a larger id) is already visible. A reader that
+    starts at "the newest id" never looks below it again: "late" was lost, to the
+    server-wide stream and to a job's stream alike (50 of 1,800 with several writer
+    processes)."""
+    settings = make_settings(database_url=db_url, demo_mode="on")
+    async with no_worker(settings) as writer:
+        job_id = await _job(writer.service)
+        async with no_worker(settings) as reader:  # another process: its own reader
+            everything: list[FeedItem] = []
+            of_job: list[FeedItem] = []
+            async with late_commit(writer.service, job_id, "late"):
+                await _insert(writer.service, job_id, "early")
+                # both subscribed (the reader started) while "late" is uncommitted
+                all_stream = await reader.service.subscribe_all_events()
+                job_stream = reader.service.follow_job(job_id)
+                first = await anext(job_stream)  # the job's stream has subscribed
+                of_job.append(first)
+            await _insert(writer.service, job_id, "last")
+            async with asyncio.timeout(10):
+                await asyncio.gather(
+                    _collect(_flat(all_stream), everything, "last"),
+                    _collect(job_stream, of_job, "last"),
+                )
+    assert "late" in _messages(everything), _messages(everything)
+    assert _messages(of_job).count("late") == 1, _messages(of_job)
+
+
+async def test_writers_with_open_transactions_lose_nothing_to_starting_readers(
+    make_settings: Callable[..., Settings], db_url: str
+) -> None:
+    """Four writers keep transactions open for a while (ids taken, commits late and out
+    of order) while readers start one after another, each in its own runtime (as
+    another process would). Every event whose commit began after a subscriber
+    subscribed reaches it."""
+    import random
+
+    settings = make_settings(database_url=db_url, demo_mode="on")
+    rng = random.Random(13)
+    clock = iter(range(1, 10**9))  # one event loop: a counter orders everything exactly
+    commit_started: dict[str, int] = {}
+    async with no_worker(settings) as writer:
+        svc = writer.service
+        job_id = await _job(svc)
+        stop = asyncio.Event()
+
+        async def write(k: int) -> None:
+            i = 0
+            while not stop.is_set():
+                message = f"w{k}-{i}"
+                i += 1
+                async with svc.db.write() as conn:
+                    await conn.execute(
+                        job_events.insert().values(
+                            job_id=job_id, at=sa.func.now(), kind="info", message=message
+                        )
+                    )
+                    await asyncio.sleep(rng.uniform(0, 0.03))
+                    commit_started[message] = next(clock)
+
+        writers = [asyncio.create_task(write(k)) for k in range(4)]
+        readers: list[tuple[int, list[FeedItem], asyncio.Task[None]]] = []
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(4):
+                await asyncio.sleep(0.15)
+                rt = await stack.enter_async_context(no_worker(settings))
+                stream = await rt.service.subscribe_all_events()
+                got: list[FeedItem] = []
+                subscribed = next(clock)
+                readers.append(
+                    (subscribed, got, asyncio.create_task(_collect(_flat(stream), got, "stop")))
+                )
+            await asyncio.sleep(0.3)
+            stop.set()
+            await asyncio.gather(*writers)
+            await _insert(svc, job_id, "stop")
+            async with asyncio.timeout(20):
+                await asyncio.gather(*(task for _, _, task in readers))
+    assert len(commit_started) > 40
+    for subscribed, got, _ in readers:
+        due = {m for m, at in commit_started.items() if at > subscribed}
+        missing = due - set(_messages(got))
+        assert not missing, f"{len(missing)} of {len(due)} events never arrived: {missing}"
