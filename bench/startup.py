@@ -10,10 +10,13 @@ Each round runs, one after another (interleaved, so a drift of the machine's spe
 sides of a ratio alike):
 
 * **serve**: ``orchestrator serve`` as a new process, with SQLite in a temporary folder, a free
-  127.0.0.1 port, auth off and no backend configured (so demo mode: simulated backends). The
-  start time is from just before the process is spawned to the first 200 on ``/healthz``
-  (polled every 5 ms); the idle RSS is ``VmRSS`` from ``/proc/<pid>/status`` ``--settle``
-  seconds after that, with no request in between.
+  127.0.0.1 port, auth off and no backend configured, so in demo mode (simulated FLUX, v0 and
+  ComfyUI, the last one a server in a thread), as a new user gets it. The start time is from
+  just before the process is spawned to the first 200 on ``/healthz`` (polled every 5 ms);
+  the idle RSS is ``VmRSS`` from ``/proc/<pid>/status`` ``--settle`` seconds after that,
+  with no request in between.
+* **serve, DEMO_MODE=off**: the same with demo mode off (no backend enabled): the server's
+  own cost, without the simulated backends.
 * **minimal app**: ``bench/startup_minimal_app.py`` (a FastAPI app with one ``/healthz``
   route under uvicorn), measured the same way: the baseline of both figures.
 * **--help**: ``orchestrator --help`` against ``python -c pass``: wall time, and the peak RSS
@@ -64,7 +67,7 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
 
 
-def serve_env(root: Path, port: int) -> dict[str, str]:
+def serve_env(root: Path, port: int, demo: str = "auto") -> dict[str, str]:
     env = clean_env()
     config = root / "config" / "orchestrator.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,7 @@ def serve_env(root: Path, port: int) -> dict[str, str]:
         ORCHESTRATOR_PORT=str(port),
         LOG_LEVEL="WARNING",
         LOG_FORMAT="json",
+        DEMO_MODE=demo,
     )
     return env
 
@@ -205,12 +209,18 @@ def main() -> None:
     orch = orchestrator_cmd()
     start = Row("`serve` start → /healthz 200", "s", "≤ 1.0 s")
     rss = Row("idle RSS of `serve`", "MB", "≤ 100 MB")
+    start_off = Row("… with DEMO_MODE=off", "s", "-")
+    rss_off = Row("… with DEMO_MODE=off", "MB", "-")
     help_wall = Row("`orchestrator --help` wall", "s", "-")
     help_rss = Row("`orchestrator --help` peak RSS", "MB", "-")
     for i in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
             port = free_port()
             served = measure_server([*orch, "serve"], serve_env(Path(tmp), port), port, args.settle)
+        with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
+            port = free_port()
+            env = serve_env(Path(tmp), port, demo="off")
+            served_off = measure_server([*orch, "serve"], env, port, args.settle)
         port = free_port()
         minimal = measure_server(
             [sys.executable, str(MINIMAL_APP), "--port", str(port)], clean_env(), port, args.settle
@@ -222,18 +232,24 @@ def main() -> None:
         start.base.append(minimal.start_s)
         rss.values.append(served.idle_rss_mb)
         rss.base.append(minimal.idle_rss_mb)
+        start_off.values.append(served_off.start_s)
+        start_off.base.append(minimal.start_s)
+        rss_off.values.append(served_off.idle_rss_mb)
+        rss_off.base.append(minimal.idle_rss_mb)
         help_wall.values.append(helped.wall_s)
         help_wall.base.append(bare.wall_s)
         help_rss.values.append(helped.peak_rss_mb)
         help_rss.base.append(bare.peak_rss_mb)
         print(
             f"round {i + 1}: serve {served.start_s:.3f} s {served.idle_rss_mb:.1f} MB; "
+            f"no demo {served_off.start_s:.3f} s {served_off.idle_rss_mb:.1f} MB; "
             f"minimal {minimal.start_s:.3f} s {minimal.idle_rss_mb:.1f} MB; "
             f"--help {helped.wall_s:.3f} s; pass {bare.wall_s:.3f} s",
             file=sys.stderr,
+            flush=True,
         )
     print(f"\nStart-up and idle memory (python {sys.version.split()[0]}, SQLite, demo mode)\n")
-    print(table([start, rss, help_wall, help_rss], args.rounds))
+    print(table([start, start_off, rss, rss_off, help_wall, help_rss], args.rounds))
 
 
 if __name__ == "__main__":
