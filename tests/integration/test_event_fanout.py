@@ -316,3 +316,82 @@ async def test_writers_with_open_transactions_lose_nothing_to_starting_readers(
         due = {m for m, at in commit_started.items() if at > subscribed}
         missing = due - set(_messages(got))
         assert not missing, f"{len(missing)} of {len(due)} events never arrived: {missing}"
+
+
+# --- per-job streams from the same reader (issue 13) ------------------------------------
+
+
+async def test_job_streams_share_the_one_reader(make_settings: Callable[..., Settings]) -> None:
+    """100 followers of 10 jobs (the CLI's, MCP's and /api/jobs/{id}/events' way), 30
+    events: once they have caught up, the events reach them through the process's one
+    reader (a query per wake-up), not a query per follower per wake-up as before; idle
+    followers run no query at all; a job's last transition ends its followers."""
+    async with no_worker(make_settings(demo_mode="on")) as rt:
+        svc = rt.service
+        jobs = [await _job(svc) for _ in range(10)]
+        statements: list[str] = []
+
+        def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+            if "FROM job_events" in statement:
+                statements.append(statement)
+
+        everything = await svc.subscribe_all_events()  # the reader runs, whatever serves them
+        got: dict[int, list[FeedItem]] = {i: [] for i in range(100)}
+        streams = [svc.follow_job(jobs[i % 10]) for i in range(100)]
+        for i, stream in enumerate(streams):  # each has caught up (its "created")
+            got[i].append(await anext(stream))
+        engines = _engines(svc)
+        for engine in engines:
+            sa.event.listen(engine, "before_cursor_execute", count)
+        reads_before = svc.feed.reads
+        readers = [
+            asyncio.create_task(_collect(stream, got[i], f"{jobs[i % 10]} 2"))
+            for i, stream in enumerate(streams)
+        ]
+        try:
+            for n in range(3):
+                for job_id in jobs:
+                    await _insert(svc, job_id, f"{job_id} {n}")
+            async with asyncio.timeout(10):
+                await asyncio.gather(*readers)
+            # idle: the reader polls (for other processes' events); the followers do not
+            idle_before = len(statements), svc.feed.reads
+            await _until(lambda: svc.feed.reads >= idle_before[1] + 5)
+            idle_statements = len(statements) - idle_before[0]
+            idle_reads = svc.feed.reads - idle_before[1]
+            # the jobs end: every follower sees the last transition, and stops
+            ending = [asyncio.create_task(_drain(svc.follow_job(j))) for j in jobs[:2]]
+            await asyncio.sleep(0.1)
+            for job_id in jobs[:2]:
+                await svc.cancel_job(job_id)
+            async with asyncio.timeout(10):
+                ends = await asyncio.gather(*ending)
+        finally:
+            for engine in engines:
+                sa.event.remove(engine, "before_cursor_execute", count)
+            await everything.aclose()
+        reads = svc.feed.reads - reads_before
+    for i, items in got.items():
+        mine = [m for m in _messages(items) if m and m.startswith(jobs[i % 10])]
+        assert mine == [f"{jobs[i % 10]} {n}" for n in range(3)], (i, _messages(items))
+    assert idle_statements <= idle_reads + 1, (idle_statements, idle_reads)
+    # 30 events; one reader: a query per wake-up (at most one per event written, plus
+    # idle polls and the 2 last followers' catch-up), never one per follower
+    assert len(statements) <= reads + 10, (len(statements), reads)
+    assert reads < 100, reads
+    for items in ends:
+        assert items[-1].event.status is not None and items[-1].event.status.terminal
+
+
+def _engines(svc: Service) -> list[sa.Engine]:
+    """Every engine statements may run on (the async one's, and SQLite's synchronous
+    one for units of work where there is one)."""
+    out = [svc.db.engine.sync_engine]
+    sync = getattr(svc.db, "_sync", None)
+    if isinstance(sync, sa.Engine):
+        out.append(sync)
+    return out
+
+
+async def _drain(stream: AsyncIterator[FeedItem]) -> list[FeedItem]:
+    return [item async for item in stream]
