@@ -25,6 +25,10 @@ sides of a ratio alike):
 Figures are min / median / max over the rounds; each ratio is taken round by round (this
 process against its baseline in the same round) and then summarised. Only 127.0.0.1 is
 contacted. Linux only (``/proc``).
+
+``--one serve|serve-off|minimal`` starts that one server, waits for its first 200 on
+``/healthz``, stops it and exits (printing the time): a whole command for an external timer
+such as ``/usr/bin/time -v`` or ``hyperfine``, to cross-check these figures.
 """
 
 from __future__ import annotations
@@ -201,12 +205,30 @@ def table(rows: list[Row], rounds: int) -> str:
     return "\n".join(lines)
 
 
+def one(which: str, orch: list[str]) -> float:
+    port = free_port()
+    if which == "minimal":
+        args = [sys.executable, str(MINIMAL_APP), "--port", str(port)]
+        return measure_server(args, clean_env(), port, 0.0).start_s
+    with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
+        env = serve_env(Path(tmp), port, demo="off" if which == "serve-off" else "auto")
+        return measure_server([*orch, "serve"], env, port, 0.0).start_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settle", type=float, default=3.0, help="Seconds before idle RSS.")
+    parser.add_argument(
+        "--one",
+        choices=("serve", "serve-off", "minimal"),
+        help="Start only this server once, until its first /healthz 200, and exit.",
+    )
     args = parser.parse_args()
     orch = orchestrator_cmd()
+    if args.one is not None:
+        print(f"{args.one}: ready in {one(args.one, orch):.3f} s")
+        return
     start = Row("`serve` start → /healthz 200", "s", "≤ 1.0 s")
     rss = Row("idle RSS of `serve`", "MB", "≤ 100 MB")
     start_off = Row("… with DEMO_MODE=off", "s", "-")
