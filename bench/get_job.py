@@ -4,6 +4,7 @@ Run it from the repository root::
 
     .venv/bin/python bench/get_job.py                      # 64 connections, 5000 requests, 3 rounds
     .venv/bin/python bench/get_job.py --n 1000 --rounds 1  # a quick look
+    .venv/bin/python bench/get_job.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
 Three processes, all on 127.0.0.1, each with its own GIL:
 
@@ -20,11 +21,21 @@ Three processes, all on 127.0.0.1, each with its own GIL:
   what limits the minimal app). It opens C connections, sends a warm-up, then N requests
   spread over the C connections, and reports req/s and the latency percentiles.
 
-Each round measures both servers, one after the other (the order alternates between rounds),
+With a PostgreSQL URL (``--postgres`` or the environment variable ``BENCH_POSTGRES_URL``; a
+local server only), a second ``orchestrator serve`` runs on a throwaway database created
+next to it (dropped at the end), and is measured in every round too, against the same
+minimal app (which stays on SQLite: it is the baseline of the goal).
+
+Each round measures every server, one after the other (the order alternates between rounds),
 and the table gives min / median / max over the rounds, with each round's ratios
 (orchestrator / minimal) computed within that round. "server CPU per request" is the
 server's user+system CPU time (from ``/proc``) over the warm-up and the measured requests.
 Goal (issue 13): req/s ratio >= 0.6, p99 ratio <= 3.
+
+The header names uvicorn's event loop and HTTP parser, which it picks itself (uvloop and
+httptools when they can be imported; ``serve`` and the minimal app alike). To try them
+without putting them in the project's environment: ``pip install --target DIR uvloop
+httptools``, then run the bench with ``PYTHONPATH=DIR``.
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ import httpx2
 
 HERE = Path(__file__).resolve().parent
 CLI = [sys.executable, "-m", "orchestrator"]
+POSTGRES_ENV = "BENCH_POSTGRES_URL"
+MINIMAL = "minimal app"
 JOB = {"backend": "flux", "params": {"model": "flux-dev", "prompt": "a lighthouse", "width": 256}}
 
 
@@ -178,7 +191,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def serve_env(root: Path, port: int) -> dict[str, str]:
+def serve_env(root: Path, port: int, database_url: str | None = None) -> dict[str, str]:
     drop = ("BFL_", "COMFY_", "V0_", "AUTH_", "DATABASE_", "ORCHESTRATOR_", "DATA_DIR", "DEMO_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     config = root / "config" / "orchestrator.toml"
@@ -192,7 +205,36 @@ def serve_env(root: Path, port: int) -> dict[str, str]:
         LOG_LEVEL="WARNING",
         LOG_FORMAT="json",
     )
+    if database_url:
+        env["DATABASE_URL"] = database_url
     return env
+
+
+@contextlib.contextmanager
+def throwaway_postgres(url: str) -> Iterator[str]:
+    """A new database next to ``url``'s (a local server only); its URL. Dropped at the end."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+asyncpg")
+    if base.host not in (None, "127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"refusing to use a non-local PostgreSQL host: {base.host}")
+    admin = base.set(drivername="postgresql", database="postgres")
+    dsn = admin.render_as_string(hide_password=False)
+    name = f"orch_bench_{os.urandom(6).hex()}"
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def make_token(env: dict[str, str], name: str, scope: str) -> str:
@@ -304,69 +346,85 @@ def table(rounds: list[dict[str, Measured]], args: argparse.Namespace) -> str:
             out.append(m.cpu_ms_per_request if f == "cpu" else getattr(m.load, f))
         return out
 
-    def ratio(f: str) -> list[float]:
-        return [a / b for a, b in zip(col("orchestrator", f), col("minimal", f), strict=True)]
+    def ratio(name: str, f: str) -> list[float]:
+        return [a / b for a, b in zip(col(name, f), col(MINIMAL, f), strict=True)]
 
     head = f"{args.concurrency} connections, {args.n} requests, {len(rounds)} rounds"
-    return "\n".join(
-        [
-            f"| GET /api/jobs/{{id}} vs minimal app ({head}) | min | median | max |",
-            "|---|---:|---:|---:|",
-            row("orchestrator req/s", col("orchestrator", "rps"), 0),
-            row("minimal app req/s", col("minimal", "rps"), 0),
-            row("**req/s ratio** orchestrator / minimal (goal >= 0.6)", ratio("rps"), 2, "x"),
-            row("orchestrator p50 (ms)", col("orchestrator", "p50_ms")),
-            row("orchestrator p99 (ms)", col("orchestrator", "p99_ms")),
-            row("minimal app p50 (ms)", col("minimal", "p50_ms")),
-            row("minimal app p99 (ms)", col("minimal", "p99_ms")),
-            row("**p99 ratio** orchestrator / minimal (goal <= 3)", ratio("p99_ms"), 2, "x"),
-            row("orchestrator server CPU per request (ms)", col("orchestrator", "cpu"), 2),
-            row("minimal app server CPU per request (ms)", col("minimal", "cpu"), 2),
+    lines = [
+        f"| GET /api/jobs/{{id}} vs minimal app ({head}) | min | median | max |",
+        "|---|---:|---:|---:|",
+        row(f"{MINIMAL} req/s", col(MINIMAL, "rps"), 0),
+        row(f"{MINIMAL} p50 (ms)", col(MINIMAL, "p50_ms")),
+        row(f"{MINIMAL} p99 (ms)", col(MINIMAL, "p99_ms")),
+        row(f"{MINIMAL} server CPU per request (ms)", col(MINIMAL, "cpu"), 2),
+    ]
+    for name in [n for n in rounds[0] if n != MINIMAL]:
+        lines += [
+            row(f"{name} req/s", col(name, "rps"), 0),
+            row(f"**req/s ratio** {name} / minimal (goal >= 0.6)", ratio(name, "rps"), 2, "x"),
+            row(f"{name} p50 (ms)", col(name, "p50_ms")),
+            row(f"{name} p99 (ms)", col(name, "p99_ms")),
+            row(f"**p99 ratio** {name} / minimal (goal <= 3)", ratio(name, "p99_ms"), 2, "x"),
+            row(f"{name} server CPU per request (ms)", col(name, "cpu"), 2),
         ]
-    )
+    return "\n".join(lines)
 
 
-def stack() -> str:
+def stack_name() -> str:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    return f"python {sys.version.split()[0]}, uvicorn loop={loop} http={http}, SQLite"
+    return f"python {sys.version.split()[0]}, uvicorn loop={loop} http={http}"
+
+
+def orchestrator(
+    stack: contextlib.ExitStack, name: str, root: Path, database_url: str | None
+) -> tuple[Target, bytes]:
+    """Start ``orchestrator serve`` with a finished demo job; the target reading it, and the
+    job's document."""
+    root.mkdir(parents=True)
+    port = free_port()
+    env = serve_env(root, port, database_url)
+    gen = make_token(env, "bench submit", "generate")
+    read = make_token(env, "bench read", "read")
+    proc = stack.enter_context(process([*CLI, "serve"], root / "serve.log", env))
+    wait_for(f"http://127.0.0.1:{port}/healthz")
+    job_id, body = finished_job(port, gen, read)
+    return Target(name, port, f"/api/jobs/{job_id}", read, proc.pid), body
 
 
 def run(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="orchestrator-get-job-bench-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="orchestrator-get-job-bench-") as tmp,
+        contextlib.ExitStack() as stack,
+    ):
         root = Path(tmp)
-        port = free_port()
-        env = serve_env(root, port)
-        gen = make_token(env, "bench submit", "generate")
-        read = make_token(env, "bench read", "read")
-        with process([*CLI, "serve"], root / "serve.log", env) as orch:
-            wait_for(f"http://127.0.0.1:{port}/healthz")
-            job_id, body = finished_job(port, gen, read)
-            items = root / "items.sqlite3"
-            with contextlib.closing(sqlite3.connect(items)) as db, db:
-                db.execute("CREATE TABLE items (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
-                db.execute("INSERT INTO items VALUES (?, ?)", (job_id, body.decode()))
-            mport = free_port()
-            minimal_cmd = [sys.executable, str(HERE / "minimal_app.py")]
-            minimal_cmd += ["--db", str(items), "--port", str(mport)]
-            with process(minimal_cmd, root / "minimal.log") as mini:
-                wait_for(f"http://127.0.0.1:{mport}/items/{job_id}")
-                targets = [
-                    Target("orchestrator", port, f"/api/jobs/{job_id}", read, orch.pid),
-                    Target("minimal", mport, f"/items/{job_id}", None, mini.pid),
-                ]
-                rounds: list[dict[str, Measured]] = []
-                for i in range(args.rounds):
-                    order = targets if i % 2 == 0 else targets[::-1]
-                    got = {t.name: measure(t, args) for t in order}
-                    rounds.append(got)
-                    o, m = got["orchestrator"].load, got["minimal"].load
-                    print(
-                        f"round {i + 1}: orchestrator {o.rps:.0f} req/s p99 {o.p99_ms:.1f} ms;"
-                        f" minimal {m.rps:.0f} req/s p99 {m.p99_ms:.1f} ms",
-                        file=sys.stderr,
-                    )
-    print(f"\nGET /api/jobs/{{id}} with a bearer token ({stack()})\n")
+        orch, body = orchestrator(stack, "orchestrator (SQLite)", root / "sqlite", None)
+        targets = [orch]
+        if args.postgres:
+            url = stack.enter_context(throwaway_postgres(args.postgres))
+            targets.append(orchestrator(stack, "orchestrator (PostgreSQL)", root / "pg", url)[0])
+        job_id = orch.path.rsplit("/", 1)[1]
+        items = root / "items.sqlite3"
+        with contextlib.closing(sqlite3.connect(items)) as db, db:
+            db.execute("CREATE TABLE items (id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+            db.execute("INSERT INTO items VALUES (?, ?)", (job_id, body.decode()))
+        mport = free_port()
+        minimal_cmd = [sys.executable, str(HERE / "minimal_app.py")]
+        minimal_cmd += ["--db", str(items), "--port", str(mport)]
+        mini = stack.enter_context(process(minimal_cmd, root / "minimal.log"))
+        wait_for(f"http://127.0.0.1:{mport}/items/{job_id}")
+        targets.append(Target(MINIMAL, mport, f"/items/{job_id}", None, mini.pid))
+        rounds: list[dict[str, Measured]] = []
+        for i in range(args.rounds):
+            order = targets if i % 2 == 0 else targets[::-1]
+            got = {t.name: measure(t, args) for t in order}
+            rounds.append({t.name: got[t.name] for t in targets})
+            said = "; ".join(
+                f"{t.name} {got[t.name].load.rps:.0f} req/s p99 {got[t.name].load.p99_ms:.1f} ms"
+                for t in targets
+            )
+            print(f"round {i + 1}: {said}", file=sys.stderr)
+    print(f"\nGET /api/jobs/{{id}} with a bearer token ({stack_name()})\n")
     print(table(rounds, args))
 
 
@@ -376,6 +434,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=500, help="requests before measuring")
     parser.add_argument("--concurrency", type=int, default=64, help="connections")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(POSTGRES_ENV),
+        help=f"also measure serve on a throwaway database next to this URL (${POSTGRES_ENV})",
+    )
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
