@@ -82,8 +82,10 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.per_path.get(scope.get("path", ""), self.max_bytes)
+        framed = False  # in HTTP/1.x a request with neither header has no body
         for name, value in scope.get("headers", []):
             if name == b"content-length":
+                framed = True
                 try:
                     declared = int(value)
                 except ValueError:
@@ -91,6 +93,11 @@ class BodyLimitMiddleware:
                 if declared < 0 or declared > limit:
                     await _too_large(scope, send, limit)
                     return
+            elif name == b"transfer-encoding":
+                framed = True
+        if not framed and scope.get("http_version") in ("1.0", "1.1"):
+            await self.app(scope, receive, send)  # nothing to count (most GETs)
+            return
         received = 0
         refused = False
 
