@@ -27,8 +27,9 @@ process against its baseline in the same round) and then summarised. Only 127.0.
 contacted. Linux only (``/proc``).
 
 ``--one serve|serve-off|minimal`` starts that one server, waits for its first 200 on
-``/healthz``, stops it and exits (printing the time): a whole command for an external timer
-such as ``/usr/bin/time -v`` or ``hyperfine``, to cross-check these figures.
+``/healthz``, kills it (SIGKILL: no shutdown work) and exits, printing the time: a whole
+command for an external timer such as ``/usr/bin/time -v`` or ``hyperfine``, to cross-check
+these figures.
 """
 
 from __future__ import annotations
@@ -119,7 +120,12 @@ class Served:
     idle_rss_mb: float
 
 
-def measure_server(args: list[str], env: dict[str, str], port: int, settle_s: float) -> Served:
+def measure_server(
+    args: list[str], env: dict[str, str], port: int, settle_s: float, *, kill: bool = False
+) -> Served:
+    """Start the server, time it to its first /healthz 200, read its RSS `settle_s` later
+    and stop it: SIGTERM (a graceful shutdown), or with `kill` SIGKILL (no shutdown work,
+    for a timer of the whole command that should count the start-up only)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -138,7 +144,7 @@ def measure_server(args: list[str], env: dict[str, str], port: int, settle_s: fl
         return Served(start_s=started, idle_rss_mb=rss)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
@@ -209,10 +215,10 @@ def one(which: str, orch: list[str]) -> float:
     port = free_port()
     if which == "minimal":
         args = [sys.executable, str(MINIMAL_APP), "--port", str(port)]
-        return measure_server(args, clean_env(), port, 0.0).start_s
+        return measure_server(args, clean_env(), port, 0.0, kill=True).start_s
     with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
         env = serve_env(Path(tmp), port, demo="off" if which == "serve-off" else "auto")
-        return measure_server([*orch, "serve"], env, port, 0.0).start_s
+        return measure_server([*orch, "serve"], env, port, 0.0, kill=True).start_s
 
 
 def main() -> None:
