@@ -108,7 +108,9 @@ def vm_rss_mb(pid: int) -> float:
 
 
 def reap(proc: subprocess.Popen[bytes]) -> float:
-    """Wait for `proc` and return its own peak RSS in MB (ru_maxrss, KiB on Linux)."""
+    """Wait for `proc` and return its own peak RSS in MB (ru_maxrss, KiB on Linux). Linux
+    carries the high-water mark across fork and exec, so this cannot read below the RSS
+    of this process when it started the command: `table` prints that floor."""
     _pid, _status, usage = os.wait4(proc.pid, 0)
     proc.returncode = 0  # reaped here: keep Popen from waiting again
     return usage.ru_maxrss / 1024
@@ -191,7 +193,7 @@ def mmm(xs: list[float], fmt: str) -> str:
     return " / ".join(format(x, fmt) for x in (min(xs), statistics.median(xs), max(xs)))
 
 
-def table(rows: list[Row], rounds: int) -> str:
+def table(rows: list[Row], rounds: int, floor_mb: float) -> str:
     head = (
         "| figure | goal | this (min / median / max) | baseline (min / median / max) "
         "| ratio (min / median / max) |"
@@ -206,7 +208,8 @@ def table(rows: list[Row], rounds: int) -> str:
     lines.append("")
     lines.append(
         f"{rounds} rounds, interleaved. Baselines: a minimal FastAPI app under uvicorn "
-        "(serve rows), `python -c pass` (--help rows)."
+        "(serve rows), `python -c pass` (--help rows). A peak RSS cannot read below this "
+        f"benchmark's own RSS, {floor_mb:.1f} MB (the kernel carries it across fork and exec)."
     )
     return "\n".join(lines)
 
@@ -277,7 +280,8 @@ def main() -> None:
             flush=True,
         )
     print(f"\nStart-up and idle memory (python {sys.version.split()[0]}, SQLite, demo mode)\n")
-    print(table([start, start_off, rss, rss_off, help_wall, help_rss], args.rounds))
+    rows = [start, start_off, rss, rss_off, help_wall, help_rss]
+    print(table(rows, args.rounds, vm_rss_mb(os.getpid())))
 
 
 if __name__ == "__main__":
