@@ -8,13 +8,20 @@ reads its ``sys.modules``; no timing is asserted (bench/startup.py measures that
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+from orchestrator.api.app import LazyMCP, create_app
 from orchestrator.config import Settings, env_name
+from orchestrator.testing.serve import serve_in_task
 
 # Imported by none of the light commands (package roots: a submodule counts too).
 HEAVY_FOR_CLI = (
@@ -122,3 +129,28 @@ def test_the_served_app_imports_mcp_only_when_mcp_is_called(tmp_path: Path) -> N
     modules = _modules_after(code, tmp_path)
     # jinja2: the UI's templates are loaded by the first page rendered
     assert _loaded(modules, ("mcp", "mcp_types", "orchestrator.mcp_server", "jinja2")) == []
+
+
+async def test_the_mcp_endpoint_starts_on_first_use_and_stops_with_the_app(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings(), run_worker=False)
+    mcp = app.state.mcp
+    assert isinstance(mcp, LazyMCP)
+
+    async def session(url: str) -> str:
+        async with (
+            streamable_http_client(url) as (read, write),
+            ClientSession(read, write) as client,
+        ):
+            await client.initialize()
+            tools = await client.list_tools()
+            return sorted(t.name for t in tools.tools)[0]
+
+    async with serve_in_task(app, lifespan="on") as served:
+        assert not mcp.started
+        # Three clients arrive at once: one MCP server is built, and serves them all.
+        names = await asyncio.gather(*(session(f"{served.base_url}/mcp") for _ in range(3)))
+        assert len(set(names)) == 1
+        assert mcp.started
+    assert not mcp.started  # its sessions ended with the lifespan

@@ -129,6 +129,7 @@ def create_app(
     # route joins the app's own routes (rather than a catch-all mount at "/"), so
     # unknown paths still get the app's problem+json 404.
     mcp = LazyMCP(settings, lambda: get_runtime(app).service)
+    app.state.mcp = mcp
     app.router.routes.append(Route("/mcp", endpoint=mcp))
     return app
 
