@@ -280,6 +280,11 @@ class EventFeed:
         self._all: set[Subscription] = set()
         self._by_job: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        # set by a job change in this process, also one that happens while the reader
+        # is querying (a waiter registered only between queries would miss it, and
+        # the event would wait for the next poll)
+        self._wake = asyncio.Event()
         self._starting = asyncio.Lock()
         self.reads = 0  # queries run: one per wake-up, whatever the subscriber count
 
@@ -368,13 +373,22 @@ class EventFeed:
                 newest, unseen = await self.log.start(self.start_window)
                 now = time.monotonic()
                 self.cursor = Cursor(high=newest, gaps=dict.fromkeys(unseen, now))
+                self._listener = asyncio.create_task(self._listen(), name="event-feed-hub")
                 self._task = asyncio.create_task(self._run(), name="event-feed")
+
+    async def _listen(self) -> None:
+        """Turn the hub's job changes into the reader's wake-ups: always listening
+        (nothing runs between one wait and the next)."""
+        while True:
+            await self.hub.wait_any_job(3600.0)
+            self._wake.set()
 
     async def _run(self) -> None:
         assert self.cursor is not None
         cursor = self.cursor
         pinged = time.monotonic()
         while True:
+            self._wake.clear()  # what changes from here on wakes the next read
             try:
                 rows = await self.log.after(cursor.high, cursor.open_gaps(), limit=BATCH)
                 self.reads += 1
@@ -394,7 +408,11 @@ class EventFeed:
                         sub.target.keepalive()
             if len(rows) == BATCH:
                 continue
-            await self.hub.wait_any_job(self.poll_s)
+            try:
+                async with asyncio.timeout(self.poll_s):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
 
     def _dispatch(self, items: list[FeedItem]) -> None:
         if self._all:
@@ -419,10 +437,11 @@ class EventFeed:
                 sub.close()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        for task in (self._task, self._listener):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._task = self._listener = None
 
 
 def _item(ev: JobEvent, cursor: Cursor) -> FeedItem:
