@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
-import secrets
 import time
 from collections.abc import Mapping
 
@@ -18,6 +18,14 @@ from orchestrator import logs
 log = logs.get("orchestrator.access")
 _level = logging.getLogger("orchestrator.access")  # to skip the debug line cheaply
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Request ids need to be unique, not secret: drawn from a generator seeded once from the
+# OS, not from os.urandom per request (a syscall that lets go of the GIL, and taking it
+# back costs the event loop up to a switch interval while database threads hold it).
+_ids = random.Random()
+
+
+def new_request_id() -> str:
+    return f"{_ids.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:
@@ -33,7 +41,7 @@ class RequestIdMiddleware:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 break
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else secrets.token_hex(16)
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status_holder = {"status": 0}
