@@ -9,14 +9,16 @@ Run it from the repository root::
 Each round runs, one after another (interleaved, so a drift of the machine's speed hits both
 sides of a ratio alike):
 
-* **serve**: ``orchestrator serve`` as a new process, with SQLite in a temporary folder, a free
-  127.0.0.1 port, auth off and no backend configured, so in demo mode (simulated FLUX, v0 and
-  ComfyUI, the last one a server in a thread), as a new user gets it. The start time is from
-  just before the process is spawned to the first 200 on ``/healthz`` (polled every 5 ms);
-  the idle RSS is ``VmRSS`` from ``/proc/<pid>/status`` ``--settle`` seconds after that,
-  with no request in between.
+* **serve**: ``orchestrator serve`` as a new process, with SQLite in a temporary folder whose
+  schema is already at head (created once before the rounds, as a server that ran before
+  left it), a free 127.0.0.1 port, auth off and no backend configured, so in demo mode
+  (simulated FLUX, v0 and ComfyUI, the last one a server in a thread), as a new user gets it.
+  The start time is from just before the process is spawned to the first 200 on ``/healthz``
+  (polled every 5 ms); the idle RSS is ``VmRSS`` from ``/proc/<pid>/status`` ``--settle``
+  seconds after that, with no request in between.
 * **serve, DEMO_MODE=off**: the same with demo mode off (no backend enabled): the server's
   own cost, without the simulated backends.
+* **serve, first start**: on an empty data folder, so the start creates the schema.
 * **minimal app**: ``bench/startup_minimal_app.py`` (a FastAPI app with one ``/healthz``
   route under uvicorn), measured the same way: the baseline of both figures.
 * **--help**: ``orchestrator --help`` against ``python -c pass``: wall time, and the peak RSS
@@ -214,13 +216,27 @@ def table(rows: list[Row], rounds: int, floor_mb: float) -> str:
     return "\n".join(lines)
 
 
-def one(which: str, orch: list[str]) -> float:
+def prepare(root: Path, orch: list[str]) -> None:
+    """Create the database under `root` and bring its schema to head, as a server that ran
+    before left it (one-shot command: `orchestrator jobs list`)."""
+    env = serve_env(root, free_port())
+    subprocess.run(
+        [*orch, "jobs", "list"], env=env, stdin=subprocess.DEVNULL, capture_output=True, check=True
+    )
+
+
+def one(which: str, orch: list[str], data: Path | None) -> float:
     port = free_port()
     if which == "minimal":
         args = [sys.executable, str(MINIMAL_APP), "--port", str(port)]
         return measure_server(args, clean_env(), port, 0.0, kill=True).start_s
+    demo = "off" if which == "serve-off" else "auto"
+    if data is not None:  # kept between calls: only the first one creates the schema
+        data.mkdir(parents=True, exist_ok=True)
+        env = serve_env(data, port, demo=demo)
+        return measure_server([*orch, "serve"], env, port, 0.0, kill=True).start_s
     with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
-        env = serve_env(Path(tmp), port, demo="off" if which == "serve-off" else "auto")
+        env = serve_env(Path(tmp), port, demo=demo)
         return measure_server([*orch, "serve"], env, port, 0.0, kill=True).start_s
 
 
@@ -233,54 +249,67 @@ def main() -> None:
         choices=("serve", "serve-off", "minimal"),
         help="Start only this server once, until its first /healthz 200, and exit.",
     )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="With --one: keep the data here (a first call creates the schema, later ones "
+        "start on it); default a new empty folder each time.",
+    )
     args = parser.parse_args()
     orch = orchestrator_cmd()
     if args.one is not None:
-        print(f"{args.one}: ready in {one(args.one, orch):.3f} s")
+        print(f"{args.one}: ready in {one(args.one, orch, args.data_dir):.3f} s")
         return
     start = Row("`serve` start → /healthz 200", "s", "≤ 1.0 s")
-    rss = Row("idle RSS of `serve`", "MB", "≤ 100 MB")
     start_off = Row("… with DEMO_MODE=off", "s", "-")
+    start_first = Row("… first start (empty data dir)", "s", "-")
+    rss = Row("idle RSS of `serve`", "MB", "≤ 100 MB")
     rss_off = Row("… with DEMO_MODE=off", "MB", "-")
     help_wall = Row("`orchestrator --help` wall", "s", "-")
     help_rss = Row("`orchestrator --help` peak RSS", "MB", "-")
-    for i in range(args.rounds):
-        with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="orch-startup-") as kept:
+        root = Path(kept)
+        prepare(root, orch)
+        for i in range(args.rounds):
             port = free_port()
-            served = measure_server([*orch, "serve"], serve_env(Path(tmp), port), port, args.settle)
-        with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
+            cmd = [*orch, "serve"]
+            served = measure_server(cmd, serve_env(root, port), port, args.settle)
             port = free_port()
-            env = serve_env(Path(tmp), port, demo="off")
-            served_off = measure_server([*orch, "serve"], env, port, args.settle)
-        port = free_port()
-        minimal = measure_server(
-            [sys.executable, str(MINIMAL_APP), "--port", str(port)], clean_env(), port, args.settle
-        )
-        with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
-            helped = measure_command([*orch, "--help"], serve_env(Path(tmp), free_port()))
-        bare = measure_command([sys.executable, "-c", "pass"], clean_env())
-        start.values.append(served.start_s)
-        start.base.append(minimal.start_s)
-        rss.values.append(served.idle_rss_mb)
-        rss.base.append(minimal.idle_rss_mb)
-        start_off.values.append(served_off.start_s)
-        start_off.base.append(minimal.start_s)
-        rss_off.values.append(served_off.idle_rss_mb)
-        rss_off.base.append(minimal.idle_rss_mb)
-        help_wall.values.append(helped.wall_s)
-        help_wall.base.append(bare.wall_s)
-        help_rss.values.append(helped.peak_rss_mb)
-        help_rss.base.append(bare.peak_rss_mb)
-        print(
-            f"round {i + 1}: serve {served.start_s:.3f} s {served.idle_rss_mb:.1f} MB; "
-            f"no demo {served_off.start_s:.3f} s {served_off.idle_rss_mb:.1f} MB; "
-            f"minimal {minimal.start_s:.3f} s {minimal.idle_rss_mb:.1f} MB; "
-            f"--help {helped.wall_s:.3f} s; pass {bare.wall_s:.3f} s",
-            file=sys.stderr,
-            flush=True,
-        )
+            served_off = measure_server(cmd, serve_env(root, port, "off"), port, args.settle)
+            with tempfile.TemporaryDirectory(prefix="orch-startup-") as tmp:
+                port = free_port()
+                first = measure_server(cmd, serve_env(Path(tmp), port), port, 0.0)
+            port = free_port()
+            minimal = measure_server(
+                [sys.executable, str(MINIMAL_APP), "--port", str(port)],
+                clean_env(),
+                port,
+                args.settle,
+            )
+            helped = measure_command([*orch, "--help"], serve_env(root, free_port()))
+            bare = measure_command([sys.executable, "-c", "pass"], clean_env())
+            for row, value, base in (
+                (start, served.start_s, minimal.start_s),
+                (start_off, served_off.start_s, minimal.start_s),
+                (start_first, first.start_s, minimal.start_s),
+                (rss, served.idle_rss_mb, minimal.idle_rss_mb),
+                (rss_off, served_off.idle_rss_mb, minimal.idle_rss_mb),
+                (help_wall, helped.wall_s, bare.wall_s),
+                (help_rss, helped.peak_rss_mb, bare.peak_rss_mb),
+            ):
+                row.values.append(value)
+                row.base.append(base)
+            print(
+                f"round {i + 1}: serve {served.start_s:.3f} s {served.idle_rss_mb:.1f} MB; "
+                f"no demo {served_off.start_s:.3f} s {served_off.idle_rss_mb:.1f} MB; "
+                f"first start {first.start_s:.3f} s; "
+                f"minimal {minimal.start_s:.3f} s {minimal.idle_rss_mb:.1f} MB; "
+                f"--help {helped.wall_s:.3f} s; pass {bare.wall_s:.3f} s",
+                file=sys.stderr,
+                flush=True,
+            )
     print(f"\nStart-up and idle memory (python {sys.version.split()[0]}, SQLite, demo mode)\n")
-    rows = [start, start_off, rss, rss_off, help_wall, help_rss]
+    rows = [start, start_off, start_first, rss, rss_off, help_wall, help_rss]
     print(table(rows, args.rounds, vm_rss_mb(os.getpid())))
 
 
