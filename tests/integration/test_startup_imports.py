@@ -117,7 +117,8 @@ def test_config_check_loads_no_database_layer(tmp_path: Path) -> None:
         "    assert exc.code in (0, None), exc.code\n"
     )
     modules = _modules_after(code, tmp_path)
-    assert _loaded(modules, ("mcp", "alembic", "fastapi", "uvicorn", "orchestrator.api")) == []
+    light = ("mcp", "alembic", "sqlalchemy", "fastapi", "uvicorn", "orchestrator.api")
+    assert _loaded(modules, (*light, "orchestrator.db", "orchestrator.services")) == []
 
 
 def test_the_served_app_imports_mcp_only_when_mcp_is_called(tmp_path: Path) -> None:
