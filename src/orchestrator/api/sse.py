@@ -29,6 +29,7 @@ from orchestrator.engine.events import Batch, FeedItem, Subscription
 SEP = b"\r\n"
 PING = b": ping" + SEP + SEP
 MAX_PENDING = 4 * 1024 * 1024
+FINAL_SEND_S = 10.0
 HEADERS = {
     "Cache-Control": "no-store",
     "Connection": "keep-alive",
@@ -68,7 +69,7 @@ class _Sink:
 
     def __init__(self, send: Send, max_pending: int) -> None:
         self._send = send
-        self.max_pending = max_pending
+        self.max_pending = MAX_PENDING if max_pending is None else max_pending
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._writer: asyncio.Task[None] | None = None
@@ -157,14 +158,14 @@ class EventStreamResponse(Response):
         subscription: Subscription,
         status_code: int = 200,
         *,
-        max_pending: int = MAX_PENDING,
+        max_pending: int | None = None,
         background: BackgroundTask | None = None,
     ) -> None:
         super().__init__(None, status_code, HEADERS, background=background)
         # a stream: no Content-Length (Response puts "0" for an empty body)
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.subscription = subscription
-        self.max_pending = max_pending
+        self.max_pending = MAX_PENDING if max_pending is None else max_pending
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.subscription
@@ -190,8 +191,11 @@ class EventStreamResponse(Response):
                 watcher.cancel()
             await sink.close()
         if not sink.disconnected:
+            # the end of the stream; a client that stopped reading gets FINAL_SEND_S to
+            # take it, then its connection is closed
             with contextlib.suppress(Exception):
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                async with asyncio.timeout(FINAL_SEND_S):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()
 
