@@ -395,3 +395,34 @@ def _engines(svc: Service) -> list[sa.Engine]:
 
 async def _drain(stream: AsyncIterator[FeedItem]) -> list[FeedItem]:
     return [item async for item in stream]
+
+
+# --- PostgreSQL: processes wake each other's readers (LISTEN/NOTIFY) -------------------
+
+
+@pytest.mark.postgres
+async def test_another_process_wakes_the_reader_with_notify(
+    make_settings: Callable[..., Settings], pg_database: str
+) -> None:
+    """A job change in one process reaches a stream of another at once: the writer's
+    hub signal sends one NOTIFY (after the commit), the other's reader LISTENs. Here
+    the reader would otherwise not look again for an hour."""
+    settings = make_settings(database_url=pg_database, demo_mode="on")
+    async with no_worker(settings) as writer, no_worker(settings) as reader:
+        job_id = await _job(writer.service)
+        stream = await reader.service.subscribe_all_events()
+        feed = reader.service.feed
+        assert feed.pg is not None and writer.service.feed.pg is not None
+        await _until(lambda: feed.pg is not None and feed.pg.listening)
+        got: list[FeedItem] = []
+        collect = asyncio.create_task(_collect(_flat(stream), got, "wake up"))
+        await asyncio.sleep(0.1)  # the reader is waiting (a poll after the change)
+        feed.poll_s = 3600.0
+        await asyncio.sleep(0.1)
+        reads = feed.reads
+        await _insert(writer.service, job_id, "wake up")
+        writer.service.hub.job_changed(job_id)  # as the worker does after its commit
+        async with asyncio.timeout(10):
+            await collect
+        assert feed.reads == reads + 1
+        assert writer.service.feed.pg.sent >= 1 and feed.pg.heard >= 1

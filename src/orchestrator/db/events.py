@@ -1,13 +1,18 @@
 """Reading the job event log (``job_events``): what the event streams and their one
-reader per process (``engine/events.py``) ask of the database.
+reader per process (``engine/events.py``) ask of the database; and, on PostgreSQL, the
+wake-up call between processes (LISTEN/NOTIFY).
 
 Events are written by the job repository, in the transaction of the change they
-record; nothing here writes.
+record; nothing here writes them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -16,11 +21,14 @@ from orchestrator.db.schema import job_events
 from orchestrator.domain.jobs import JobEvent, JobStatus
 
 BATCH = 1000
+CHANNEL = "orchestrator_events"
+CONNECT_TIMEOUT_S = 5.0
 
 
 class EventLog:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.wake = None if db.is_sqlite else PgWake(db.engine.url)
 
     @cancel_safe
     async def of_job(self, job_id: str, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
@@ -72,6 +80,77 @@ class EventLog:
         newest = max(seen)
         low = max(newest - window, 0)
         return newest, [i for i in range(low + 1, newest) if i not in seen]
+
+
+class PgWake:
+    """Processes on one PostgreSQL database wake each other's event readers: a process
+    whose jobs changed sends ``NOTIFY orchestrator_events`` (after its commit), and a
+    process with streams open listens. One dedicated connection per process, opened on
+    first use; when it fails, readers still poll (``POLL_S``), so nothing is lost, only
+    later. A process does not wake itself (its hub does): the payload names the sender."""
+
+    def __init__(self, url: sa.URL) -> None:
+        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.me = uuid.uuid4().hex
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._on_wake: Callable[[], None] | None = None
+        self.sent = 0
+        self.heard = 0
+        self._listening_on: Any = None  # the connection LISTEN was issued on
+
+    async def _connection(self) -> Any:
+        async with self._lock:
+            if self._conn is None or self._conn.is_closed():
+                import asyncpg
+
+                self._conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+            if self._on_wake is not None and self._listening_on is not self._conn:
+                await self._conn.add_listener(CHANNEL, self._heard)
+                self._listening_on = self._conn
+            return self._conn
+
+    @property
+    def listening(self) -> bool:
+        return self.connected and self._listening_on is self._conn
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if payload != self.me and self._on_wake is not None:
+            self.heard += 1
+            self._on_wake()
+
+    async def notify(self) -> None:
+        """Wake the other processes' readers (call after the change committed)."""
+        try:
+            conn = await self._connection()
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.me)
+            self.sent += 1
+        except Exception:
+            await self._drop()
+            raise
+
+    async def listen(self, on_wake: Callable[[], None]) -> None:
+        """Call ``on_wake`` (in this event loop) when another process notifies."""
+        self._on_wake = on_wake
+        try:
+            await self._connection()
+        except Exception:
+            await self._drop()
+            raise
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=1)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._drop()
 
 
 def to_event(r: sa.Row[tuple[object, ...]]) -> JobEvent:

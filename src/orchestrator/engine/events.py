@@ -24,6 +24,7 @@ meanwhile is held, then passed on without what the catch-up already gave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -44,6 +45,8 @@ START_WINDOW = 10_000  # ids below the newest that a starting reader checks for 
 BATCH = 1000
 QUEUE_MAX = 2000
 KEEPALIVE_S = 15.0
+NOTIFY_GAP_S = 0.005  # PostgreSQL: at most 200 NOTIFY a second from one process
+PG_RETRY_S = 5.0  # after a failed LISTEN or NOTIFY (readers poll meanwhile)
 
 
 @dataclass(eq=False)
@@ -287,6 +290,17 @@ class EventFeed:
         self._wake = asyncio.Event()
         self._starting = asyncio.Lock()
         self.reads = 0  # queries run: one per wake-up, whatever the subscriber count
+        # PostgreSQL: this process's job changes wake the readers of the others
+        # (NOTIFY, sent after the hub's signal, so after the commit), and theirs wake
+        # this one (LISTEN, while it has a reader)
+        self.pg = log.wake
+        self._changed = asyncio.Event()  # a job changed here since the last NOTIFY
+        self._notifier: asyncio.Task[None] | None = None
+        self._listening: asyncio.Task[None] | None = None
+        if self.pg is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: at the first reader
+                asyncio.get_running_loop()
+                self._start_listening_to_hub()
 
     @property
     def subscribers(self) -> int:
@@ -373,8 +387,15 @@ class EventFeed:
                 newest, unseen = await self.log.start(self.start_window)
                 now = time.monotonic()
                 self.cursor = Cursor(high=newest, gaps=dict.fromkeys(unseen, now))
-                self._listener = asyncio.create_task(self._listen(), name="event-feed-hub")
+                self._start_listening_to_hub()
+                self._listen_to_others()
                 self._task = asyncio.create_task(self._run(), name="event-feed")
+
+    def _start_listening_to_hub(self) -> None:
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen(), name="event-feed-hub")
+        if self.pg is not None and self._notifier is None:
+            self._notifier = asyncio.create_task(self._notify(), name="event-feed-notify")
 
     async def _listen(self) -> None:
         """Turn the hub's job changes into the reader's wake-ups: always listening
@@ -382,6 +403,33 @@ class EventFeed:
         while True:
             await self.hub.wait_any_job(3600.0)
             self._wake.set()
+            self._changed.set()
+
+    async def _notify(self) -> None:
+        """One NOTIFY per burst of this process's job changes (what changes while one
+        is sent goes in the next), at most one per ``NOTIFY_GAP_S``."""
+        assert self.pg is not None
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            try:
+                await self.pg.notify()
+            except Exception as exc:
+                log.debug("event feed: NOTIFY failed; readers poll", error=str(exc))
+                await asyncio.sleep(PG_RETRY_S)
+            await asyncio.sleep(NOTIFY_GAP_S)
+
+    def _listen_to_others(self) -> None:
+        if self.pg is not None and (self._listening is None or self._listening.done()):
+            self._listening = asyncio.create_task(self._listen_pg(), name="event-feed-listen")
+
+    async def _listen_pg(self) -> None:
+        assert self.pg is not None
+        try:
+            await self.pg.listen(self._wake.set)
+        except Exception as exc:
+            log.debug("event feed: LISTEN failed; polling", error=str(exc))
+            await asyncio.sleep(PG_RETRY_S)  # _run tries again after this
 
     async def _run(self) -> None:
         assert self.cursor is not None
@@ -406,6 +454,8 @@ class EventFeed:
                 for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
                     if sub.held is None:
                         sub.target.keepalive()
+            if self.pg is not None and not self.pg.listening:
+                self._listen_to_others()  # a lost connection: listen again
             if len(rows) == BATCH:
                 continue
             try:
@@ -437,11 +487,13 @@ class EventFeed:
                 sub.close()
 
     async def stop(self) -> None:
-        for task in (self._task, self._listener):
+        for task in (self._task, self._listener, self._notifier, self._listening):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self._task = self._listener = None
+        self._task = self._listener = self._notifier = self._listening = None
+        if self.pg is not None:
+            await self.pg.close()
 
 
 def _item(ev: JobEvent, cursor: Cursor) -> FeedItem:
