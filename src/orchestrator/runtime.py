@@ -259,6 +259,7 @@ async def open_runtime(
         service = Service(settings, db, backends, store, hub, demo=demo, inputs=inputs, comfy=pool)
         service.processes = supervisor
         stack.push_async_callback(service.feed.stop)
+        stack.push_async_callback(service.waiters.close)
         stack.push_async_callback(service.tilda.aclose)  # background Tilda imports
         v0 = backends.get("v0")
         if isinstance(v0, V0Backend):

@@ -55,13 +55,13 @@ from orchestrator.domain.webhooks import (
 from orchestrator.engine.events import EventFeed, FeedItem, Subscription
 from orchestrator.engine.hub import Hub
 from orchestrator.engine.processes import ProcessSupervisor
+from orchestrator.engine.waiters import Waiters
 from orchestrator.ignite import IgniteReport, report, run_checks
 from orchestrator.ledger import Ledger
 from orchestrator.storage import InputStore, OutputStore, decode_image_data
 from orchestrator.tilda.service import TildaService, resolve_flux_assets
 
 EVENT_POLL_S = 1.0  # how often to look for changes made by other processes
-LOCAL_POLL_S = 10.0  # a safety net for jobs this process runs (changes are signalled)
 
 
 class ModelInfo(BaseModel):
@@ -126,6 +126,7 @@ class Service:
         self.backends = backends
         self.store = store
         self.hub = hub
+        self.waiters = Waiters(self.repo, hub)
         # The event streams' one reader (started by the first subscriber, stopped with
         # the runtime).
         self.feed = EventFeed(EventLog(db), hub)
@@ -387,7 +388,10 @@ class Service:
         auth.require(principal, auth.Action.CANCEL_JOB, owner)
         job = await self.repo.request_cancel(job_id)
         self.hub.cancel_requested(job_id)
-        self.hub.job_changed(job_id)
+        if job.status.terminal:
+            self.hub.job_finished(job)
+        else:
+            self.hub.job_changed(job_id)
         return job
 
     async def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
@@ -423,21 +427,7 @@ class Service:
 
     async def wait_for(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""
-        loop_deadline = (
-            None if timeout_s is None else datetime.now(UTC) + timedelta(seconds=timeout_s)
-        )
-        await self.repo.get(job_id)  # 404 for unknown jobs
-        while True:
-            state = (await self.repo.status_of([job_id])).get(job_id)
-            if state is None or state[0].terminal:
-                return await self.repo.get(job_id)
-            wait_s = LOCAL_POLL_S if job_id in self.hub.local_jobs else EVENT_POLL_S
-            if loop_deadline is not None:
-                left = (loop_deadline - datetime.now(UTC)).total_seconds()
-                if left <= 0:
-                    return await self.repo.get(job_id)
-                wait_s = min(wait_s, left)
-            await self.hub.wait_job(job_id, wait_s)
+        return await self.waiters.wait(job_id, timeout_s)
 
     async def output(self, job_id: str, n: int) -> tuple[JobOutput, Path]:
         job = await self.repo.get(job_id)

@@ -37,6 +37,8 @@ from orchestrator.domain.jobs import Job
 PARTIAL_DIR = ".partial"
 # Out of space: the output folder is full (or over quota); a write may succeed later.
 OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Bytes of a download held in memory before they are written out (see ``save``).
+WRITE_BATCH = 1 << 20
 METADATA_KEY = "orchestrator"
 MAX_EMBED_STRING = 512
 EXTENSIONS = {
@@ -129,18 +131,25 @@ class OutputStore:
         extra_metadata: Mapping[str, JsonValue] | None = None,
     ) -> NewOutput:
         """Stream ``chunks`` to a partial file, embed metadata, hash, move into place."""
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
         partial = self.partial_dir / f"{job.id}-{n}-{uuid.uuid4().hex[:8]}.part"
         try:
-            fh = await asyncio.to_thread(partial.open, "wb")
-            try:
-                async for chunk in chunks:
-                    if chunk:
-                        await asyncio.to_thread(fh.write, chunk)
-            finally:
-                await asyncio.to_thread(fh.close)
+            # Chunks are gathered in memory and written WRITE_BATCH bytes at a time: a
+            # small image is one hop to a thread (create, write, finalise), not one
+            # per chunk.
+            buffer: list[bytes] = []
+            held = 0
+            started = False
+            async for chunk in chunks:
+                if chunk:
+                    buffer.append(chunk)
+                    held += len(chunk)
+                if held >= WRITE_BATCH:
+                    await asyncio.to_thread(self._append, partial, buffer, not started)
+                    started, buffer, held = True, [], 0
             meta = {**self.metadata_for(job), **(extra_metadata or {})}
-            return await asyncio.to_thread(self._finalise, job, n, partial, mime_type, meta)
+            return await asyncio.to_thread(
+                self._complete, job, n, partial, buffer, not started, mime_type, meta
+            )
         except OSError as exc:
             if exc.errno in OUT_OF_SPACE:
                 raise errors.StorageFull(
@@ -152,6 +161,26 @@ class OutputStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
+
+    def _append(self, partial: Path, chunks: list[bytes], first: bool) -> None:
+        if first:
+            self.partial_dir.mkdir(parents=True, exist_ok=True)
+        with partial.open("wb" if first else "ab") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+
+    def _complete(
+        self,
+        job: Job,
+        n: int,
+        partial: Path,
+        chunks: list[bytes],
+        first: bool,
+        mime_type: str | None,
+        meta: dict[str, JsonValue],
+    ) -> NewOutput:
+        self._append(partial, chunks, first)
+        return self._finalise(job, n, partial, mime_type, meta)
 
     def _finalise(
         self,
