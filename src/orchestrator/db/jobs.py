@@ -9,6 +9,7 @@ lost its lease (another process took the job over) changes nothing and gets
 from __future__ import annotations
 
 import base64
+import functools
 import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -144,28 +145,29 @@ class JobRepo:
             if guard is not None and not _key_used(conn, new.idempotency_key):
                 guard(conn)
             conn.execute(
-                jobs.insert().values(
-                    id=new.id,
-                    backend=new.backend,
-                    model=new.model,
-                    params=new.params,
-                    priority=new.priority,
-                    status=JobStatus.QUEUED.value,
-                    attempts=0,
-                    idempotency_key=new.idempotency_key,
-                    request_hash=new.request_hash,
-                    simulated=new.simulated,
-                    cancel_requested=False,
-                    deadline_at=new.deadline_at,
-                    created_at=now,
-                    updated_at=now,
-                    deadline_s=new.deadline_s,
-                    retry_of=new.retry_of,
-                    webhook_url=new.webhook_url,
-                    webhook_events=_events_list(new.webhook_events),
-                    cost_estimate=new.cost_estimate,
-                    token_id=new.token_id,
-                )
+                _JOB_INSERT,
+                {
+                    "id": new.id,
+                    "backend": new.backend,
+                    "model": new.model,
+                    "params": new.params,
+                    "priority": new.priority,
+                    "status": JobStatus.QUEUED.value,
+                    "attempts": 0,
+                    "idempotency_key": new.idempotency_key,
+                    "request_hash": new.request_hash,
+                    "simulated": new.simulated,
+                    "cancel_requested": False,
+                    "deadline_at": new.deadline_at,
+                    "created_at": now,
+                    "updated_at": now,
+                    "deadline_s": new.deadline_s,
+                    "retry_of": new.retry_of,
+                    "webhook_url": new.webhook_url,
+                    "webhook_events": _events_list(new.webhook_events),
+                    "cost_estimate": new.cost_estimate,
+                    "token_id": new.token_id,
+                },
             )
             _event(conn, new.id, "created", status=JobStatus.QUEUED, at=now)
 
@@ -541,16 +543,12 @@ class JobRepo:
         def take(conn: sa.Connection) -> tuple[Claims, int]:
             if manifests:
                 _manifests_written(conn, manifests)
-            cq = sa.select(
-                jobs.c.id, jobs.c.backend, jobs.c.model, jobs.c.started_at, _clock(conn)
-            ).where(_is(JobStatus.QUEUED))
-            if backends is not None:
-                cq = cq.where(jobs.c.backend.in_(list(backends)))
-            if only_ids is not None:
-                cq = cq.where(jobs.c.id.in_(list(only_ids)))
             window = max(capacity * 4, 64)
-            cq = cq.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(window)
-            crows = conn.execute(cq).all()
+            cq = _claim_candidates(conn.dialect.name, backends is not None, only_ids is not None)
+            crows = conn.execute(
+                cq,
+                {"window": window, "backends": list(backends or ()), "ids": list(only_ids or ())},
+            ).all()
             out = Claims()
             if not crows:
                 return out, 0
@@ -558,12 +556,7 @@ class JobRepo:
             candidates = [limits.Candidate(r.id, r.backend, r.model) for r in crows]
             running: dict[tuple[str, str], int] = {}
             if any(groups(c.backend, c.model) for c in candidates):
-                rq = (
-                    sa.select(jobs.c.backend, jobs.c.model, sa.func.count())
-                    .where(_is(JobStatus.RUNNING))
-                    .group_by(jobs.c.backend, jobs.c.model)
-                )
-                running = {(b, m): int(n) for b, m, n in conn.execute(rq).all()}
+                running = {(b, m): int(n) for b, m, n in conn.execute(_RUNNING_COUNTS).all()}
             chosen = limits.pick(candidates, running, groups, capacity)
             out.backlog = len(chosen) < len(crows) or len(crows) == window
             if not chosen:
@@ -579,20 +572,13 @@ class JobRepo:
                 for jid in chosen
             }
             conn.execute(
-                jobs.update()
-                .where(jobs.c.id == sa.bindparam("jid"), jobs.c.status == JobStatus.QUEUED.value)
-                .values(
-                    status=JobStatus.RUNNING.value,
-                    lease_owner=sa.bindparam("token"),
-                    lease_expires_at=until,
-                    attempts=jobs.c.attempts + 1,
-                    started_at=sa.func.coalesce(jobs.c.started_at, now),
-                    submitting_at=sa.bindparam("sub", type_=jobs.c.submitting_at.type),
-                    updated_at=now,
-                ),
-                [{"jid": j, "token": leases[j], "sub": at_once[j]} for j in chosen],
+                _CLAIM_UPDATE,
+                [
+                    {"jid": j, "token": leases[j], "sub": at_once[j], "until": until, "now": now}
+                    for j in chosen
+                ],
             )
-            rows = conn.execute(sa.select(jobs).where(jobs.c.id.in_(chosen))).all()
+            rows = conn.execute(_SELECT_JOBS, {"ids": chosen}).all()
             order = {jid: i for i, jid in enumerate(chosen)}
             # A job canceled meanwhile (not under the claim lock) is not ours.
             mine = [r for r in rows if r.lease_owner == leases[r.id]]
@@ -604,13 +590,14 @@ class JobRepo:
             if not out:
                 return out, 0
             conn.execute(
-                job_events.insert(),
+                _EVENT_INSERT,
                 [
                     {
                         "job_id": c.job.id,
                         "at": now,
                         "kind": "transition",
                         "status": JobStatus.RUNNING.value,
+                        "progress": None,
                         "message": f"claimed by {owner}",
                         "data": None,
                     }
@@ -684,13 +671,14 @@ class JobRepo:
             if not rows:
                 return []
             conn.execute(
-                job_events.insert(),
+                _EVENT_INSERT,
                 [
                     {
                         "job_id": r.id,
                         "at": now,
                         "kind": "info",
                         "status": None,
+                        "progress": None,
                         "message": f"lease of {_holder(r.lease_owner)} expired; "
                         f"taken over by {owner}",
                         "data": None,
@@ -807,7 +795,7 @@ class JobRepo:
         }
 
         def record(conn: sa.Connection) -> bool:
-            res = conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
+            res = _update_held(conn, job_id, lease, values)
             if res.rowcount == 1:
                 _event(conn, job_id, "upstream", at=now, message="submitted upstream", data=data)
                 return False
@@ -932,7 +920,7 @@ class JobRepo:
                 lease_owner=None,
                 lease_expires_at=None,
                 submitting_at=None,
-                upstream=sa.null(),
+                upstream=_NULL,
                 cost=None,
                 progress=None,
                 updated_at=now,
@@ -968,17 +956,7 @@ class JobRepo:
 
         def end(conn: sa.Connection) -> tuple[Job, int]:
             # One read: the status (and lease) to check, and what the final cost needs.
-            ledger = conn.execute(
-                sa.select(
-                    jobs.c.status,
-                    jobs.c.lease_owner,
-                    jobs.c.backend,
-                    jobs.c.model,
-                    jobs.c.cost,
-                    jobs.c.upstream,
-                    jobs.c.submitting_at,
-                ).where(jobs.c.id == job_id)
-            ).one_or_none()
+            ledger = conn.execute(_FINISH_LEDGER, {"jid": job_id}).one_or_none()
             if lease is None and ledger is None:
                 raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
             if lease is not None and (ledger is None or ledger.lease_owner != lease):
@@ -1019,14 +997,10 @@ class JobRepo:
                     error_message=error.message,
                     error_details=error.details or None,
                 )
-            where = [jobs.c.id == job_id, jobs.c.status == current.value]
-            if lease is not None:
-                where.append(jobs.c.lease_owner == lease)
-            if unless_upstream:
-                where.append(_no_handle())
-            row = conn.execute(
-                jobs.update().where(*where).values(**values).returning(*jobs.c)
-            ).one_or_none()
+            stmt = _finish_update(lease is not None, unless_upstream, tuple(sorted(values)))
+            params = {f"v_{k}": v for k, v in values.items()}
+            params.update(jid=job_id, current=current.value, lease=lease)
+            row = conn.execute(stmt, params).one_or_none()
             if row is None:
                 raise LeaseLost(job_id)
             job = _job(row)
@@ -1110,6 +1084,125 @@ class JobRepo:
         return await self.db.run(read)
 
 
+_OUTPUT_COLUMNS = (
+    "n",
+    "path",
+    "mime_type",
+    "size_bytes",
+    "sha256",
+    "width",
+    "height",
+    "duration_s",
+)
+
+
+# --- prepared statements ---------------------------------------------------------------
+# Built once: building a statement (and its cache key) costs SQLAlchemy more than
+# running it; a prepared one is compiled once and its key is memoized.
+
+_NULL = sa.null()
+_JOB_INSERT = jobs.insert()
+_EVENT_INSERT = job_events.insert()
+_SELECT_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("jid"))
+_SELECT_JOBS = sa.select(jobs).where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
+_SELECT_JOB_AND_OUTPUTS = (
+    sa.select(jobs, *[job_outputs.c[c].label(f"o_{c}") for c in _OUTPUT_COLUMNS])
+    .select_from(
+        jobs.outerjoin(
+            job_outputs,
+            sa.and_(
+                job_outputs.c.job_id == jobs.c.id,
+                jobs.c.status == JobStatus.SUCCEEDED.value,
+            ),
+        )
+    )
+    .where(jobs.c.id == sa.bindparam("jid"))
+    .order_by(job_outputs.c.n)
+)
+_FINISH_LEDGER = sa.select(
+    jobs.c.status,
+    jobs.c.lease_owner,
+    jobs.c.backend,
+    jobs.c.model,
+    jobs.c.cost,
+    jobs.c.upstream,
+    jobs.c.submitting_at,
+).where(jobs.c.id == sa.bindparam("jid"))
+_RUNNING_COUNTS = (
+    sa.select(jobs.c.backend, jobs.c.model, sa.func.count())
+    .where(jobs.c.status == sa.literal_column("'running'"))
+    .group_by(jobs.c.backend, jobs.c.model)
+)
+_CLAIM_UPDATE = (
+    jobs.update()
+    .where(jobs.c.id == sa.bindparam("jid"), jobs.c.status == JobStatus.QUEUED.value)
+    .values(
+        status=JobStatus.RUNNING.value,
+        lease_owner=sa.bindparam("token"),
+        lease_expires_at=sa.bindparam("until", type_=jobs.c.lease_expires_at.type),
+        attempts=jobs.c.attempts + 1,
+        started_at=sa.func.coalesce(
+            jobs.c.started_at, sa.bindparam("now", type_=jobs.c.started_at.type)
+        ),
+        submitting_at=sa.bindparam("sub", type_=jobs.c.submitting_at.type),
+        updated_at=sa.bindparam("now", type_=jobs.c.updated_at.type),
+    )
+)
+_MANIFESTS_WRITTEN = (
+    jobs.update()
+    .where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .values(manifest_at=sa.bindparam("at", type_=jobs.c.manifest_at.type))
+)
+
+
+@functools.cache
+def _claim_candidates(dialect: str, by_backend: bool, by_id: bool) -> sa.Select[Any]:
+    clock = (
+        sa.func.strftime("%Y-%m-%d %H:%M:%f", "now")
+        if dialect == "sqlite"
+        else sa.func.clock_timestamp()
+    )
+    q = sa.select(
+        jobs.c.id, jobs.c.backend, jobs.c.model, jobs.c.started_at, clock.label("db_now")
+    ).where(jobs.c.status == sa.literal_column("'queued'"))
+    if by_backend:
+        q = q.where(jobs.c.backend.in_(sa.bindparam("backends", expanding=True)))
+    if by_id:
+        q = q.where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
+    return q.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(
+        sa.bindparam("window", type_=sa.Integer)
+    )
+
+
+def _setting(keys: tuple[str, ...], nulls: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: sa.bindparam(f"v_{k}", type_=jobs.c[k].type) for k in keys}
+    out.update({k: _NULL for k in nulls})
+    return out
+
+
+@functools.cache
+def _held_update(keys: tuple[str, ...], nulls: tuple[str, ...]) -> sa.Update:
+    return (
+        jobs.update()
+        .where(
+            jobs.c.id == sa.bindparam("jid"),
+            jobs.c.lease_owner == sa.bindparam("lease"),
+            jobs.c.status == JobStatus.RUNNING.value,
+        )
+        .values(_setting(keys, nulls))
+    )
+
+
+@functools.cache
+def _finish_update(with_lease: bool, unless_upstream: bool, keys: tuple[str, ...]) -> sa.Update:
+    where = [jobs.c.id == sa.bindparam("jid"), jobs.c.status == sa.bindparam("current")]
+    if with_lease:
+        where.append(jobs.c.lease_owner == sa.bindparam("lease"))
+    if unless_upstream:
+        where.append(_no_handle())
+    return jobs.update().where(*where).values(_setting(keys, ())).returning(*jobs.c)
+
+
 # --- helpers -------------------------------------------------------------------------
 
 _lease_seq = itertools.count(1)
@@ -1154,26 +1247,27 @@ def _held(job_id: str, lease: str) -> tuple[sa.ColumnElement[bool], ...]:
 
 
 def _guarded(conn: sa.Connection, job_id: str, lease: str, **values: object) -> None:
-    res = conn.execute(jobs.update().where(*_held(job_id, lease)).values(**values))
-    if res.rowcount != 1:
+    if _update_held(conn, job_id, lease, values).rowcount != 1:
         raise LeaseLost(job_id)
+
+
+def _update_held(
+    conn: sa.Connection, job_id: str, lease: str, values: dict[str, object]
+) -> sa.CursorResult[Any]:
+    """``UPDATE jobs SET <values> WHERE`` the lease holds it (a prepared statement per
+    set of columns: building one costs more than running it)."""
+    nulls = tuple(sorted(k for k, v in values.items() if v is _NULL))
+    keys = tuple(sorted(k for k in values if k not in nulls))
+    params: dict[str, object] = {f"v_{k}": values[k] for k in keys}
+    params.update(jid=job_id, lease=lease)
+    return conn.execute(_held_update(keys, nulls), params)
 
 
 def _owned_status(conn: sa.Connection, job_id: str, lease: str) -> JobStatus:
-    row = conn.execute(
-        sa.select(jobs.c.status, jobs.c.lease_owner).where(jobs.c.id == job_id)
-    ).one_or_none()
+    row = conn.execute(_FINISH_LEDGER, {"jid": job_id}).one_or_none()
     if row is None or row.lease_owner != lease:
         raise LeaseLost(job_id)
     return JobStatus(row.status)
-
-
-def _clock(conn: sa.Connection) -> sa.ColumnElement[object]:
-    """The database's clock as a column (see ``db_now``), read in a query the
-    transaction makes anyway once its locks are held."""
-    if conn.dialect.name == "sqlite":
-        return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now").label("db_now")
-    return sa.func.clock_timestamp().label("db_now")
 
 
 def _as_utc(value: object) -> datetime:
@@ -1183,7 +1277,7 @@ def _as_utc(value: object) -> datetime:
 
 
 def _manifests_written(conn: sa.Connection, job_ids: Sequence[str]) -> None:
-    conn.execute(jobs.update().where(jobs.c.id.in_(list(job_ids))).values(manifest_at=utcnow()))
+    conn.execute(_MANIFESTS_WRITTEN, {"ids": list(job_ids), "at": utcnow()})
 
 
 def _event(
@@ -1198,15 +1292,16 @@ def _event(
     data: dict[str, JsonValue] | None = None,
 ) -> None:
     conn.execute(
-        job_events.insert().values(
-            job_id=job_id,
-            at=at,
-            kind=kind,
-            status=status.value if status else None,
-            progress=progress,
-            message=message,
-            data=data,
-        )
+        _EVENT_INSERT,
+        {
+            "job_id": job_id,
+            "at": at,
+            "kind": kind,
+            "status": status.value if status else None,
+            "progress": progress,
+            "message": message,
+            "data": data,
+        },
     )
 
 
@@ -1233,18 +1328,6 @@ def _key_used(conn: sa.Connection, key: str | None) -> bool:
 
 def _events_list(events: Sequence[WebhookEventName] | None) -> list[WebhookEventName] | None:
     return None if events is None else list(events)
-
-
-_OUTPUT_COLUMNS = (
-    "n",
-    "path",
-    "mime_type",
-    "size_bytes",
-    "sha256",
-    "width",
-    "height",
-    "duration_s",
-)
 
 
 def _output_of(job_id: str, m: Mapping[Any, Any], prefix: str = "") -> JobOutput:
@@ -1274,26 +1357,11 @@ def _get(conn: sa.Connection, job_id: str, *, outputs: bool = True) -> Job:
     """A job (with its outputs, from the same query: an outer join, a row per
     output)."""
     if not outputs:
-        row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).one_or_none()
+        row = conn.execute(_SELECT_JOB, {"jid": job_id}).one_or_none()
         if row is None:
             raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
         return _job(row)
-    cols = [job_outputs.c[c].label(f"o_{c}") for c in _OUTPUT_COLUMNS]
-    q = (
-        sa.select(jobs, *cols)
-        .select_from(
-            jobs.outerjoin(
-                job_outputs,
-                sa.and_(
-                    job_outputs.c.job_id == jobs.c.id,
-                    jobs.c.status == JobStatus.SUCCEEDED.value,
-                ),
-            )
-        )
-        .where(jobs.c.id == job_id)
-        .order_by(job_outputs.c.n)
-    )
-    rows = conn.execute(q).all()
+    rows = conn.execute(_SELECT_JOB_AND_OUTPUTS, {"jid": job_id}).all()
     if not rows:
         raise errors.JobNotFound(f"no job with id {job_id!r}", job_id=job_id)
     job = _job(rows[0])
