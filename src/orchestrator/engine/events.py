@@ -45,6 +45,7 @@ START_WINDOW = 10_000  # ids below the newest that a starting reader checks for 
 BATCH = 1000
 QUEUE_MAX = 2000
 KEEPALIVE_S = 15.0
+YIELD_EVERY = 64  # subscribers written to between two turns of the event loop
 NOTIFY_GAP_S = 0.005  # PostgreSQL: at most 200 NOTIFY a second from one process
 PG_RETRY_S = 5.0  # after a failed LISTEN or NOTIFY (readers poll meanwhile)
 
@@ -448,7 +449,7 @@ class EventFeed:
             items = [_item(ev, cursor) for ev in rows if cursor.accept(ev.id, now)]
             cursor.expire(now, self.grace_s)
             if items:
-                self._dispatch(items)
+                await self._dispatch(items)
             if now - pinged >= self.keepalive_s:
                 pinged = now
                 for sub in [*self._all, *(s for subs in self._by_job.values() for s in subs)]:
@@ -464,19 +465,25 @@ class EventFeed:
             except TimeoutError:
                 pass
 
-    def _dispatch(self, items: list[FeedItem]) -> None:
+    async def _dispatch(self, items: list[FeedItem]) -> None:
         if self._all:
-            self._offer(self._all, Batch(items))
+            await self._offer(self._all, Batch(items))
         if self._by_job:
             groups: dict[str, list[FeedItem]] = {}
             for item in items:
                 if item.event.job_id in self._by_job:
                     groups.setdefault(item.event.job_id, []).append(item)
             for job_id, of_job in groups.items():
-                self._offer(self._by_job.get(job_id, set()), Batch(of_job))
+                await self._offer(self._by_job.get(job_id, set()), Batch(of_job))
 
-    def _offer(self, subs: set[Subscription], batch: Batch) -> None:
-        for sub in list(subs):
+    async def _offer(self, subs: set[Subscription], batch: Batch) -> None:
+        for n, sub in enumerate(list(subs), 1):
+            if n % YIELD_EVERY == 0:
+                # a turn for the rest of the process (API requests, the worker) now
+                # and then: a fan-out to a thousand clients takes tens of milliseconds
+                await asyncio.sleep(0)
+                if sub.closed:
+                    continue
             try:
                 kept = sub.offer(batch)
             except Exception:
