@@ -150,3 +150,24 @@ def test_only_the_drivers_oserrors_are_a_database_outage() -> None:
     """A missing output file is a bug to log (500), not 'the database is busy'."""
     assert not problems.database_outage(_raise(FileNotFoundError("outputs/x.png")))
     assert not problems.database_outage(_raise(ConnectionRefusedError("not the database")))
+
+
+@pytest.mark.postgres
+def test_postgresql_connections_dropped_by_the_server_recover_after_one_503(
+    api_factory: Callable[..., Api], pg_url: str
+) -> None:
+    """The pool does not ping each connection before use (that ping was a third of a
+    job's time): when the server drops every connection (a restart, an idle timeout), a
+    request may fail once with 503, and the next ones are served on new connections."""
+    api = api_factory(worker_enabled=False, database_url=pg_url)
+    for _ in range(3):  # several pooled connections
+        assert api.client.post("/api/generate", json=BODY).status_code == 202
+    name = pg_url.rsplit("/", 1)[1]
+    _pg_admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+    statuses = [api.client.get("/api/jobs").status_code for _ in range(4)]
+    assert statuses[-2:] == [200, 200], statuses
+    assert statuses.count(503) <= 1 and set(statuses) <= {200, 503}, statuses
+    assert api.client.post("/api/generate", json=BODY).status_code == 202
