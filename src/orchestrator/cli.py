@@ -155,7 +155,9 @@ def serve(
     settings = _settings(
         ctx, verbose=True, host=host, port=port, auth_disabled=None if auth else True
     )
-    application = create_app(settings, run_worker=worker and settings.worker_enabled)
+    application = create_app(
+        settings, run_worker=worker and settings.worker_enabled, freeze_gc=True
+    )
     config = uvicorn.Config(
         application,
         host=settings.host,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -61,7 +62,10 @@ def create_app(
     run_worker: bool | None = None,
     worker_options: WorkerOptions | None = None,
     webhook_options: WebhookOptions | None = None,
+    freeze_gc: bool = False,
 ) -> FastAPI:
+    """``freeze_gc`` (``serve``: one app per process): once started, move what start-up
+    allocated out of the garbage collector's sight."""
     worker = settings.worker_enabled if run_worker is None else run_worker
 
     @asynccontextmanager
@@ -83,6 +87,12 @@ def create_app(
                 raise
             app.state.runtime = runtime
             await auth.announce(settings, runtime.service.tokens)
+            # What start-up allocated lives as long as the app: out of the collector's
+            # sight, a full collection under load takes a few ms instead of 80-130 ms
+            # (what set the p99 of GET /api/jobs/{id} at 64 connections).
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
             # The MCP sessions (started by the first MCP request) live inside the
             # runtime they use, and end before it closes.
             mcp.open()
@@ -96,6 +106,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Metrics are Prometheus' (/metrics); FastAPI's own OpenTelemetry hooks read
+        # the environment on every request (6% of a GET's CPU samples).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # Every route, public ones listed in api/auth.py excepted, needs a credential.
     auth.install(app, settings, lambda: get_runtime(app).service.tokens)

@@ -16,7 +16,13 @@ def get_service(request: Request) -> Service:
     return service
 
 
-ServiceDep = Annotated[Service, Depends(get_service)]
+async def _service(request: Request) -> Service:
+    # async: FastAPI runs a plain-function dependency in a worker thread, a thread hop
+    # per request.
+    return get_service(request)
+
+
+ServiceDep = Annotated[Service, Depends(_service)]
 
 
 def get_principal(request: Request) -> Principal:
@@ -28,4 +34,8 @@ def get_principal(request: Request) -> Principal:
     return principal
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+async def _principal(request: Request) -> Principal:
+    return get_principal(request)  # async: see _service
+
+
+PrincipalDep = Annotated[Principal, Depends(_principal)]
