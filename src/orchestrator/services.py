@@ -412,6 +412,13 @@ class Service:
         async for item in self.feed.follow_job(job_id, resume, finished=job.status.terminal):
             yield item
 
+    async def subscribe_job(self, job_id: str, resume: str | None = None) -> Subscription:
+        """Like :meth:`follow_job`, subscribed when this returns, for a response that
+        writes the batches itself (``api/sse.py``'s ``EventStreamResponse``, which
+        ends it after the job's last transition)."""
+        job = await self.repo.get(job_id)  # 404; finished: its events are all written
+        return await self.feed.subscribe(resume, job_id=job_id, finished=job.status.terminal)
+
     async def follow_all_events(self, resume: str | None = None) -> AsyncIterator[list[FeedItem]]:
         """Every job's events from ``resume`` (a cursor token; None: from now on), live,
         forever, in batches of what arrived together: the server-wide stream behind the

@@ -14,12 +14,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated
 
+import httpx2
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Header
 
 from orchestrator.api import sse
 from orchestrator.api.app import create_app
+from orchestrator.api.deps import ServiceDep
+from orchestrator.api.sse import EventStreamResponse
 from orchestrator.config import Settings
 from orchestrator.db.schema import job_events
 from orchestrator.domain.params import FluxDevParams, FluxRequest
@@ -166,3 +170,68 @@ def test_keep_alives_come_from_the_one_reader(server: Server) -> None:
         feed.poll_s = 0.05
         for r in readers:
             _until(lambda r=r: r.count(b": ping") >= 2, "keep-alive comments")
+
+
+@pytest.fixture
+def job_server(make_settings: Callable[..., Settings]) -> Iterator[Server]:
+    """The app with a job's stream served the lean way (``Service.subscribe_job`` and
+    ``EventStreamResponse``), as ``/api/jobs/{id}/events`` can be."""
+    settings = make_settings(demo_mode="on", auth_disabled=True)
+    app = create_app(settings)
+
+    @app.get("/test/jobs/{job_id}/events", response_class=EventStreamResponse)
+    async def job_events(
+        job_id: str,
+        service: ServiceDep,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> EventStreamResponse:
+        return EventStreamResponse(await service.subscribe_job(job_id, last_event_id))
+
+    with serve_in_thread(app, lifespan="on") as served:
+        yield Server(served, app, settings)
+
+
+def _job_stream(served: ServedApp, job_id: str, last_event_id: str | None = None) -> Reader:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.connect((served.host, served.port))
+    resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
+    sock.sendall(f"GET /test/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n{resume}\r\n".encode())
+    reader = Reader(sock)
+    reader.start()
+    return reader
+
+
+def _ids_and_kinds(reader: Reader) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    current: dict[str, str] = {}
+    for line in bytes(reader.data).decode().split("\r\n"):
+        key, sep, value = line.partition(": ")
+        if sep and key in ("id", "event"):
+            current[key] = value
+            if key == "event":
+                out.append((current["id"], value))
+    return out
+
+
+def test_a_job_stream_from_the_one_reader_ends_with_the_job(job_server: Server) -> None:
+    with httpx2.Client(base_url=job_server.served.base_url, timeout=30) as client:
+        body = {"backend": "flux", "params": {"model": "flux-dev", "prompt": "lean"}}
+        job_id = client.post("/api/generate", json=body).json()["id"]
+        live = [_job_stream(job_server.served, job_id) for _ in range(3)]
+        for reader in live:
+            assert reader.ended.wait(30), "a job's stream did not end with the job"
+        seen = [_ids_and_kinds(r) for r in live]
+        assert seen[0] == seen[1] == seen[2]
+        kinds = [k for _, k in seen[0]]
+        assert kinds[0] == "created" and kinds[-1] == "transition"
+        assert b'"status":"succeeded"' in bytes(live[0].data)
+        # resumed after the second event of the finished job: the rest, then the end
+        again = _job_stream(job_server.served, job_id, seen[0][1][0])
+        assert again.ended.wait(30)
+        assert _ids_and_kinds(again) == seen[0][2:]
+        # resumed after its last event: nothing, and the end
+        done = _job_stream(job_server.served, job_id, seen[0][-1][0])
+        assert done.ended.wait(30) and _ids_and_kinds(done) == []
+    for reader in [*live, again, done]:
+        reader.sock.close()
+    _until(lambda: job_server.service.feed.subscribers == 0, "every job stream forgotten")

@@ -22,7 +22,7 @@ from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from orchestrator.engine.events import Batch, FeedItem, Subscription
 
@@ -67,8 +67,11 @@ def encode_batch(batch: Batch) -> bytes:
 class _Sink:
     """Writes a subscription's batches to one client (see the module's text)."""
 
-    def __init__(self, send: Send, max_pending: int) -> None:
+    def __init__(self, send: Send, max_pending: int, job_id: str | None = None) -> None:
         self._send = send
+        self.job_id = job_id  # a job's stream ends after the job's last transition
+        self.finishing = False
+        self.last: FeedItem | None = None
         self.max_pending = MAX_PENDING if max_pending is None else max_pending
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -78,8 +81,22 @@ class _Sink:
 
     # --- the feed's Target ------------------------------------------------------------
     def send(self, batch: Batch) -> bool:
+        if self.finishing:
+            return False
         self.write(encode_batch(batch))
+        if self.job_id is not None:
+            for item in batch.items:
+                if item.event.status is not None and item.event.status.terminal:
+                    self.last = item
+                    self.finish()
+                    return False
         return not self.done.done()
+
+    def finish(self) -> None:
+        """End the stream once what was written has gone out."""
+        self.finishing = True
+        if self._writer is None:
+            self.end()
 
     def keepalive(self) -> None:
         if self._writer is None:  # a stream that is writing needs no keep-alive
@@ -137,6 +154,8 @@ class _Sink:
         finally:
             coro.close()
             self._writer = None
+            if self.finishing:
+                self.end()
 
     async def close(self) -> None:
         self.end()
@@ -149,7 +168,8 @@ class _Sink:
 class EventStreamResponse(Response):
     """``text/event-stream`` fed by a :class:`Subscription` (already subscribed when
     the route made it): catch-up first, then live, until the client goes away or the
-    subscription falls behind."""
+    subscription falls behind; a job's subscription also ends after the job's last
+    transition (and the late commits of its past, if any)."""
 
     media_type = "text/event-stream"
 
@@ -169,7 +189,7 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub = self.subscription
-        sink = _Sink(send, self.max_pending)
+        sink = _Sink(send, self.max_pending, sub.job_id)
         watcher: asyncio.Task[None] | None = None
         try:
             await send(
@@ -182,8 +202,10 @@ class EventStreamResponse(Response):
             watcher = asyncio.create_task(_watch(receive, sink))
             sub.attach(sink)
             await sub.catch_up()
-            if sub.closed:
+            if sub.closed and not sink.finishing:
                 sink.end()
+            elif sub.job_id is not None and sub.finished:
+                sink.finish()  # the job had ended: the catch-up was all
             await sink.done
         finally:
             sub.close()
@@ -195,9 +217,16 @@ class EventStreamResponse(Response):
             # take it, then its connection is closed
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(FINAL_SEND_S):
+                    if sink.finishing and sink.last is not None and sub.job_id is not None:
+                        async for late in sub.feed.tail(sub.job_id, sink.last.token):
+                            await send(_body(encode(late)))
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
         if self.background is not None:
             await self.background()
+
+
+def _body(chunk: bytes) -> Message:
+    return {"type": "http.response.body", "body": chunk, "more_body": True}
 
 
 async def _coro(awaitable: Awaitable[None]) -> None:

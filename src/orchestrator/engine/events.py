@@ -158,9 +158,12 @@ class Subscription(AsyncIterator[list[FeedItem]]):
         resume: Cursor | None,
         job_id: str | None,
         queue_max: int,
+        finished: bool = False,
     ) -> None:
         self.feed = feed
         self.job_id = job_id
+        # a job's stream: the job had finished when it was made (the catch-up is all)
+        self.finished = finished
         self.resume = resume
         self.queue = _Queue(queue_max)
         self.target: Target = self.queue
@@ -308,16 +311,20 @@ class EventFeed:
         return len(self._all) + sum(len(s) for s in self._by_job.values())
 
     async def subscribe(
-        self, resume: str | None = None, *, job_id: str | None = None
+        self, resume: str | None = None, *, job_id: str | None = None, finished: bool = False
     ) -> Subscription:
         """Subscribe now (events committed from here on are not missed, even before the
-        caller starts reading) and return the stream: every job's events (or those of
-        ``job_id``) from ``resume`` (a token; None: from now on), live, in batches of
-        what arrived together (a burst costs a subscriber one write, not one per
-        event). The stream raises :class:`FellBehind` when it fell behind."""
+        caller starts reading) and return the stream: every job's events from
+        ``resume`` (a token; None: from now on), or those of ``job_id`` from ``resume``
+        (None: from its first; ``finished``: the job had finished, so the catch-up is
+        all), live, in batches of what arrived together (a burst costs a subscriber
+        one write, not one per event). The stream raises :class:`FellBehind` when it
+        fell behind."""
         await self._ensure_running()
         start = Cursor.parse(resume, time.monotonic()) if resume else None
-        sub = Subscription(self, start, job_id, self.queue_max)
+        if job_id is not None and start is None:
+            start = Cursor()  # a job's stream starts from its first event
+        sub = Subscription(self, start, job_id, self.queue_max, finished)
         if job_id is None:
             self._all.add(sub)
         else:
@@ -334,7 +341,7 @@ class EventFeed:
         """A job's events from ``resume`` (None: from its first), live, until one
         finishes it; ``finished``: the job was finished before this was called, so
         the catch-up is all there is."""
-        token = resume or "0"
+        token = resume
         while True:
             sub = await self.subscribe(token, job_id=job_id)
             try:
@@ -346,7 +353,7 @@ class EventFeed:
                         token = item.token
                         yield item
                         if item.event.status is not None and item.event.status.terminal:
-                            async for late in self._tail(job_id, item.token):
+                            async for late in self.tail(job_id, item.token):
                                 yield late
                             return
             except FellBehind:
@@ -356,7 +363,7 @@ class EventFeed:
             finally:
                 sub.close()
 
-    async def _tail(self, job_id: str, token: str) -> AsyncIterator[FeedItem]:
+    async def tail(self, job_id: str, token: str) -> AsyncIterator[FeedItem]:
         """After a job's last transition, the events of its past whose transactions
         were still open (ids the reader had not seen below it): one query, only when
         there are such ids."""
