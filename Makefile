@@ -33,10 +33,18 @@ unit: install
 
 test: lint typecheck unit
 
+# The job path, GET path and start-up benches also run on PostgreSQL when
+# BENCH_POSTGRES_URL names a local server (throwaway databases are created on it and
+# dropped); `make bench BENCH_POSTGRES_URL=` runs SQLite only.
+BENCH_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
+export BENCH_POSTGRES_URL
+
 bench: install
 	$(BIN)/python bench/overhead.py
-	$(BIN)/python bench/tilda_import.py
+	$(BIN)/python bench/get_job.py
 	$(BIN)/python bench/events_fanout.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/tilda_import.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -232,17 +232,20 @@ class OutputStore:
             duration_s=duration_s,
         )
 
-    async def write_manifest(self, job: Job) -> Path:
-        """``JOBS_DIR/YYYY/MM/DD/<job id>.json``: the job, its parameters and outputs."""
-        return await asyncio.to_thread(self._write_manifest, job)
+    async def write_manifest(self, job: Job, *, repair: bool = False) -> Path:
+        """``JOBS_DIR/YYYY/MM/DD/<job id>.json``: the job, its parameters and outputs.
+        ``repair``: a manifest a crash may have cut short; its temporary files are
+        looked for and removed (a scan of the day's folder, so not on every write)."""
+        return await asyncio.to_thread(self._write_manifest, job, repair)
 
     def manifest_path(self, job: Job) -> Path:
         return self.jobs_dir / job.created_at.strftime("%Y/%m/%d") / f"{job.id}.json"
 
-    def _write_manifest(self, job: Job) -> Path:
+    def _write_manifest(self, job: Job, repair: bool = False) -> Path:
         path = self.manifest_path(job)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_manifest_temps(path)  # left by a process killed mid-write
+        if repair:
+            self._remove_manifest_temps(path)  # left by a process killed mid-write
         doc = job.model_dump(mode="json")
         doc["params"] = embeddable(doc["params"])
         doc["output_root"] = str(self.output_dir)

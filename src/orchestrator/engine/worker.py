@@ -274,12 +274,12 @@ class Worker:
         if self._backlog:
             self._wake.set()
 
-    async def _manifest(self, job: Job) -> None:
+    async def _manifest(self, job: Job, *, repair: bool = False) -> None:
         """Write the job's manifest; it is recorded with the next claim or lease
         renewal (or at shutdown). A process killed before that rewrites it on the
         next start (:meth:`_repair_manifests`), which is harmless."""
         try:
-            await asyncio.shield(self.store.write_manifest(job))
+            await asyncio.shield(self.store.write_manifest(job, repair=repair))
         except OSError as exc:
             log.error("could not write the job manifest; will retry", error=str(exc))
             return
@@ -310,7 +310,7 @@ class Worker:
             return
         for job in missing:
             log.warning("writing a manifest missed by a crash", job_id=job.id)
-            await self._manifest(job)
+            await self._manifest(job, repair=True)
 
     async def _recover(self) -> None:
         await self._repair_manifests(self.opts.lease_s)
