@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 
 import pytest
 import sqlalchemy as sa
@@ -426,3 +427,28 @@ async def test_another_process_wakes_the_reader_with_notify(
             await collect
         assert feed.reads == reads + 1
         assert writer.service.feed.pg.sent >= 1 and feed.pg.heard >= 1
+
+
+async def test_a_job_with_a_long_history_is_followed_from_its_first_event(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """5,000 events, more than a follower's queue holds: the catch-up is read page by
+    page as the follower reads it (it used to be queued whole, and overflowed)."""
+    async with no_worker(make_settings(demo_mode="on")) as rt:
+        svc = rt.service
+        job_id = await _job(svc)
+        async with svc.db.write() as conn:
+            await conn.execute(
+                job_events.insert(),
+                [
+                    {"job_id": job_id, "at": datetime.now(UTC), "kind": "info", "message": f"{i}"}
+                    for i in range(5000)
+                ],
+            )
+        await svc.cancel_job(job_id)
+        async with asyncio.timeout(30):
+            got = [item async for item in svc.follow_job(job_id)]
+    messages = _messages(got)
+    assert messages[1:5001] == [str(i) for i in range(5000)]
+    assert got[0].event.kind == "created" and got[-1].event.status is not None
+    assert got[-1].event.status.terminal and len(got) == 5002

@@ -196,40 +196,47 @@ class Subscription(AsyncIterator[list[FeedItem]]):
 
     # --- as its reader sees it --------------------------------------------------------
     async def catch_up(self) -> None:
-        """Send what came after the resume token (once), then go live."""
-        if self.caught_up:
-            return
-        self.caught_up = True
+        """Send what came after the resume token to the target, then go live."""
+        while not self.caught_up:
+            items = await self._page()
+            if items and not self.target.send(Batch(items)):
+                self.close()
+                return
+
+    async def _page(self) -> list[FeedItem]:
+        """The next page of the catch-up (read when the reader of the subscription
+        asks for it: a long history never piles up in memory); after the last one,
+        live."""
         cursor = self.resume
         assert cursor is not None
         try:
-            while True:
-                rows = await self.feed.log.after(
-                    cursor.high, cursor.open_gaps(), job_id=self.job_id, limit=BATCH
-                )
-                now = time.monotonic()
-                items = []
-                for ev in rows:
-                    if cursor.accept(ev.id, now):
-                        if self.feed.cursor is not None:
-                            # ids the reader has seen are no gaps of this stream: an
-                            # event of its committed before the query above is in its
-                            # rows, one committed since reaches it live
-                            cursor.drop_seen_by(self.feed.cursor)
-                        items.append(_item(ev, cursor))
-                if self.feed.cursor is not None:
-                    cursor.drop_seen_by(self.feed.cursor)
-                if items:
-                    self.seen.update(i.event.id for i in items)
-                    self.seen_max = max(self.seen_max, items[-1].event.id)
-                    if not self.target.send(Batch(items)):
-                        self.close()
-                        return
-                if len(rows) < BATCH:
-                    break
+            rows = await self.feed.log.after(
+                cursor.high, cursor.open_gaps(), job_id=self.job_id, limit=BATCH
+            )
         except BaseException:
             self.close()
             raise
+        now = time.monotonic()
+        items = []
+        for ev in rows:
+            if cursor.accept(ev.id, now):
+                if self.feed.cursor is not None:
+                    # ids the reader has seen are no gaps of this stream: an event of
+                    # its committed before the query above is in its rows, one
+                    # committed since reaches it live
+                    cursor.drop_seen_by(self.feed.cursor)
+                items.append(_item(ev, cursor))
+        if self.feed.cursor is not None:
+            cursor.drop_seen_by(self.feed.cursor)
+        if items:
+            self.seen.update(i.event.id for i in items)
+            self.seen_max = max(self.seen_max, items[-1].event.id)
+        if len(rows) < BATCH:
+            self._go_live()
+        return items
+
+    def _go_live(self) -> None:
+        self.caught_up = True
         held, self.held = self.held or [], None
         for batch in held:
             if not self.offer(batch):
@@ -254,7 +261,10 @@ class Subscription(AsyncIterator[list[FeedItem]]):
 
     async def __anext__(self) -> list[FeedItem]:
         try:
-            await self.catch_up()
+            while not self.caught_up:
+                items = await self._page()
+                if items:
+                    return items
             return await self.queue.next()
         except BaseException:
             self.close()
@@ -345,11 +355,10 @@ class EventFeed:
         while True:
             sub = await self.subscribe(token, job_id=job_id)
             try:
-                await sub.catch_up()
                 while True:
-                    if finished and not sub.queue.pending:
+                    if sub.caught_up and finished and not sub.queue.pending:
                         return
-                    for item in await sub.queue.next():
+                    for item in await anext(sub):
                         token = item.token
                         yield item
                         if item.event.status is not None and item.event.status.terminal:
