@@ -172,6 +172,9 @@ class LockHog(threading.Thread):
         self.sqlite_path = sqlite_path
         self.rng = random.Random(seed)
         self.stop_event = threading.Event()
+        # Set while the lock is held: the test submits its jobs in waves, each while
+        # the lock is held, so contention is forced however fast the fleet is.
+        self.held = threading.Event()
         self.holds = 0
         self.error: BaseException | None = None
 
@@ -192,7 +195,9 @@ class LockHog(threading.Thread):
         try:
             while not self.stop_event.is_set():
                 conn.execute("BEGIN IMMEDIATE")
+                self.held.set()
                 time.sleep(self.rng.uniform(0.3, 1.0))
+                self.held.clear()
                 conn.execute("COMMIT")
                 self.holds += 1
                 self._pause()
@@ -216,7 +221,9 @@ class LockHog(threading.Thread):
                         await conn.execute(
                             "SELECT id FROM jobs WHERE status = 'running' FOR UPDATE"
                         )
+                        self.held.set()
                         await asyncio.sleep(self.rng.uniform(0.3, 1.0))
+                        self.held.clear()
                     self.holds += 1
                     await asyncio.sleep(self.rng.uniform(0.1, 0.4))
             finally:
@@ -303,6 +310,9 @@ def _check(fleet: Fleet, ids: dict[str, str], jobs: list[dict[str, Any]], label:
     assert len(costs) == 1 and next(iter(costs)) > 0, costs
 
 
+WAVES = 6
+
+
 def _run(fleet: Fleet, n_jobs: int, label: str) -> None:
     fleet.start_bfl(duration_s=0.4)
     for _ in range(3):
@@ -313,13 +323,20 @@ def _run(fleet: Fleet, n_jobs: int, label: str) -> None:
     try:
         run = uuid.uuid4().hex[:6]
         prompts = [f"multiprocess {run} job {i}" for i in range(n_jobs)]
-        ids = _submit_all(fleet, prompts)
+        ids: dict[str, str] = {}
+        for wave in range(WAVES):
+            # each wave lands while the hog holds the lock (and the next one waits for
+            # its next hold): at least WAVES holds overlap the run
+            while hog.held.is_set():
+                time.sleep(0.01)
+            assert hog.held.wait(10), "the lock hog never took the lock"
+            ids.update(_submit_all(fleet, prompts[wave::WAVES]))
         jobs = _drain(fleet, ids, timeout_s=240)
     finally:
         hog.stop_event.set()
         hog.join(10)
     assert hog.error is None, hog.error
-    assert hog.holds > 5, "the lock was never held: no contention was forced"
+    assert hog.holds >= WAVES, "the lock was never held: no contention was forced"
     _check(fleet, ids, jobs, label)
 
 
