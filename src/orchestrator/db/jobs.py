@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator import errors
 from orchestrator.db import webhooks as webhooks_db
 from orchestrator.db.engine import Database, cancel_safe, db_now
+from orchestrator.db.events import to_event
 from orchestrator.db.schema import job_counts, job_events, job_outputs, jobs
 from orchestrator.domain import limits
 from orchestrator.domain.costs import Pricing, final_cost
@@ -396,41 +397,7 @@ class JobRepo:
             .order_by(job_events.c.id)
             .limit(limit)
         )
-        return await self.db.run(lambda conn: [_job_event(r) for r in conn.execute(q).all()])
-
-    @cancel_safe
-    async def events_since(self, after_id: int, limit: int = 500) -> list[JobEvent]:
-        """Events of every job after ``after_id``, oldest first (the server-wide stream)."""
-        q = sa.select(job_events).where(job_events.c.id > after_id).order_by(job_events.c.id)
-        return await self.db.run(
-            lambda conn: [_job_event(r) for r in conn.execute(q.limit(limit)).all()]
-        )
-
-    @cancel_safe
-    async def events_after(
-        self,
-        high: int,
-        gaps: Sequence[int] = (),
-        *,
-        job_id: str | None = None,
-        limit: int = 1000,
-    ) -> list[JobEvent]:
-        """Events after ``high`` and those among ``gaps`` (ids below it not seen yet,
-        which may commit late: see ``domain/event_cursor.py``), oldest id first; of one
-        job, or of all."""
-        after = job_events.c.id > high
-        where = sa.or_(after, job_events.c.id.in_(list(gaps))) if gaps else after
-        q = sa.select(job_events).where(where)
-        if job_id is not None:
-            q = q.where(job_events.c.job_id == job_id)
-        q = q.order_by(job_events.c.id).limit(limit)
-        return await self.db.run(lambda conn: [_job_event(r) for r in conn.execute(q).all()])
-
-    @cancel_safe
-    async def last_event_id(self) -> int:
-        """The newest event's id (0 when there is none)."""
-        q = sa.select(sa.func.max(job_events.c.id))
-        return await self.db.run(lambda conn: int(conn.execute(q).scalar() or 0))
+        return await self.db.run(lambda conn: [to_event(r) for r in conn.execute(q).all()])
 
     @cancel_safe
     async def status_of(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, bool]]:
@@ -1302,20 +1269,6 @@ def _event(
             "message": message,
             "data": data,
         },
-    )
-
-
-def _job_event(r: sa.Row[tuple[object, ...]]) -> JobEvent:
-    m = r._mapping
-    return JobEvent(
-        id=m["id"],
-        job_id=m["job_id"],
-        at=m["at"],
-        kind=m["kind"],
-        status=JobStatus(m["status"]) if m["status"] else None,
-        progress=m["progress"],
-        message=m["message"],
-        data=m["data"] or {},
     )
 
 
