@@ -76,7 +76,8 @@ def token_list(
 def token_revoke(
     ctx: typer.Context, token_id: Annotated[str, typer.Argument(help="The token's id.")]
 ) -> None:
-    """Revoke a token: it stops working at once and its web UI sessions end."""
+    """Revoke a token: its web UI sessions end; a running server refuses it within
+    TOKEN_CACHE_TTL_S (5 s), the time it may keep a verified token."""
     from orchestrator import cli
 
     settings = cli._settings(ctx)

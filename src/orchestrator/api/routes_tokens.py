@@ -36,8 +36,9 @@ async def list_tokens(service: ServiceDep, principal: PrincipalDep) -> list[Toke
 
 @router.delete("/tokens/{token_id}", responses=PROBLEMS, summary="Revoke an API token (admin)")
 async def revoke_token(token_id: str, service: ServiceDep, principal: PrincipalDep) -> TokenInfo:
-    """The token stops working at once and its web UI sessions end. Revoking a
-    revoked token changes nothing."""
+    """The token stops working at once in this process (other processes sharing the
+    database refuse it within 5 s, the time they may keep a verified token) and its web
+    UI sessions end. Revoking a revoked token changes nothing."""
     return await service.tokens.revoke(token_id, principal=principal)
 
 
