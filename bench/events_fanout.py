@@ -6,9 +6,12 @@ Run it from the repository root::
 
     .venv/bin/python bench/events_fanout.py                  # 1000 subscribers, 3 rounds
     .venv/bin/python bench/events_fanout.py --subscribers 200 --rounds 1
+    .venv/bin/python bench/events_fanout.py --postgres postgresql+asyncpg://postgres@127.0.0.1:5432/postgres
 
 A real ``orchestrator serve`` (demo mode: simulated backends, no keys, SQLite in a temporary
-folder, auth off on 127.0.0.1) runs as its own process; this process holds the SSE clients
+folder, auth off on 127.0.0.1) runs as its own process; with a PostgreSQL URL (``--postgres``
+or ``BENCH_POSTGRES_URL``; a local server only) a second one runs on a throwaway database
+created next to it (and dropped), measured the same way. This process holds the SSE clients
 (plain asyncio sockets, one per subscriber; one in ten parses and times what it receives, all
 count it, so the client side loads the shared CPUs less) and measures. Each round:
 
@@ -21,8 +24,8 @@ count it, so the client side loads the shared CPUs less) and measures. Each roun
   and nothing happening, in cores.
 * **minimal app**: ``bench/sse_minimal_app.py`` (FastAPI, a queue per client, a
   ``StreamingResponse`` each) with N subscribers: its idle CPU, then the events the one
-  subscriber saw above, replayed at the same moments in the same bursts (``POST /emit``),
-  timed the same way.
+  subscriber of the SQLite server saw above, replayed at the same moments in the same
+  bursts (``POST /emit``), timed the same way.
 
 Figures are printed as min / median / max over the rounds, each loaded figure also as a
 ratio against its baseline measured in the same round. Only 127.0.0.1 is contacted.
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +53,7 @@ from pathlib import Path
 import httpx2
 
 CLI = [sys.executable, "-m", "orchestrator"]
+POSTGRES_ENV = "BENCH_POSTGRES_URL"
 JOBS = 20
 API_CALLS = 200
 
@@ -212,7 +217,9 @@ def pct(values: list[float], q: float) -> float:
 
 
 @dataclass
-class Round:
+class Served:
+    """One measured server of a round."""
+
     base_event_p50: float
     base_event_p99: float
     event_p50: float
@@ -223,10 +230,15 @@ class Round:
     api_p99: float
     idle_cores: float
     delivered: float  # events received per subscriber, as a share of the baseline's
-    min_event_p50: float
-    min_event_p99: float
-    min_idle_cores: float
-    min_delivered: float
+    schedule: list[tuple[float, int]] = field(repr=False)  # when the events were written
+
+
+@dataclass
+class Minimal:
+    event_p50: float
+    event_p99: float
+    idle_cores: float
+    delivered: float
 
 
 def bursts(ats: list[datetime]) -> list[tuple[float, int]]:
@@ -260,7 +272,7 @@ async def idle_cpu(pid: int) -> float:
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
-async def one_round(port: int, pid: int, minimal: tuple[int, int], n: int) -> Round:
+async def measure_serve(port: int, pid: int, n: int) -> Served:
     async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         base_api = await api_latency(client)
         one = Subscribers(port)
@@ -274,15 +286,7 @@ async def one_round(port: int, pid: int, minimal: tuple[int, int], n: int) -> Ro
         loaded_api = await api_latency(client)
         await events
         await many.close()
-    min_port, min_pid = minimal
-    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{min_port}", timeout=60) as client:
-        plain = Subscribers(min_port, path="/events")
-        await plain.connect(n)
-        min_idle = await idle_cpu(min_pid)
-        await replay(client, bursts(one.ats))
-        await plain.close()
-    per_sub = many.received / n
-    return Round(
+    return Served(
         pct(one.latencies_ms, 0.5),
         pct(one.latencies_ms, 0.99),
         pct(many.latencies_ms, 0.5),
@@ -292,12 +296,32 @@ async def one_round(port: int, pid: int, minimal: tuple[int, int], n: int) -> Ro
         pct(loaded_api, 0.5),
         pct(loaded_api, 0.99),
         idle,
-        per_sub / max(one.received, 1),
+        many.received / n / max(one.received, 1),
+        bursts(one.ats),
+    )
+
+
+async def measure_minimal(port: int, pid: int, n: int, served: Served) -> Minimal:
+    """The minimal app, with the events ``served``'s one subscriber saw, replayed."""
+    async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        plain = Subscribers(port, path="/events")
+        await plain.connect(n)
+        idle = await idle_cpu(pid)
+        await replay(client, served.schedule)
+        await plain.close()
+    expected = sum(k for _, k in served.schedule)
+    return Minimal(
         pct(plain.latencies_ms, 0.5),
         pct(plain.latencies_ms, 0.99),
-        min_idle,
-        plain.received / n / max(one.received, 1),
+        idle,
+        plain.received / n / max(expected, 1),
     )
+
+
+@dataclass
+class Round:
+    served: dict[str, Served]  # by store: "SQLite", "PostgreSQL"
+    minimal: Minimal
 
 
 def row(label: str, values: list[float], unit: str = "", digits: int = 1) -> str:
@@ -306,33 +330,71 @@ def row(label: str, values: list[float], unit: str = "", digits: int = 1) -> str
 
 
 def table(rounds: list[Round], n: int) -> str:
-    def col(name: str) -> list[float]:
-        return [getattr(r, name) for r in rounds]
+    def col(store: str, name: str) -> list[float]:
+        return [getattr(r.served[store], name) for r in rounds]
 
-    def ratio(a: str, b: str) -> list[float]:
-        return [getattr(r, a) / getattr(r, b) for r in rounds]
+    def mcol(name: str) -> list[float]:
+        return [getattr(r.minimal, name) for r in rounds]
+
+    def ratio(a: list[float], b: list[float]) -> list[float]:
+        return [x / y for x, y in zip(a, b, strict=True)]
 
     lines = [
         f"| figure ({n} subscribers, {len(rounds)} rounds) | min | median | max |",
         "|---|---:|---:|---:|",
-        row("event -> client p50, 1 subscriber (ms)", col("base_event_p50")),
-        row("event -> client p99, 1 subscriber (ms)", col("base_event_p99")),
-        row(f"event -> client p50, {n} subscribers (ms)", col("event_p50")),
-        row(f"event -> client p99, {n} subscribers (ms)", col("event_p99")),
-        row(f"  minimal SSE app, p50, {n} subscribers (ms)", col("min_event_p50")),
-        row(f"  minimal SSE app, p99, {n} subscribers (ms)", col("min_event_p99")),
-        row("  p50 ratio, Orchestrator / minimal app", ratio("event_p50", "min_event_p50"), "x", 2),
-        row("  p99 ratio, Orchestrator / minimal app", ratio("event_p99", "min_event_p99"), "x", 2),
-        row("  p99 ratio, loaded / 1 subscriber", ratio("event_p99", "base_event_p99"), "x", 2),
-        row("GET /api/jobs p50, no subscriber (ms)", col("base_api_p50")),
-        row(f"GET /api/jobs p50, {n} subscribers + events (ms)", col("api_p50")),
-        row("  p50 ratio, loaded / none", ratio("api_p50", "base_api_p50"), "x", 2),
-        row("  p99 ratio, loaded / none", ratio("api_p99", "base_api_p99"), "x", 2),
-        row(f"idle CPU of serve, {n} subscribers (cores)", col("idle_cores"), "", 3),
-        row(f"  minimal SSE app, {n} subscribers (cores)", col("min_idle_cores"), "", 3),
-        row("events per subscriber / baseline's", col("delivered"), "", 3),
-        row("  minimal SSE app", col("min_delivered"), "", 3),
+        row(f"minimal SSE app: event -> client p50, {n} subscribers (ms)", mcol("event_p50")),
+        row(f"minimal SSE app: event -> client p99, {n} subscribers (ms)", mcol("event_p99")),
+        row(f"minimal SSE app: idle CPU, {n} subscribers (cores)", mcol("idle_cores"), "", 3),
+        row("minimal SSE app: events per subscriber / sent", mcol("delivered"), "", 3),
     ]
+    for store in rounds[0].served:
+        lines += [
+            row(f"{store}: event -> client p50, 1 subscriber (ms)", col(store, "base_event_p50")),
+            row(f"{store}: event -> client p99, 1 subscriber (ms)", col(store, "base_event_p99")),
+            row(f"{store}: event -> client p50, {n} subscribers (ms)", col(store, "event_p50")),
+            row(f"{store}: event -> client p99, {n} subscribers (ms)", col(store, "event_p99")),
+            row(
+                "  p50 ratio, Orchestrator / minimal app",
+                ratio(col(store, "event_p50"), mcol("event_p50")),
+                "x",
+                2,
+            ),
+            row(
+                "  p99 ratio, Orchestrator / minimal app",
+                ratio(col(store, "event_p99"), mcol("event_p99")),
+                "x",
+                2,
+            ),
+            row(
+                "  p99 ratio, loaded / 1 subscriber",
+                ratio(col(store, "event_p99"), col(store, "base_event_p99")),
+                "x",
+                2,
+            ),
+            row(f"{store}: GET /api/jobs p50, no subscriber (ms)", col(store, "base_api_p50")),
+            row(
+                f"{store}: GET /api/jobs p50, {n} subscribers + events (ms)", col(store, "api_p50")
+            ),
+            row(
+                "  p50 ratio, loaded / none",
+                ratio(col(store, "api_p50"), col(store, "base_api_p50")),
+                "x",
+                2,
+            ),
+            row(
+                "  p99 ratio, loaded / none",
+                ratio(col(store, "api_p99"), col(store, "base_api_p99")),
+                "x",
+                2,
+            ),
+            row(
+                f"{store}: idle CPU of serve, {n} subscribers (cores)",
+                col(store, "idle_cores"),
+                "",
+                3,
+            ),
+            row(f"{store}: events per subscriber / baseline's", col(store, "delivered"), "", 3),
+        ]
     return "\n".join(lines)
 
 
@@ -347,41 +409,90 @@ async def wait_ready(port: int, path: str = "/healthz") -> None:
 
 
 async def measure(
-    port: int, pid: int, minimal: tuple[int, int], args: argparse.Namespace
+    servers: dict[str, tuple[int, int]], minimal: tuple[int, int], args: argparse.Namespace
 ) -> list[Round]:
-    await wait_ready(port)
+    for port, _ in servers.values():
+        await wait_ready(port)
     await wait_ready(minimal[0], "/docs")
-    return [await one_round(port, pid, minimal, args.subscribers) for _ in range(args.rounds)]
+    rounds = []
+    for i in range(args.rounds):
+        served = {
+            store: await measure_serve(*servers[store], args.subscribers) for store in servers
+        }
+        first = next(iter(served.values()))  # the minimal app replays SQLite's events
+        rounds.append(Round(served, await measure_minimal(*minimal, args.subscribers, first)))
+        said = "; ".join(f"{k} p99 {v.event_p99:.1f} ms" for k, v in served.items())
+        print(
+            f"round {i + 1}: {said}; minimal p99 {rounds[-1].minimal.event_p99:.1f} ms",
+            file=sys.stderr,
+        )
+    return rounds
+
+
+@contextlib.contextmanager
+def throwaway_postgres(url: str) -> Iterator[str]:
+    """A new database next to ``url``'s (a local server only); its URL. Dropped at the end."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url).set(drivername="postgresql+asyncpg")
+    if base.host not in (None, "127.0.0.1", "localhost", "::1"):
+        raise SystemExit(f"refusing to use a non-local PostgreSQL host: {base.host}")
+    admin = base.set(drivername="postgresql", database="postgres")
+    dsn = admin.render_as_string(hide_password=False)
+    name = f"orch_bench_{os.urandom(6).hex()}"
+
+    async def sql(statement: str) -> None:
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(sql(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextlib.contextmanager
+def process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get(POSTGRES_ENV) or None,
+        help=f"also measure serve on a throwaway database next to this URL (${POSTGRES_ENV})",
+    )
     args = parser.parse_args()
     raise_fd_limit()
-    with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        proc = subprocess.Popen(
-            [*CLI, "serve"],
-            env=env_for(Path(tmp), port),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        servers: dict[str, tuple[int, int]] = {}
+        stores: list[tuple[str, str | None]] = [("SQLite", None)]
+        if args.postgres:
+            stores.append(("PostgreSQL", stack.enter_context(throwaway_postgres(args.postgres))))
+        for store, url in stores:
+            port = free_port()
+            env = env_for(Path(tmp) / store, port)
+            if url is not None:
+                env["DATABASE_URL"] = url
+            servers[store] = (port, stack.enter_context(process([*CLI, "serve"], env)).pid)
         min_port = free_port()
         app = Path(__file__).with_name("sse_minimal_app.py")
-        minimal = subprocess.Popen(
-            [sys.executable, str(app), "--port", str(min_port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            rounds = asyncio.run(measure(port, proc.pid, (min_port, minimal.pid), args))
-        finally:
-            for p in (proc, minimal):
-                p.terminate()
-                p.wait(30)
-    print(f"\nServer-wide event stream fan-out (python {sys.version.split()[0]}, SQLite, demo)\n")
+        minimal = stack.enter_context(process([sys.executable, str(app), "--port", str(min_port)]))
+        rounds = asyncio.run(measure(servers, (min_port, minimal.pid), args))
+    print(f"\nEvent stream fan-out (python {sys.version.split()[0]}, demo)\n")
     print(table(rounds, args.subscribers))
 
 
