@@ -6,10 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 
-from orchestrator.api import sse
 from orchestrator.api.deps import ServiceDep
 from orchestrator.api.sse import EventStreamResponse
-from orchestrator.engine.events import FeedItem
 
 router = APIRouter(prefix="/api", tags=["jobs"])
 
@@ -34,8 +32,3 @@ async def all_events(
     # Subscribed before the response starts: what is written once the client has the
     # headers reaches it. The process's one event reader writes to the client itself.
     return EventStreamResponse(await service.subscribe_all_events(resume))
-
-
-def sse_bytes(item: FeedItem) -> bytes:
-    """The item as one SSE message, encoded once however many clients it goes to."""
-    return sse.encode(item)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from sse_starlette import EventSourceResponse
 
 from orchestrator.api.deps import PrincipalDep, ServiceDep, get_service
 from orchestrator.api.problems import Problem
-from orchestrator.api.routes_events import sse_bytes
+from orchestrator.api.sse import EventStreamResponse
 from orchestrator.domain.auth import Principal
 from orchestrator.domain.jobs import Job, JobPage, JobStatus
 from orchestrator.domain.params import AnyRequest, BackendName, GenerateRequest
@@ -117,7 +115,7 @@ async def retry_job(
 @router.get(
     "/jobs/{job_id}/events",
     responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
     summary="Follow a job (Server-Sent Events)",
 )
 async def job_events(
@@ -125,18 +123,13 @@ async def job_events(
     service: ServiceDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=1024)] = None,
     after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     """Progress and transitions as they happen; the stream ends when the job is
     finished. Each event's ``id`` is a position token; resume with ``Last-Event-ID``
     (or ``?after=<event id>``): nothing is skipped, also an event that committed late."""
     resume = last_event_id or (str(after) if after is not None else None)
-    await service.get_job(job_id)
-
-    async def stream() -> AsyncIterator[bytes]:
-        async for item in service.follow_job(job_id, resume):
-            yield sse_bytes(item)
-
-    return EventSourceResponse(stream(), ping=15)
+    # Served by the process's one event reader (404 for an unknown job).
+    return EventStreamResponse(await service.subscribe_job(job_id, resume))
 
 
 @router.get(
