@@ -152,6 +152,30 @@ def test_output_download_and_range(api: Api) -> None:
     assert api.client.get(f"/api/outputs/{job['id']}/..%2F..%2Fetc").status_code in (404, 422)
 
 
+def test_range_errors_are_problem_documents(api: Api) -> None:
+    """A malformed Range (400) and one past the end (416) answer problem documents like
+    every other error (they were text/plain from the file response), and the 416 still
+    says the file's size in Content-Range (RFC 9110 §15.5.17)."""
+    job = submit(api, "range errors")
+    done = wait_done(api, str(job["id"]))
+    out = done["outputs"][0]  # type: ignore[index]
+    url, size = out["url"], out["size_bytes"]
+    bad = api.client.get(url, headers={"Range": "bytes=abc"})
+    assert bad.status_code == 400, bad.text
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    assert bad.json()["status"] == 400 and bad.json()["type"].endswith("/malformed-range")
+    past = api.client.get(url, headers={"Range": f"bytes={size + 10}-"})
+    assert past.status_code == 416, past.text
+    assert past.headers["content-type"].startswith("application/problem+json")
+    assert past.headers["content-range"] == f"bytes */{size}"
+    assert past.json()["type"].endswith("/range-not-satisfiable")
+    # a Range that a stale If-Range voids is not an error: the whole file comes back
+    stale = api.client.get(
+        url, headers={"Range": f"bytes={size + 10}-", "If-Range": '"not-the-etag"'}
+    )
+    assert stale.status_code == 200 and len(stale.content) == size
+
+
 def test_validation_problems_have_field_paths(api: Api) -> None:
     r = api.client.post(
         "/api/generate",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
-from fastapi.responses import FileResponse
 
 from orchestrator.api.deps import PrincipalDep, ServiceDep, get_service
+from orchestrator.api.files import ProblemFileResponse
 from orchestrator.api.problems import Problem
 from orchestrator.api.sse import EventStreamResponse
 from orchestrator.domain.auth import Principal
@@ -135,14 +135,14 @@ async def job_events(
 @router.get(
     "/outputs/{job_id}/{n}",
     responses={**PROBLEMS, 200: {"content": {"image/*": {}, "video/*": {}}}},
-    response_class=FileResponse,
+    response_class=ProblemFileResponse,
     summary="Download an output (supports Range)",
 )
 async def get_output(
     job_id: str, n: Annotated[int, Path(ge=0, le=10_000)], service: ServiceDep
-) -> FileResponse:
+) -> ProblemFileResponse:
     out, path = await service.output(job_id, n)
-    return FileResponse(
+    return ProblemFileResponse(
         path,
         media_type=out.mime_type,
         filename=path.name,

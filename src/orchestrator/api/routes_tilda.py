@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
-from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from orchestrator import errors
 from orchestrator.api.deps import ServiceDep
+from orchestrator.api.files import ProblemFileResponse
 from orchestrator.api.problems import Problem
 from orchestrator.domain.tilda import ImportRun, Site, SitePageDetail, SitePagePage
 
@@ -153,15 +153,15 @@ async def get_page(
 @router.get(
     "/assets/{asset_id}",
     responses={**PROBLEMS, 200: {"content": {"image/*": {}}, "description": "The file"}},
-    response_class=FileResponse,
+    response_class=ProblemFileResponse,
     summary="An imported image",
 )
 async def get_asset(
     service: ServiceDep, asset_id: Annotated[str, Path(max_length=64)]
-) -> FileResponse:
+) -> ProblemFileResponse:
     """Use ``asset:<id>`` as ``image_prompt``, ``input_image`` or ``init_image``."""
     asset, path = await service.tilda.asset_file(asset_id)
-    return FileResponse(
+    return ProblemFileResponse(
         path,
         media_type=asset.mime_type,
         headers={"Cache-Control": "public, max-age=31536000, immutable"},
