@@ -181,6 +181,13 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: simulate backends when none is configured; on: always; off: never.",
     )
+    allowed_hosts: str = Field(
+        default="",
+        description="More host names the server answers to, comma-separated (a name a "
+        "reverse proxy passes on). Bound to loopback, the server answers only requests whose "
+        "Host is 127.0.0.1, localhost, [::1] or one of these (DNS-rebinding protection; "
+        "others get 421); bound to another address, the check is on only when this is set.",
+    )
     auth_disabled: bool = Field(
         default=False,
         description="Serve without authentication (no API token needed). Allowed only "

@@ -30,6 +30,7 @@ from orchestrator.api import (
     routes_tokens,
     routes_webhooks,
 )
+from orchestrator.api.host_guard import HostGuardMiddleware, allow_list
 from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from orchestrator.config import Settings
 from orchestrator.engine.webhooks import WebhookOptions
@@ -117,6 +118,9 @@ def create_app(
         per_path={"/api/tilda/import": settings.tilda_max_total_mb * 1024 * 1024},
     )
     app.add_middleware(RequestIdMiddleware)
+    allowed = allow_list(settings.host, settings.allowed_hosts.split(","))
+    if allowed is not None:  # outermost: a foreign Host is refused before anything runs
+        app.add_middleware(HostGuardMiddleware, allowed=allowed)
     problems.install(app)
     problems.document(app)
     auth.document(app)
