@@ -165,7 +165,7 @@ async def test_global_budget_refuses_before_anything_is_spent(
     transport = httpx2.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx2.AsyncClient(transport=transport, base_url="http://test") as client,
+        httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
         body = {"backend": "flux", "params": {"model": "flux-dev", "prompt": "p", "width": 256}}
         accepted = []
@@ -287,7 +287,7 @@ async def test_costs_api_and_cli(settings_for: Callable[..., Settings], tmp_path
     transport = httpx2.ASGITransport(app=app)
     async with (
         app.router.lifespan_context(app),
-        httpx2.AsyncClient(transport=transport, base_url="http://test") as client,
+        httpx2.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client,
     ):
         r = await client.get("/api/costs", params=[("by", "day"), ("by", "model")])
         assert r.status_code == 200, r.text
