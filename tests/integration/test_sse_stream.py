@@ -65,7 +65,9 @@ def _connect(served: ServedApp, rcvbuf: int | None = None) -> socket.socket:
     if rcvbuf is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.connect((served.host, served.port))
-    sock.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    sock.sendall(
+        b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
     return sock
 
 
@@ -195,7 +197,9 @@ def _job_stream(served: ServedApp, job_id: str, last_event_id: str | None = None
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.connect((served.host, served.port))
     resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
-    sock.sendall(f"GET /test/jobs/{job_id}/events HTTP/1.1\r\nHost: x\r\n{resume}\r\n".encode())
+    sock.sendall(
+        f"GET /test/jobs/{job_id}/events HTTP/1.1\r\nHost: 127.0.0.1\r\n{resume}\r\n".encode()
+    )
     reader = Reader(sock)
     reader.start()
     return reader
