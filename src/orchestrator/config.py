@@ -605,9 +605,10 @@ def env_name(field_name: str) -> str:
 
 
 def mask_secret(value: str) -> str:
+    """A secret for display: whether it is set and its length, none of its characters."""
     if not value:
         return "(not set)"
-    return "****" + value[-4:] if len(value) >= 12 else "****"
+    return f"**** (set, {len(value)} character{'' if len(value) == 1 else 's'})"
 
 
 def mask_db_url(url: str) -> str:

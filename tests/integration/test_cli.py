@@ -3,6 +3,7 @@ different working directories, bad settings, and `serve` end to end."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -131,11 +132,35 @@ def test_unwritable_data_dir(tmp_path: Path, home: dict[str, str]) -> None:
     assert r.returncode == 2 and "DATA_DIR" in r.stderr and "not writable" in r.stderr
 
 
-def test_config_show_masks_secrets(tmp_path: Path, home: dict[str, str]) -> None:
-    secret = "bfl-super-secret-value-9876"
-    r = run(["config", "show"], tmp_path, {**home, "BFL_API_KEY": secret})
-    assert r.returncode == 0
-    assert secret not in r.stdout and "****9876" in r.stdout
+SHOWN_SECRETS = {
+    "BFL_API_KEY": "bflQzX7kWm3vRj9LpYt2Hn",
+    "WEBHOOK_SECRET": "whsec_" + base64.b64encode(b"Kq8#Zx!mW2@rV5$tY9&uP3*nB6^cJ1%e").decode(),
+    "V0_API_KEY": "v0Gh4JkLq8ZwXc5VbNm",
+    "TILDA_PUBLIC_KEY": "tpQw7Er9Ty2Ui",
+    "TILDA_SECRET_KEY": "tsZx3Cv6Bn8MaSdFgHj",
+}
+
+
+def test_config_show_says_only_set_and_length(tmp_path: Path, home: dict[str, str]) -> None:
+    """No character of a secret is printed: not its end, not any 4 characters of it."""
+    env = {**home, "COLUMNS": "200", **SHOWN_SECRETS}
+    table = run(["config", "show"], tmp_path, env)
+    as_json = run(["config", "show", "--json"], tmp_path, env)
+    assert table.returncode == 0, table.stderr
+    assert as_json.returncode == 0, as_json.stderr
+    for output in (table.stdout, as_json.stdout):
+        for name, secret in SHOWN_SECRETS.items():
+            leaked = {secret[i : i + 4] for i in range(len(secret) - 3)} & {
+                output[i : i + 4] for i in range(len(output) - 3)
+            }
+            assert not leaked, f"{name}: {sorted(leaked)} printed"
+    rows = json.loads(as_json.stdout)["settings"]
+    for name, secret in SHOWN_SECRETS.items():
+        assert rows[name] == f"**** (set, {len(secret)} characters)"
+        line = next(line for line in table.stdout.splitlines() if f" {name} " in line)
+        assert f"**** (set, {len(secret)} characters)" in line
+    unset = json.loads(run(["config", "show", "--json"], tmp_path, home).stdout)["settings"]
+    assert all(unset[name] == "(not set)" for name in SHOWN_SECRETS)
     ok = run(["config", "check"], tmp_path, home)
     assert ok.returncode == 0 and "demo mode" in ok.stdout
 

@@ -376,15 +376,28 @@ def test_masked_hides_secrets(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -
     assert SECRET_V0 not in blob
     assert "hunter2-pass" not in blob
     assert rows["DATABASE_URL"] == "postgresql+asyncpg://app:****@db.internal:5432/orch"
-    assert rows["BFL_API_KEY"].startswith("****")
-    assert rows["V0_API_KEY"].startswith("****")
+    assert rows["BFL_API_KEY"] == f"**** (set, {len(SECRET_BFL)} characters)"
+    assert rows["V0_API_KEY"] == f"**** (set, {len(SECRET_V0)} characters)"
+    assert SECRET_BFL[-4:] not in blob and SECRET_V0[-4:] not in blob
     assert sorted(s.secret_values()) == sorted([SECRET_BFL, SECRET_V0])
 
 
 def test_masked_short_secret_shows_nothing(cfg_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BFL_API_KEY", "short-key")
     rows = load_settings(config_file=cfg_file).masked()
-    assert rows["BFL_API_KEY"] == "****"
+    assert rows["BFL_API_KEY"] == "**** (set, 9 characters)"
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("", "(not set)"),
+        ("k", "**** (set, 1 character)"),
+        ("abcdefghijklmnop", "**** (set, 16 characters)"),
+    ],
+)
+def test_mask_secret_shows_set_and_length_only(value: str, shown: str) -> None:
+    assert config.mask_secret(value) == shown
 
 
 def test_masked_keys_are_env_names(cfg_file: Path) -> None:
