@@ -94,6 +94,49 @@ def test_check_url(url: str, problem: str | None) -> None:
         check_url(url, allow_private=False)
 
 
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        # numeric spellings the resolver reads as a loopback or private address
+        ("2130706433", "non-public address 2130706433 \\(127.0.0.1\\)"),
+        ("0x7f000001", "non-public"),
+        ("0177.0.0.1", "non-public"),
+        ("127.1", "non-public"),
+        ("10.1", "non-public"),
+        ("0", "non-public"),
+        ("0x0a.0x00.0x00.0x01", "non-public"),
+        ("127.0.0x1", "non-public"),
+        ("3232235777", "non-public"),  # 192.168.1.1
+        # numeric, but no address at all
+        ("256.0.0.1", "not a valid IPv4 address"),
+        ("1.2.3.4.5", "not a valid IPv4 address"),
+        ("08.0.0.1", "not a valid IPv4 address"),
+        # IPv6 spellings of loopback
+        ("[::ffff:127.0.0.1]", "non-public"),
+        ("[::1]", "non-public"),
+        ("[0:0:0:0:0:0:0:1]", "non-public"),
+        ("[::ffff:7f00:1]", "non-public"),
+        # public, however spelled; names are checked at delivery
+        ("8.8.8.8", None),
+        ("134744072", None),  # 8.8.8.8
+        ("0x08080808", None),
+        ("hooks.example.com", None),
+        ("1e100.net", None),
+    ],
+)
+def test_numeric_spellings_are_judged_as_the_address_they_mean(
+    host: str, problem: str | None
+) -> None:
+    """Issue 14, item 6: these passed the submit check and were refused only at
+    delivery, where the resolver reads them as the address they spell."""
+    url = f"http://{host}:8080/hook"
+    if problem is None:
+        check_url(url, allow_private=False)
+        return
+    with pytest.raises(UrlProblem, match=problem):
+        check_url(url, allow_private=False)
+
+
 def test_private_targets_allowed_when_asked() -> None:
     assert check_url("http://127.0.0.1:8000/hook", allow_private=True).port == 8000
     assert parse_target("https://[::1]/x").host == "::1"

@@ -172,10 +172,55 @@ def parse_target(url: str) -> Target:
     return Target(scheme, host, port or (443 if scheme == "https" else 80))
 
 
+def numeric_ipv4(host: str) -> str | None:
+    """The IPv4 address a numeric host spelling stands for, by the C library's
+    ``inet_aton`` rules (what the resolver does with it at delivery): one to four
+    parts, each decimal, octal (leading ``0``) or hex (``0x``), the last part filling
+    the remaining bytes — ``2130706433``, ``0x7f000001``, ``0177.0.0.1``, ``127.1`` and
+    ``0`` are all addresses. None when the last label is not a number (a host name).
+    Raises :class:`UrlProblem` for a numeric host that is no valid address
+    (``256.0.0.1``), as the URL standard does for a host whose last label is a number."""
+    labels = host.rstrip(".").split(".")
+    if not labels or not _numeric(labels[-1]):
+        return None
+    try:
+        parts = [_number(label) for label in labels]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 4 or any(p > 255 for p in parts[:-1]):
+        raise UrlProblem(f"{host} is not a valid IPv4 address")
+    last_bits = 8 * (5 - len(parts))
+    if parts[-1] >= 1 << last_bits:
+        raise UrlProblem(f"{host} is not a valid IPv4 address")
+    value = parts[-1]
+    for i, part in enumerate(parts[:-1]):
+        value |= part << (24 - 8 * i)
+    return str(ipaddress.IPv4Address(value))
+
+
+def _numeric(label: str) -> bool:
+    low = label.lower()
+    if low.startswith("0x"):
+        return all(c in "0123456789abcdef" for c in low[2:])
+    return low.isdigit()
+
+
+def _number(label: str) -> int:
+    low = label.lower()
+    if low.startswith("0x"):
+        return int(low[2:] or "0", 16)
+    if len(low) > 1 and low.startswith("0"):
+        return int(low, 8)
+    return int(low, 10)
+
+
 def check_url(url: str, *, allow_private: bool) -> Target:
     """Submit-time check: :func:`parse_target`, plus (unless ``allow_private``) no IP
-    literal or obvious local name on a forbidden address. Host names are resolved
-    and checked again at delivery time."""
+    literal or obvious local name on a forbidden address. A numeric host in another
+    spelling than dotted decimal (``2130706433``, ``0x7f000001``, ``127.1``) is read as
+    the address the resolver would connect to (:func:`numeric_ipv4`) and judged as
+    that. Host names are not looked up here: they are resolved and checked again at
+    delivery time."""
     target = parse_target(url)
     if allow_private:
         return target
@@ -184,9 +229,11 @@ def check_url(url: str, *, allow_private: bool) -> Target:
         raise UrlProblem(
             "targets a loopback host; set WEBHOOK_ALLOW_PRIVATE=true to allow private targets"
         )
-    if target.is_ip_literal and address_forbidden(host):
+    address = host if target.is_ip_literal else numeric_ipv4(host)
+    if address is not None and address_forbidden(address):
+        spelled = host if address == host else f"{host} ({address})"
         raise UrlProblem(
-            f"targets the non-public address {host}; set WEBHOOK_ALLOW_PRIVATE=true to "
+            f"targets the non-public address {spelled}; set WEBHOOK_ALLOW_PRIVATE=true to "
             "allow private targets"
         )
     return target
