@@ -14,6 +14,7 @@ from alembic.runtime.migration import MigrationContext
 
 from orchestrator import errors
 from orchestrator.db.engine import Database, head_revision, open_database
+from orchestrator.db.events import EventLog
 from orchestrator.db.jobs import JobRepo, LeaseLost, NewJob, NewOutput
 from orchestrator.db.schema import jobs, metadata
 from orchestrator.domain.costs import Pricing
@@ -82,7 +83,7 @@ async def test_create_get_and_events(db: Database) -> None:
     assert job.created_at.tzinfo is not None
     again = await repo.get(job.id)
     assert again == job
-    events = await repo.events(job.id)
+    events = await EventLog(repo.db).of_job(job.id)
     assert [e.kind for e in events] == ["created"]
     with pytest.raises(errors.JobNotFound):
         await repo.get("nope")
@@ -228,7 +229,7 @@ async def test_requeue_and_fail(db: Database) -> None:
     )
     assert failed.error is not None and failed.error.code == errors.ErrorCode.MODERATED
     assert failed.error.details == {"stage": "request"}
-    kinds = [(e.kind, e.status) for e in await repo.events(j.id)]
+    kinds = [(e.kind, e.status) for e in await EventLog(repo.db).of_job(j.id)]
     assert kinds[0] == ("created", JobStatus.QUEUED)
     assert kinds[-1] == ("transition", JobStatus.FAILED)
 
@@ -348,7 +349,8 @@ async def test_a_second_submission_is_recorded_with_its_cost(db: Database) -> No
     job = await repo.get(c1.job.id)
     assert job.upstream == first and job.cost == 6.5
     assert any(
-        "second upstream task (second)" in (e.message or "") for e in await repo.events(job.id)
+        "second upstream task (second)" in (e.message or "")
+        for e in await EventLog(repo.db).of_job(job.id)
     )
     done = await repo.finish(job.id, c2.lease, JobStatus.SUCCEEDED)
     assert done.cost == 6.5

@@ -24,7 +24,6 @@ from sqlalchemy.exc import IntegrityError
 from orchestrator import errors
 from orchestrator.db import webhooks as webhooks_db
 from orchestrator.db.engine import Database, cancel_safe, db_now
-from orchestrator.db.events import to_event
 from orchestrator.db.schema import job_counts, job_events, job_outputs, jobs
 from orchestrator.domain import limits
 from orchestrator.domain.costs import Pricing, final_cost
@@ -32,7 +31,6 @@ from orchestrator.domain.jobs import (
     EventKind,
     Job,
     JobError,
-    JobEvent,
     JobOutput,
     JobPage,
     JobStatus,
@@ -388,16 +386,6 @@ class JobRepo:
             return out
 
         return await self.db.run(read)
-
-    @cancel_safe
-    async def events(self, job_id: str, after_id: int = 0, limit: int = 500) -> list[JobEvent]:
-        q = (
-            sa.select(job_events)
-            .where(job_events.c.job_id == job_id, job_events.c.id > after_id)
-            .order_by(job_events.c.id)
-            .limit(limit)
-        )
-        return await self.db.run(lambda conn: [to_event(r) for r in conn.execute(q).all()])
 
     @cancel_safe
     async def status_of(self, job_ids: Sequence[str]) -> dict[str, tuple[JobStatus, bool]]:
@@ -1010,10 +998,6 @@ class JobRepo:
         job, queued = await self.db.run(end, write=True)
         self._queued(queued)
         return job
-
-    @cancel_safe
-    async def mark_manifest_written(self, job_id: str) -> None:
-        await self.mark_manifests_written([job_id])
 
     @cancel_safe
     async def mark_manifests_written(self, job_ids: Sequence[str]) -> None:
