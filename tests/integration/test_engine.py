@@ -347,3 +347,22 @@ async def test_two_workers_share_one_database(
         if e.kind == "transition" and e.status == JobStatus.RUNNING
     }
     assert len(claimers) == 2  # both workers took part
+
+
+async def test_waiter_sees_a_job_finished_by_another_runtime(
+    settings_for: Callable[..., Settings], fake_bfl: FakePair, db_url: str
+) -> None:
+    """A waiter in a runtime without a worker is woken by the poller when a worker of
+    another runtime (another process, in production) finishes the job: the hub of
+    the waiting runtime never hears of it. Waits with no timeout of its own, so a
+    broken poller hangs it until the guard below fails the test."""
+    fake, _ = fake_bfl
+    fake.config.task_duration_s = 0.3
+    settings = settings_for(database_url=db_url)
+    async with runtime(settings, worker=False) as waiter_rt, runtime(settings) as worker_rt:
+        job, _ = await waiter_rt.service.submit(dev("finished elsewhere"))
+        done = await asyncio.wait_for(waiter_rt.service.wait_for(job.id, None), 15)
+        assert done.status == JobStatus.SUCCEEDED, done.error
+        assert job.id not in waiter_rt.service.hub.local_jobs
+        assert (await worker_rt.service.get_job(job.id)).status == JobStatus.SUCCEEDED
+    assert fake.submission_count("finished elsewhere") == 1
