@@ -147,8 +147,8 @@ class Settings(BaseSettings):
     )
     tilda_max_ratio: Annotated[float, Field(ge=1)] = Field(
         default=200.0,
-        description="Highest compression ratio of one zip entry (larger than 1 MB) before "
-        "the archive is refused as a zip bomb.",
+        description="Highest compression ratio of one zip entry of 1 MiB or more, and of "
+        "the whole archive, before it is refused as a zip bomb.",
     )
     tilda_public_key: SecretStr | None = Field(
         default=None, description="Tilda API public key (Business plan). Absent: API import off."

@@ -342,6 +342,33 @@ def zip_bomb(tmp_path: Path) -> Path:
     return _zip_with(tmp_path, "project1/images/bomb.png", b"\0" * (8 * 1024 * 1024))
 
 
+def bomb_of_exact_mib_entries(tmp_path: Path) -> Path:
+    """Entries of exactly 1 MiB (the size below which single entries are not judged
+    by ratio): 200 MiB of zeros in about 200 KB. Each entry alone escaped the check
+    (it was ``>``), and so did the whole archive."""
+    base = _good_zip_bytes(tmp_path)
+    buf = io.BytesIO(base)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(200):
+            zf.writestr(f"project1/images/b{i}.png", b"\0" * (1024 * 1024))
+    out = tmp_path / "bomb.zip"
+    out.write_bytes(buf.getvalue())
+    return out
+
+
+def bomb_of_small_entries(tmp_path: Path) -> Path:
+    """Entries just under 1 MiB: none is judged alone, the archive as a whole is a
+    bomb (about 1,000 times its size)."""
+    base = _good_zip_bytes(tmp_path)
+    buf = io.BytesIO(base)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(200):
+            zf.writestr(f"project1/images/s{i}.png", b"\0" * (1024 * 1024 - 1))
+    out = tmp_path / "bomb.zip"
+    out.write_bytes(buf.getvalue())
+    return out
+
+
 def truncated(tmp_path: Path) -> Path:
     data = _good_zip_bytes(tmp_path)
     out = tmp_path / "truncated.zip"
@@ -417,6 +444,8 @@ HOSTILE: list[tuple[Callable[[Path], Path], str, str]] = [
     (drive_entry, "unsafe_archive", "absolute path"),
     (symlink_entry, "unsafe_archive", "symbolic link"),
     (zip_bomb, "unsafe_archive", "zip bomb"),
+    (bomb_of_exact_mib_entries, "unsafe_archive", "zip bomb"),
+    (bomb_of_small_entries, "unsafe_archive", "zip bomb"),
     (truncated, "corrupt_archive", "not a readable zip"),
     (corrupt_entry, "corrupt_archive", "corrupt"),
     (lying_sizes, "corrupt_archive", "CRC"),

@@ -10,7 +10,8 @@ entry) when it holds:
 * a symbolic link, in the zip or in the folder (``unsafe_archive``);
 * a name that is not valid UTF-8 (``unsafe_archive``);
 * more files, or more uncompressed bytes, than the limits (``archive_too_large``);
-* an entry compressed more than ``max_ratio`` times (a zip bomb, ``unsafe_archive``);
+* an entry of ``ratio_min_bytes`` or more compressed more than ``max_ratio`` times, or
+  entries that together are (a zip bomb of many small entries), ``unsafe_archive``;
 * a corrupt or truncated archive, an encrypted or unsupported entry, or an entry that
   decompresses to more than it declared (``corrupt_archive``).
 """
@@ -189,7 +190,7 @@ class ZipSource(ExportSource):
         if len(infos) > limits.max_files:
             raise too_large(f"the archive holds {len(infos)} entries (limit {limits.max_files})")
         checked: list[tuple[str, zipfile.ZipInfo]] = []
-        total = 0
+        total = packed = 0
         for info in infos:
             name = _utf8_name(info)
             clean = check_name(name)
@@ -205,15 +206,19 @@ class ZipSource(ExportSource):
             total += info.file_size
             if total > limits.max_total_bytes:
                 raise too_large(f"the archive expands to more than {limits.max_total_bytes} bytes")
-            if info.file_size > limits.ratio_min_bytes and info.file_size > limits.max_ratio * max(
-                info.compress_size, 1
-            ):
+            packed += info.compress_size
+            if _bomb(info.file_size, info.compress_size, limits):
                 raise unsafe(
                     f"entry {name} is compressed {info.file_size // max(info.compress_size, 1)}"
                     f" times (limit {limits.max_ratio:g}): a zip bomb",
                     entry=name,
                 )
             checked.append((clean, info))
+        if _bomb(total, packed, limits):
+            raise unsafe(
+                f"the archive's entries are compressed {total // max(packed, 1)} times in all"
+                f" (limit {limits.max_ratio:g}): a zip bomb"
+            )
         prefix = export_root([c for c, _i in checked])
         return {c[len(prefix) :]: i for c, i in checked if c.startswith(prefix)}
 
@@ -243,6 +248,12 @@ class ZipSource(ExportSource):
 
     def close(self) -> None:
         self._zip.close()
+
+
+def _bomb(size: int, compressed: int, limits: Limits) -> bool:
+    """An entry, or the whole archive, of at least ``ratio_min_bytes`` that expands
+    more than ``max_ratio`` times."""
+    return size >= limits.ratio_min_bytes and size > limits.max_ratio * max(compressed, 1)
 
 
 def _utf8_name(info: zipfile.ZipInfo) -> str:
