@@ -162,6 +162,12 @@ class Settings(BaseSettings):
     tilda_api_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("https://api.tildacdn.info"), description="Tilda API origin."
     )
+    tilda_asset_hosts: str = Field(
+        default="*.tildacdn.com,*.tildacdn.info",
+        description="Hosts the Tilda API's image URLs may be downloaded from, comma-"
+        "separated patterns as in FLUX_KEY_HOSTS (https only; TILDA_API_URL's origin is "
+        "always allowed).",
+    )
 
     # --- server -----------------------------------------------------------------
     host: str = Field(
@@ -218,6 +224,25 @@ class Settings(BaseSettings):
     flux_deadline_s: Annotated[float, Field(gt=0)] = Field(
         default=600.0, description="Default deadline of a FLUX job, seconds."
     )
+    flux_key_hosts: str = Field(
+        default="api.bfl.ai,api.eu*.bfl.ai,api.us*.bfl.ai",
+        description="Hosts that may receive the BFL key, comma-separated, besides "
+        "FLUX_BASE_URL's own origin: only over https, on port 443 unless a pattern names "
+        "another (`host:port`). `*` matches within one label (`api.eu*.bfl.ai`: the EU "
+        "region and its clusters api.eu1…euN); a leading `*.` matches any subdomain. A "
+        "`polling_url` BFL answers must be on one of these (or FLUX_BASE_URL's origin).",
+    )
+    flux_result_hosts: str = Field(
+        default="*.bfl.ai,bfldelivery*.blob.core.windows.net",
+        description="Hosts a FLUX result (`result.sample`) may be downloaded from, "
+        "comma-separated patterns as in FLUX_KEY_HOSTS (https only; FLUX_BASE_URL's origin "
+        "is always allowed). The key is never sent there.",
+    )
+    flux_max_output_mb: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=64,
+        description="Largest FLUX output downloaded, MB; a larger one fails the job with "
+        "`output_too_large`.",
+    )
 
     # --- ComfyUI ------------------------------------------------------------------
     comfy_url: AnyHttpUrl | None = Field(
@@ -245,6 +270,11 @@ class Settings(BaseSettings):
     )
     comfy_deadline_s: Annotated[float, Field(gt=0)] = Field(
         default=1800.0, description="Default deadline of a ComfyUI job, seconds."
+    )
+    comfy_max_output_mb: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=1024,
+        description="Largest ComfyUI output (image or video) downloaded, MB; a larger one "
+        "fails the job with `output_too_large`.",
     )
     comfy_reconcile_interval_s: Annotated[float, Field(gt=0, le=300)] = Field(
         default=5.0,
@@ -342,6 +372,17 @@ class Settings(BaseSettings):
         description="Signing secret, whsec_ followed by base64 of 24 to 64 random bytes. "
         "Absent: webhooks are disabled.",
     )
+    upstream_allow_private: bool = Field(
+        default=False,
+        description="Allow URLs that upstreams hand over (BFL's polling and result URLs, "
+        "Tilda's image URLs) to reach loopback, private and link-local addresses. The "
+        "origins configured here (FLUX_BASE_URL, TILDA_API_URL) are always allowed.",
+    )
+    download_timeout_s: Annotated[float, Field(gt=0, le=86_400)] = Field(
+        default=300.0,
+        description="Longest time one output download may take in all, seconds "
+        "(`download_timeout`); a server that trickles or never ends its body is cut off.",
+    )
     webhook_allow_private: bool = Field(
         default=False,
         description="Allow webhook targets on loopback, private, link-local and other "
@@ -438,6 +479,14 @@ class Settings(BaseSettings):
                 check_url(v, allow_private=bool(info.data.get("webhook_allow_private")))
             except UrlProblem as exc:
                 raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("flux_key_hosts", "flux_result_hosts", "tilda_asset_hosts")
+    @classmethod
+    def _host_patterns(cls, v: str) -> str:
+        from orchestrator.domain.hosts import parse_patterns
+
+        parse_patterns(v)  # a ValueError names the bad pattern
         return v
 
     @field_validator("flux_prices")

@@ -65,6 +65,11 @@ class ErrorCode(StrEnum):
     # real, or the other way round: it is never sent to the other kind
     BACKEND_KIND_CHANGED = "backend_kind_changed"
     STORAGE_ERROR = "storage_error"
+    # an upstream handed over a URL we may not follow (host, scheme, private address)
+    UNTRUSTED_URL = "untrusted_url"
+    OUTPUT_TOO_LARGE = "output_too_large"  # a download passed its backend's size cap
+    DOWNLOAD_TIMEOUT = "download_timeout"  # a download took longer than DOWNLOAD_TIMEOUT_S
+    INVALID_OUTPUT = "invalid_output"  # an output is not what the backend makes (HTML…)
     INVALID_WORKFLOW = "invalid_workflow"
     MISSING_MODEL = "missing_model"
     EXECUTION_ERROR = "execution_error"

@@ -85,6 +85,7 @@ async def _build_backends(
     from orchestrator.backends.user_workflows import load_user_workflows
     from orchestrator.backends.v0_wiring import build_v0_backend
     from orchestrator.domain.params import COMFY_BACKENDS
+    from orchestrator.outbound import AddressGuard
 
     http = await stack.enter_async_context(
         httpx2.AsyncClient(
@@ -99,6 +100,11 @@ async def _build_backends(
         kontext_max_active=settings.flux_kontext_max_active,
         poll_interval_s=settings.flux_poll_interval_s,
         deadline_s=settings.flux_deadline_s,
+        key_hosts=settings.flux_key_hosts,
+        result_hosts=settings.flux_result_hosts,
+        guard=AddressGuard(settings.upstream_allow_private, "UPSTREAM_ALLOW_PRIVATE"),
+        max_output_bytes=settings.flux_max_output_mb * 1024 * 1024,
+        download_timeout_s=settings.download_timeout_s,
     )
     if settings.bfl_api_key is not None:
         flux = FluxBackend(
@@ -149,6 +155,8 @@ async def _build_backends(
             reconcile_interval_s=settings.comfy_reconcile_interval_s,
             disabled_reason="COMFY_URL (or comfy_instances, comfy_processes) is not set",
             user_workflows=user_workflows,
+            max_output_bytes=settings.comfy_max_output_mb * 1024 * 1024,
+            download_timeout_s=settings.download_timeout_s,
         )
     return backends, pool
 

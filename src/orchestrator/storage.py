@@ -25,7 +25,7 @@ import uuid
 import zlib
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 from pydantic import JsonValue
@@ -129,27 +129,72 @@ class OutputStore:
         *,
         mime_type: str | None = None,
         extra_metadata: Mapping[str, JsonValue] | None = None,
+        max_bytes: int | None = None,
+        timeout_s: float | None = None,
+        expect_image: bool = False,
     ) -> NewOutput:
-        """Stream ``chunks`` to a partial file, embed metadata, hash, move into place."""
+        """Stream ``chunks`` to a partial file, embed metadata, hash, move into place.
+
+        ``max_bytes``: a longer download stops there (``output_too_large``);
+        ``timeout_s``: the whole download must end in time (``download_timeout``);
+        ``expect_image``: the bytes must be an image Pillow can read. Any file that
+        claims to be an image must be one (``invalid_output``). The partial file is
+        removed on every path out, a cancellation included."""
         partial = self.partial_dir / f"{job.id}-{n}-{uuid.uuid4().hex[:8]}.part"
+        loop = asyncio.get_running_loop()
+        writing: asyncio.Future[Any] | None = None
         try:
             # Chunks are gathered in memory and written WRITE_BATCH bytes at a time: a
             # small image is one hop to a thread (create, write, finalise), not one
             # per chunk.
             buffer: list[bytes] = []
-            held = 0
+            held = total = 0
             started = False
-            async for chunk in chunks:
-                if chunk:
-                    buffer.append(chunk)
-                    held += len(chunk)
-                if held >= WRITE_BATCH:
-                    await asyncio.to_thread(self._append, partial, buffer, not started)
-                    started, buffer, held = True, [], 0
+            try:
+                async with asyncio.timeout(timeout_s):
+                    async for chunk in chunks:
+                        if chunk:
+                            buffer.append(chunk)
+                            held += len(chunk)
+                            total += len(chunk)
+                        if max_bytes is not None and total > max_bytes:
+                            raise errors.UpstreamError(
+                                errors.ErrorCode.OUTPUT_TOO_LARGE,
+                                f"output {n} is larger than {max_bytes} bytes: download stopped",
+                                limit_bytes=max_bytes,
+                            )
+                        if held >= WRITE_BATCH:
+                            # shielded: a cancelled save waits for the write below, so
+                            # the partial file is never re-created after its removal
+                            writing = loop.run_in_executor(
+                                None, self._append, partial, buffer, not started
+                            )
+                            await asyncio.shield(writing)
+                            started, buffer, held = True, [], 0
+            except TimeoutError:
+                raise errors.UpstreamError(
+                    errors.ErrorCode.DOWNLOAD_TIMEOUT,
+                    f"output {n} did not finish downloading within {timeout_s:g} s",
+                ) from None
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # the upstream connection goes back at once
             meta = {**self.metadata_for(job), **(extra_metadata or {})}
-            return await asyncio.to_thread(
-                self._complete, job, n, partial, buffer, not started, mime_type, meta
+            finishing = loop.run_in_executor(
+                None,
+                self._complete,
+                job,
+                n,
+                partial,
+                buffer,
+                not started,
+                mime_type,
+                meta,
+                expect_image,
             )
+            writing = finishing
+            return await asyncio.shield(finishing)
         except OSError as exc:
             if exc.errno in OUT_OF_SPACE:
                 raise errors.StorageFull(
@@ -159,6 +204,8 @@ class OutputStore:
                 errors.ErrorCode.STORAGE_ERROR, f"could not write output {n}: {exc.strerror}"
             ) from exc
         finally:
+            if writing is not None and not writing.done():
+                await asyncio.wait({writing})
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()
 
@@ -178,9 +225,10 @@ class OutputStore:
         first: bool,
         mime_type: str | None,
         meta: dict[str, JsonValue],
+        expect_image: bool = False,
     ) -> NewOutput:
         self._append(partial, chunks, first)
-        return self._finalise(job, n, partial, mime_type, meta)
+        return self._finalise(job, n, partial, mime_type, meta, expect_image)
 
     def _finalise(
         self,
@@ -189,12 +237,15 @@ class OutputStore:
         partial: Path,
         mime_type: str | None,
         meta: dict[str, JsonValue],
+        expect_image: bool = False,
     ) -> NewOutput:
         with partial.open("rb") as fh:
             # text we wrote ourselves is what it says; a binary download is sniffed
             text = (mime_type or "").startswith("text/")
             sniffed = None if text else sniff_mime(fh.read(16))
         mime = sniffed or (mime_type or "application/octet-stream")
+        if expect_image and not mime.startswith("image/"):
+            raise invalid_output(n, f"it is not an image ({_describe(partial)})")
         payload = json.dumps(meta, separators=(",", ":"), ensure_ascii=False)
         if mime == "image/png":
             _embed_png(partial, payload)
@@ -207,8 +258,10 @@ class OutputStore:
                 with Image.open(partial) as im:
                     width, height = im.size
                     duration_s = _animation_seconds(im)
-            except (UnidentifiedImageError, OSError, EOFError):
-                pass
+                with Image.open(partial) as im:
+                    im.verify()  # the structure (PNG chunk checksums…), no full decode
+            except (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError) as exc:
+                raise invalid_output(n, f"it does not read as {mime}: {exc}") from None
         digest = hashlib.sha256()
         size = 0
         with partial.open("rb") as fh:
@@ -281,6 +334,18 @@ class OutputStore:
             except FileNotFoundError:
                 continue
         return removed
+
+
+def invalid_output(n: int, why: str) -> errors.UpstreamError:
+    return errors.UpstreamError(errors.ErrorCode.INVALID_OUTPUT, f"output {n} is refused: {why}")
+
+
+def _describe(path: Path) -> str:
+    """What a refused file starts with, for the error message (printable bytes only)."""
+    with path.open("rb") as fh:
+        head = fh.read(40)
+    shown = "".join(chr(b) if 32 <= b < 127 else "." for b in head)
+    return f"{path.stat().st_size} bytes starting {shown!r}"
 
 
 def _animation_seconds(im: Image.Image) -> float | None:

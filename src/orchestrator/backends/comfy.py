@@ -645,8 +645,12 @@ class ComfyBackend(Backend):
         reconcile_interval_s: float = 5.0,
         disabled_reason: str | None = None,
         user_workflows: dict[str, UserWorkflow] | None = None,
+        max_output_bytes: int = 1024 * 1024 * 1024,
+        download_timeout_s: float = 300.0,
     ) -> None:
         self.name = kind
+        self.max_output_bytes = max_output_bytes
+        self.download_timeout_s = download_timeout_s
         self.user_workflows = user_workflows or {}
         # prompts this process just posted: their first reconcile can wait an interval
         # (a re-attached prompt is reconciled at once, its events may be lost)
@@ -917,6 +921,8 @@ class ComfyBackend(Backend):
                             inst.client.view(remote.ref),
                             mime_type=remote.mime_type,
                             extra_metadata={"instance": inst.name, "prompt_id": handle.task_id},
+                            max_bytes=self.max_output_bytes,
+                            timeout_s=self.download_timeout_s,
                         )
                     )
         return outputs

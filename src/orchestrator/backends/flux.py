@@ -5,6 +5,15 @@ Contract (``shared/reference/bfl.md``): ``POST /v1/{model}`` with ``x-key`` retu
 that took the task — never build it by hand) until a terminal status; download
 ``result.sample`` at once, without the key (it is a signed URL valid for 10 minutes).
 
+Trust: ``x-key`` goes only over https to hosts on ``FLUX_KEY_HOSTS`` (BFL's global,
+regional and cluster hosts) or to FLUX_BASE_URL's own origin. The ``polling_url`` and
+``sample`` BFL answers are followed only when they are https on those hosts (samples:
+``FLUX_RESULT_HOSTS``) or on the configured origin, and only to public addresses unless
+``UPSTREAM_ALLOW_PRIVATE`` (``outbound.AddressGuard``); redirects are checked hop by hop.
+Anything else fails the job with ``untrusted_url``. A download stops at
+``FLUX_MAX_OUTPUT_MB`` (``output_too_large``) and ``DOWNLOAD_TIMEOUT_S``
+(``download_timeout``), and must decode as an image (``invalid_output``).
+
 Retries (stamina): 429 honours ``Retry-After``; connect errors are retried everywhere
 (nothing reached BFL); 5xx, timeouts and malformed bodies are retried only on GETs —
 a submit that may have reached BFL is never repeated, because that could pay twice.
@@ -19,7 +28,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 import httpx2
 import stamina
@@ -36,8 +44,16 @@ from orchestrator.backends.base import (
     Submitted,
 )
 from orchestrator.db.jobs import NewOutput
+from orchestrator.domain.hosts import (
+    UntrustedUrl,
+    check_upstream_url,
+    host_allowed,
+    origin,
+    parse_patterns,
+)
 from orchestrator.domain.jobs import Job, UpstreamHandle
 from orchestrator.domain.params import FLUX_MODELS, FluxResult
+from orchestrator.outbound import AddressGuard, Refused, guarded_stream
 from orchestrator.storage import OutputStore
 
 log = logs.get(__name__)
@@ -46,6 +62,8 @@ Code = errors.ErrorCode
 MAX_CONNECT_RETRIES = 5
 MAX_GET_RETRIES = 8
 MAX_RETRY_AFTER_S = 60.0
+DEFAULT_KEY_HOSTS = "api.bfl.ai,api.eu*.bfl.ai,api.us*.bfl.ai"
+DEFAULT_RESULT_HOSTS = "*.bfl.ai,bfldelivery*.blob.core.windows.net"
 
 
 # --- pure decisions (table-tested) ----------------------------------------------------
@@ -241,20 +259,48 @@ class SubmitResponse:
 class FluxClient:
     """Speaks BFL's HTTP API. Holds no state but the shared HTTP client."""
 
-    def __init__(self, http: httpx2.AsyncClient, base_url: str, api_key: str) -> None:
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        base_url: str,
+        api_key: str,
+        *,
+        key_hosts: str = DEFAULT_KEY_HOSTS,
+        result_hosts: str = DEFAULT_RESULT_HOSTS,
+        guard: AddressGuard | None = None,
+    ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self._key = api_key
-        self._base_host = urlsplit(self.base_url).hostname or ""
+        self._base_origin = origin(self.base_url)
+        self._key_hosts = parse_patterns(key_hosts)
+        self._result_hosts = parse_patterns(result_hosts)
+        self._guard = guard or AddressGuard(False, "UPSTREAM_ALLOW_PRIVATE")
 
     def _auth(self, url: str) -> dict[str, str]:
-        """``x-key`` goes only to BFL's own hosts (the base host or its siblings)."""
-        host = urlsplit(url).hostname or ""
-        base = self._base_host
-        parent = base.split(".", 1)[1] if base.count(".") >= 2 else base
-        if host == base or host.endswith("." + parent):
+        """``x-key`` goes only to the configured origin, or over https to a host on
+        FLUX_KEY_HOSTS (port 443 unless the pattern names another)."""
+        if origin(url) == self._base_origin or host_allowed(url, self._key_hosts):
             return {"x-key": self._key}
         return {}
+
+    def _poll_trusted(self, url: str) -> bool:
+        return check_upstream_url(
+            url,
+            patterns=self._key_hosts,
+            trusted_origins=[self._base_origin],
+            what="BFL's polling_url",
+            setting="FLUX_KEY_HOSTS",
+        )
+
+    def _sample_trusted(self, url: str) -> bool:
+        return check_upstream_url(
+            url,
+            patterns=self._result_hosts,
+            trusted_origins=[self._base_origin],
+            what="BFL's result URL",
+            setting="FLUX_RESULT_HOSTS",
+        )
 
     async def submit(self, model: str, body: dict[str, object]) -> SubmitResponse:
         url = f"{self.base_url}/v1/{model}"
@@ -311,7 +357,21 @@ class FluxClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _poll_once(self, polling_url: str) -> tuple[PollOutcome, float | None]:
-        resp = await self.http.get(polling_url, headers=self._auth(polling_url))
+        try:
+            async with guarded_stream(
+                self.http,
+                polling_url,
+                guard=self._guard,
+                trusted=self._poll_trusted,
+                headers=self._auth,
+            ) as resp:
+                await resp.aread()
+        except (UntrustedUrl, Refused) as exc:
+            raise untrusted(exc) from None
+        except OSError as exc:  # the cluster's name did not resolve
+            raise errors.TransientUpstreamError(
+                Code.UPSTREAM_UNAVAILABLE, f"cannot resolve BFL's polling host: {exc}"
+            ) from None
         hint = retry_after_seconds(resp.headers.get("retry-after"))
         if resp.status_code != 200:
             raise get_error(resp.status_code, resp.text, resp.headers.get("retry-after"), "poll")
@@ -335,18 +395,33 @@ class FluxClient:
         return self._download(sample_url)
 
     async def _download(self, sample_url: str) -> AsyncIterator[bytes]:
-        async with self.http.stream("GET", sample_url) as resp:
-            if resp.status_code in (401, 403, 404, 410):
-                raise errors.UpstreamError(
-                    Code.RESULT_EXPIRED,
-                    f"the result URL answered {resp.status_code}: it expired or is invalid",
-                )
-            if resp.status_code != 200:
-                raise errors.TransientUpstreamError(
-                    Code.UPSTREAM_UNAVAILABLE, f"result download answered {resp.status_code}"
-                )
-            async for chunk in resp.aiter_bytes(64 * 1024):
-                yield chunk
+        try:
+            async with guarded_stream(
+                self.http, sample_url, guard=self._guard, trusted=self._sample_trusted
+            ) as resp:
+                if resp.status_code in (401, 403, 404, 410):
+                    raise errors.UpstreamError(
+                        Code.RESULT_EXPIRED,
+                        f"the result URL answered {resp.status_code}: it expired or is invalid",
+                    )
+                if resp.status_code != 200:
+                    raise errors.TransientUpstreamError(
+                        Code.UPSTREAM_UNAVAILABLE, f"result download answered {resp.status_code}"
+                    )
+                async for chunk in resp.aiter_bytes(64 * 1024):
+                    yield chunk
+        except (UntrustedUrl, Refused) as exc:
+            raise untrusted(exc) from None
+        except OSError as exc:  # the delivery host's name did not resolve
+            raise errors.TransientUpstreamError(
+                Code.UPSTREAM_UNAVAILABLE, f"cannot resolve the result URL's host: {exc}"
+            ) from None
+
+
+def untrusted(exc: Exception) -> errors.UpstreamError:
+    return errors.UpstreamError(
+        Code.UNTRUSTED_URL, f"refused to follow a URL BFL handed over: {exc}"
+    )
 
 
 # --- the backend ----------------------------------------------------------------------------
@@ -366,13 +441,31 @@ class FluxBackend(Backend):
         poll_interval_s: float = 0.5,
         deadline_s: float = 600.0,
         simulated: bool = False,
+        key_hosts: str = DEFAULT_KEY_HOSTS,
+        result_hosts: str = DEFAULT_RESULT_HOSTS,
+        guard: AddressGuard | None = None,
+        max_output_bytes: int = 64 * 1024 * 1024,
+        download_timeout_s: float = 300.0,
     ) -> None:
         self.simulated = simulated
         self.max_active = max_active
         self.kontext_max_active = kontext_max_active
         self.poll_interval_s = poll_interval_s
         self._deadline_s = deadline_s
-        self.client = FluxClient(http, base_url, api_key) if api_key else None
+        self.max_output_bytes = max_output_bytes
+        self.download_timeout_s = download_timeout_s
+        self.client = (
+            FluxClient(
+                http,
+                base_url,
+                api_key,
+                key_hosts=key_hosts,
+                result_hosts=result_hosts,
+                guard=guard,
+            )
+            if api_key
+            else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -442,6 +535,9 @@ class FluxBackend(Backend):
                                     n,
                                     client.download(url),
                                     extra_metadata={"seed": completed.details.get("seed")},
+                                    max_bytes=self.max_output_bytes,
+                                    timeout_s=self.download_timeout_s,
+                                    expect_image=True,
                                 )
                             )
                     break

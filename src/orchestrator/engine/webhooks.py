@@ -7,10 +7,11 @@ Any number of processes may run it: a delivery is leased by one of them at a tim
 This process is woken at once when it queues a delivery itself (through the hub);
 deliveries queued elsewhere are found by polling.
 
-SSRF guard: unless ``WEBHOOK_ALLOW_PRIVATE``, the target's host name is resolved
-here, every address it resolves to must be public, and the request is sent to the
-address that was checked (``Host`` header and TLS server name keep the original
-name), so a second DNS answer cannot redirect it. Redirects are never followed.
+SSRF guard (``outbound.AddressGuard``): unless ``WEBHOOK_ALLOW_PRIVATE``, the target's
+host name is resolved here, every address it resolves to must be public, and the
+request is sent to the address that was checked (``Host`` header and TLS server name
+keep the original name), so a second DNS answer cannot redirect it. Redirects are
+never followed.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -32,26 +32,14 @@ from standardwebhooks import Webhook
 
 from orchestrator import logs
 from orchestrator.db.webhooks import DueDelivery, WebhookRepo
-from orchestrator.domain.webhooks import (
-    DeliveryStatus,
-    UrlProblem,
-    address_forbidden,
-    parse_target,
-    retry_delay,
-)
+from orchestrator.domain.webhooks import DeliveryStatus, retry_delay
 from orchestrator.engine.hub import Hub
 from orchestrator.metrics import Metrics
+from orchestrator.outbound import AddressGuard, Refused, Resolver, Route, system_resolver
 
 log = logs.get(__name__)
 
-Resolver = Callable[[str, int], Awaitable[list[str]]]
 BODY_SNIPPET_BYTES = 300
-
-
-async def system_resolver(host: str, port: int) -> list[str]:
-    """Every address ``host`` resolves to (the event loop's ``getaddrinfo``)."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 @dataclass
@@ -62,17 +50,6 @@ class WebhookOptions:
     backoff_cap_s: float = 3600.0
     shutdown_grace_s: float = 5.0
     resolver: Resolver = field(default=system_resolver)
-
-
-class Refused(Exception):
-    """The target may never be used (SSRF guard, invalid URL): no retries."""
-
-
-@dataclass(frozen=True)
-class _Route:
-    url: httpx2.URL
-    headers: dict[str, str]
-    extensions: dict[str, str]
 
 
 def utcnow() -> datetime:
@@ -100,6 +77,7 @@ class WebhookDispatcher:
         self.allow_private = allow_private
         self.timeout_s = timeout_s
         self.opts = options or WebhookOptions()
+        self._guard = AddressGuard(allow_private, "WEBHOOK_ALLOW_PRIVATE", self.opts.resolver)
         self.id = f"{socket.gethostname()}:{os.getpid()}:wh-{uuid.uuid4().hex[:6]}"
         self.lease_s = timeout_s + 30.0
         self._wake = hub.webhooks_changed
@@ -240,7 +218,7 @@ class WebhookDispatcher:
         else:
             log.info("webhook attempt failed; will retry", error=error, next_at=next_at, **fields)
 
-    async def _post(self, d: DueDelivery, route: _Route) -> tuple[int, str | None]:
+    async def _post(self, d: DueDelivery, route: Route) -> tuple[int, str | None]:
         body = json.dumps(d.payload, separators=(",", ":"), ensure_ascii=False)
         ts = utcnow()
         headers = {
@@ -267,36 +245,9 @@ class WebhookDispatcher:
             return code, f"HTTP {code}: redirect to {where!r} not followed"
         return code, f"HTTP {code}" + (f": {snippet}" if snippet else "")
 
-    async def route(self, url: str) -> _Route:
-        """Where to send: checks the URL and, unless private targets are allowed,
-        every address its host resolves to; pins the request to a checked address."""
-        try:
-            target = parse_target(url)
-            parsed = httpx2.URL(url)
-        except UrlProblem as exc:
-            raise Refused(str(exc)) from None
-        except (httpx2.InvalidURL, ValueError) as exc:
-            raise Refused(f"not a valid URL: {exc}") from None
-        if target.is_ip_literal:
-            if not self.allow_private and address_forbidden(target.host):
-                raise Refused(f"{target.host} is not a public address (WEBHOOK_ALLOW_PRIVATE)")
-            return _Route(parsed, {}, {})
-        addresses = await self.opts.resolver(target.host, target.port)
-        if not addresses:
-            raise OSError(f"{target.host} did not resolve")
-        if not self.allow_private:
-            bad = [a for a in addresses if address_forbidden(a)]
-            if bad:
-                raise Refused(
-                    f"{target.host} resolves to the non-public address {bad[0]} "
-                    "(WEBHOOK_ALLOW_PRIVATE)"
-                )
-        extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
-        return _Route(
-            parsed.copy_with(host=addresses[0]),
-            {"host": parsed.netloc.decode("ascii").rpartition("@")[2]},
-            extensions,
-        )
+    async def route(self, url: str) -> Route:
+        """Where to send: the address guard's checked, pinned route."""
+        return await self._guard.route(url)
 
 
 async def _read_some(resp: httpx2.Response, limit: int) -> str:

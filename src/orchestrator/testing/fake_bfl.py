@@ -134,6 +134,10 @@ class FakeBflConfig:
     label: str | None = None
     public_base_url: str = "http://fake-bfl.local"
     poll_retry_after_s: int = 1
+    # Like BFL, the polling_url may name another host than the submit host (a cluster
+    # such as api.eu2.bfl.ai) and samples come from a delivery host; None: public_base_url.
+    cluster_base_url: str | None = None
+    delivery_base_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -820,10 +824,8 @@ class FakeBfl:
     def _sample_url(self, task: _Task) -> str:
         expiry = int(self._wall(task.done_at + self.config.sample_ttl_s))
         sig = self._sign(task.id, task.fmt, expiry)
-        return (
-            f"{self.public_base_url}/delivery/{task.id}/sample.{task.fmt}"
-            f"?se={expiry}&sp=r&sr=b&sig={sig}"
-        )
+        origin = (self.config.delivery_base_url or self.public_base_url).rstrip("/")
+        return f"{origin}/delivery/{task.id}/sample.{task.fmt}?se={expiry}&sp=r&sr=b&sig={sig}"
 
     def _check_key(self, key: str | None) -> bool:
         with self._lock:
@@ -916,7 +918,8 @@ class FakeBfl:
             self._tasks[task.id] = task
             self._submissions.append(Submission(task.id, model, raw_body, now))
             self._prompt_counts[prompt] += 1
-            polling_url = f"{self.public_base_url}{_CLUSTER_PREFIX}/v1/get_result?id={task.id}"
+            cluster = (cfg.cluster_base_url or self.public_base_url).rstrip("/")
+            polling_url = f"{cluster}{_CLUSTER_PREFIX}/v1/get_result?id={task.id}"
         return JSONResponse(
             {
                 "id": task.id,

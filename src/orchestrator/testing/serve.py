@@ -27,6 +27,7 @@ from starlette.types import ASGIApp
 __all__ = ["LifespanMode", "ServedApp", "serve_in_task", "serve_in_thread"]
 
 LifespanMode = Literal["on", "off", "auto"]
+TlsFiles = tuple[str, str]  # certificate chain (PEM), private key (PEM)
 
 _POLL_S = 0.005
 
@@ -38,12 +39,13 @@ class ServedApp:
     host: str
     port: int
     server: uvicorn.Server = field(repr=False, compare=False)
+    scheme: str = "http"
 
     @property
     def base_url(self) -> str:
         """Origin of the server, e.g. ``http://127.0.0.1:54321`` (no trailing slash)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 class _Server(uvicorn.Server):
@@ -68,10 +70,16 @@ def _bind(host: str) -> socket.socket:
 
 
 def _make_server(
-    app: ASGIApp, host: str, lifespan: LifespanMode, graceful_timeout_s: int
+    app: ASGIApp,
+    host: str,
+    lifespan: LifespanMode,
+    graceful_timeout_s: int,
+    tls: TlsFiles | None = None,
 ) -> tuple[_Server, socket.socket]:
     config = uvicorn.Config(
         app,
+        ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
         host=host,
         lifespan=lifespan,
         log_config=None,
@@ -101,7 +109,8 @@ async def _serve(server: _Server, sock: socket.socket) -> None:
 
 def _served(server: _Server, sock: socket.socket, host: str) -> ServedApp:
     port: int = sock.getsockname()[1]
-    return ServedApp(host=host, port=port, server=server)
+    scheme = "https" if server.config.ssl_certfile else "http"
+    return ServedApp(host=host, port=port, server=server, scheme=scheme)
 
 
 @contextlib.contextmanager
@@ -113,9 +122,11 @@ def serve_in_thread(
     graceful_timeout_s: int = 1,
     startup_timeout_s: float = 10.0,
     shutdown_timeout_s: float = 10.0,
+    tls: TlsFiles | None = None,
 ) -> Iterator[ServedApp]:
-    """Serve `app` with uvicorn in a daemon thread that runs its own event loop."""
-    server, sock = _make_server(app, host, lifespan, graceful_timeout_s)
+    """Serve `app` with uvicorn in a daemon thread that runs its own event loop
+    (over TLS when ``tls`` names a certificate chain and key file)."""
+    server, sock = _make_server(app, host, lifespan, graceful_timeout_s, tls)
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -5,7 +5,12 @@
 The pages and images are written as an export folder under ``DATA_DIR`` and imported
 exactly like a folder export, so the result is the same; the folder is removed after.
 The API has no robots.txt or sitemap.xml, so every page counts as indexable.
-Requests carry ``publickey`` / ``secretkey`` from settings (never logged)."""
+Requests carry ``publickey`` / ``secretkey`` from settings (never logged).
+
+An image URL the API hands over is downloaded only when it is https on a host of
+``TILDA_ASSET_HOSTS`` (Tilda's CDN) or on TILDA_API_URL's own origin, and only from a
+public address unless ``UPSTREAM_ALLOW_PRIVATE`` (``outbound.AddressGuard``, every
+redirect checked again); anything else fails the import, nothing inside is fetched."""
 
 from __future__ import annotations
 
@@ -19,8 +24,10 @@ import httpx2
 from pydantic import JsonValue
 
 from orchestrator import errors, logs
+from orchestrator.domain.hosts import UntrustedUrl, check_upstream_url, origin, parse_patterns
 from orchestrator.domain.tilda import ImportRun
 from orchestrator.errors import ErrorCode
+from orchestrator.outbound import AddressGuard, Refused, guarded_stream
 from orchestrator.tilda.archive import check_name
 
 if TYPE_CHECKING:
@@ -31,13 +38,35 @@ log = logs.get(__name__)
 API_DIR = "tilda-api"
 
 
+DEFAULT_ASSET_HOSTS = "*.tildacdn.com,*.tildacdn.info"
+
+
 class TildaApiClient:
     def __init__(
-        self, http: httpx2.AsyncClient, base_url: str, public_key: str, secret_key: str
+        self,
+        http: httpx2.AsyncClient,
+        base_url: str,
+        public_key: str,
+        secret_key: str,
+        *,
+        asset_hosts: str = DEFAULT_ASSET_HOSTS,
+        guard: AddressGuard | None = None,
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self._keys = {"publickey": public_key, "secretkey": secret_key}
+        self._origin = origin(self.base_url)
+        self._asset_hosts = parse_patterns(asset_hosts)
+        self._guard = guard or AddressGuard(False, "UPSTREAM_ALLOW_PRIVATE")
+
+    def _asset_trusted(self, url: str) -> bool:
+        return check_upstream_url(
+            url,
+            patterns=self._asset_hosts,
+            trusted_origins=[self._origin],
+            what="an image URL of the Tilda API",
+            setting="TILDA_ASSET_HOSTS",
+        )
 
     async def call(self, method: str, **params: str) -> JsonValue:
         """One API method; returns ``result`` or raises :class:`TildaApiError`."""
@@ -63,12 +92,13 @@ class TildaApiClient:
         return result
 
     async def download(self, url: str, limit: int) -> bytes:
-        if not url.startswith(("https://", "http://")):
-            raise errors.TildaApiError(f"refusing to download {url[:100]!r}")
+        shown = url[:100]
         try:
-            async with self.http.stream("GET", url) as r:
+            async with guarded_stream(
+                self.http, url, guard=self._guard, trusted=self._asset_trusted
+            ) as r:
                 if r.status_code != 200:
-                    raise errors.TildaApiError(f"download {url[:100]}: HTTP {r.status_code}")
+                    raise errors.TildaApiError(f"download {shown}: HTTP {r.status_code}")
                 chunks = []
                 size = 0
                 async for chunk in r.aiter_bytes():
@@ -78,8 +108,12 @@ class TildaApiClient:
                             ErrorCode.ARCHIVE_TOO_LARGE, "the project's files exceed the limit"
                         )
                     chunks.append(chunk)
+        except (UntrustedUrl, Refused) as exc:
+            raise errors.TildaApiError(f"refusing to download {shown!r}: {exc}") from None
+        except OSError as exc:
+            raise errors.TildaApiError(f"download {shown}: {exc}") from None
         except httpx2.HTTPError as exc:
-            raise errors.TildaApiError(f"download {url[:100]}: {type(exc).__name__}") from None
+            raise errors.TildaApiError(f"download {shown}: {type(exc).__name__}") from None
         return b"".join(chunks)
 
 
@@ -181,7 +215,12 @@ async def import_from_api(
     )
     try:
         client = TildaApiClient(
-            client_http, str(settings.tilda_api_url), pub.get_secret_value(), sec.get_secret_value()
+            client_http,
+            str(settings.tilda_api_url),
+            pub.get_secret_value(),
+            sec.get_secret_value(),
+            asset_hosts=settings.tilda_asset_hosts,
+            guard=AddressGuard(settings.upstream_allow_private, "UPSTREAM_ALLOW_PRIVATE"),
         )
         try:
             await fetch_project(
