@@ -12,7 +12,9 @@ After the last restart has finished everything, each trial checks:
 * no job is lost: every submitted key maps to exactly one job, and all are terminal;
 * nothing was submitted twice to BFL (per-prompt count <= 1); a FLUX job may fail with
   ``submit_interrupted`` / ``submit_uncertain`` only (the "we don't know if BFL got it,
-  so we don't resend" cases), and then its prompt count is <= 1 too;
+  so we don't resend" cases), and then its prompt count is <= 1 too, and its task was
+  never polled (a polled task's answer reached the worker, whose handle is stored
+  before the first poll: it must be re-attached, not given up as paid and lost);
 * outputs on disk match the database (path, size, sha256), in both directions; no
   ``*.part`` left in ``OUTPUT_DIR/.partial``, no ``*.tmp`` in ``JOBS_DIR``; every
   succeeded job has its manifest (see ``MANIFEST_GAP``).
@@ -658,6 +660,7 @@ def check_trial(
     submitter: Submitter = result["submitter"]
     jobs: list[dict[str, Any]] = result["jobs"]
     counts: dict[str, int] = result["bfl"]["submissions"]
+    polled: dict[str, int] = result["bfl"]["polls_by_prompt"]
     problems: list[str] = []
     if submitter.error:
         problems.append(submitter.error)
@@ -707,6 +710,15 @@ def check_trial(
         sent = counts.get(spec.prompt, 0) if spec.backend == "flux" else None
         if status == "failed" and code in UNKNOWN_SUBMIT and spec.backend == "flux":
             unknown_paid += int(sent == 1)
+            # Only a kill inside the submit window (sent, answer not yet recorded) may
+            # end so. A task that was polled had its answer in the worker's hands, and
+            # the handle is stored before the first poll: it must have been re-attached.
+            if polled.get(spec.prompt, 0):
+                problems.append(
+                    f"{where}: paid and lost: BFL answered its submit and was polled "
+                    f"{polled[spec.prompt]} times, yet the job ended {code} instead of "
+                    "being re-attached"
+                )
         elif spec.expect == "generation_failed":
             if not (status == "failed" and code == "generation_failed"):
                 problems.append(f"{where}: expected generation_failed, got {status}/{code}")
@@ -981,4 +993,47 @@ def test_kill9_between_commit_and_manifest(cluster_factory: Callable[..., Cluste
     assert caught[1].exists(), (
         f"seed={seed}: job {caught[0]} succeeded (outputs {[o['path'] for o in job['outputs']]}) "
         f"but after kill -9 and a restart it still has no manifest at {caught[1]}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_kill9_after_the_submit_answer_reattaches(cluster_factory: Callable[..., Cluster]) -> None:
+    """Kill -9 once BFL has answered the submit and been polled (the answer reached
+    the worker): after a restart the job is re-attached and succeeds, paid once."""
+    cluster = cluster_factory(bfl_duration_s=4.0)
+    cluster.start_fakes()
+    cluster.start_server()
+    cluster.wait_server()
+    assert cluster.server is not None
+    prompt = f"reattach after answer {uuid.uuid4().hex[:8]}"
+    body = {"backend": "flux", "params": {"model": "flux-pro-1.1", "prompt": prompt}}
+    with httpx2.Client(base_url=cluster.url, timeout=10.0) as client:
+        r = client.post("/api/generate", json=body)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = httpx2.get(f"{cluster.bfl_url}/_fake/state", timeout=5).json()
+            if state["polls_by_prompt"].get(prompt, 0) >= 1:
+                break
+            time.sleep(0.02)
+        else:
+            raise RuntimeError("the job was never polled")
+        cluster.server.kill9()
+        cluster.start_server()
+        cluster.wait_server()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            job = client.get(f"/api/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed", "canceled"):
+                break
+            time.sleep(0.1)
+    assert cluster.server.terminate(30) == 0
+    state = httpx2.get(f"{cluster.bfl_url}/_fake/state", timeout=5).json()
+    assert state["submissions"].get(prompt) == 1
+    assert job["status"] == "succeeded", (
+        f"killed after BFL answered the submit (polled {state['polls_by_prompt'][prompt]} "
+        f"times), the job ended {job['status']}/{(job.get('error') or {}).get('code')}: "
+        "a paid result was lost"
     )

@@ -157,6 +157,9 @@ class FakeBflState(TypedDict):
     submission_total: int
     polls: int
     misrouted_polls: int
+    # polls of a known task, by its prompt: a polled task's submit answer reached the
+    # client (the crash suite's "paid, so it must be re-attached" detector)
+    polls_by_prompt: dict[str, int]
     downloads: int
     credits: float
     active_tasks: int
@@ -653,6 +656,7 @@ class FakeBfl:
         self._credits = self.config.credits
         self._polls = 0
         self._misrouted_polls = 0
+        self._polled_prompts: Counter[str] = Counter()
         self._downloads = 0
         self._poll_window = (0.0, 0)
         self._app = self._build_app()
@@ -751,6 +755,7 @@ class FakeBfl:
             self._credits = self.config.credits
             self._polls = 0
             self._misrouted_polls = 0
+            self._polled_prompts.clear()
             self._downloads = 0
             self._poll_window = (0.0, 0)
             self.faults.clear()
@@ -769,6 +774,7 @@ class FakeBfl:
                 "submission_total": len(self._submissions),
                 "polls": self._polls,
                 "misrouted_polls": self._misrouted_polls,
+                "polls_by_prompt": dict(self._polled_prompts),
                 "downloads": self._downloads,
                 "credits": self._credits,
                 "active_tasks": sum(by_model.values()),
@@ -967,6 +973,8 @@ class FakeBfl:
             if misrouted:
                 self._misrouted_polls += 1
             task = None if misrouted else self._tasks.get(task_id)
+            if task is not None:
+                self._polled_prompts[task.prompt] += 1
             payload = self._result_payload(task_id, task, now)
             headers = self._poll_headers(cast(TaskStatus, payload["status"]))
         return JSONResponse(payload, headers=headers)
