@@ -175,34 +175,39 @@ def _free_port() -> int:
 def test_serve_runs_a_job_and_stops_on_sigterm(tmp_path: Path, home: dict[str, str]) -> None:
     port = _free_port()
     env = {**home, "ORCHESTRATOR_PORT": str(port), "LOG_FORMAT": "json"}
-    proc = subprocess.Popen(
-        [*CLI, "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # The log goes to a file, not a pipe: a pipe nobody reads while the test waits
+    # fills up (64 KB) and blocks the server's next log line, so a slow start-up that
+    # logged more than usual used to hang the server mid-request.
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [*CLI, "serve"], cwd=tmp_path, env=env, stdout=log_file, stderr=log_file, text=True
+        )
     try:
         base = f"http://127.0.0.1:{port}"
-        with httpx2.Client(base_url=base, timeout=10) as client:
-            for _ in range(200):
+        with httpx2.Client(base_url=base, timeout=30) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, f"serve exited: {log_path.read_text()[-2000:]}"
+                assert time.monotonic() < deadline, "serve did not answer /api/system/health"
                 try:
                     if client.get("/api/system/health").status_code == 200:
                         break
                 except httpx2.TransportError:
-                    time.sleep(0.05)
+                    pass
+                time.sleep(0.05)  # also after a non-200 answer: no busy loop
             health = client.get("/api/system/health").json()
             assert health["demo"] is True
             r = client.post(
                 "/api/flux/generate",
-                params={"wait": "true", "timeout_s": 30},
+                params={"wait": "true", "timeout_s": 60},
                 json={"model": "flux-pro-1.1", "prompt": "served"},
             )
             assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
     finally:
         proc.send_signal(signal.SIGTERM)
-        _out, err = proc.communicate(timeout=30)
+        proc.wait(timeout=60)
+    err = log_path.read_text()
     assert proc.returncode == 0, err
     lines = [json.loads(ln) for ln in err.splitlines() if ln.startswith("{")]
     assert lines, err

@@ -692,18 +692,21 @@ async def test_lost_answer_to_post_prompt(tmp_path: Path) -> None:
 
 def test_served_in_a_thread_with_admin_endpoints(tmp_path: Path) -> None:
     fake = FakeComfy(FakeComfyConfig(base_dir=tmp_path / "comfy", node_delay_s=0.001))
-    with serve_in_thread(fake.app) as app, httpx2.Client(base_url=app.base_url, timeout=5) as http:
+    with serve_in_thread(fake.app) as app, httpx2.Client(base_url=app.base_url, timeout=30) as http:
         assert http.post("/_fake/hang", json={"class_type": "SaveImage"}).json() == {"ok": True}
         pid = http.post("/prompt", json={"prompt": FAST}).json()["prompt_id"]
-        deadline = time.monotonic() + 5
+        # each wait has its own bound: they shared one, so a slow first wait on a busy
+        # machine left the second too little time
+        deadline = time.monotonic() + 30
         while not fake.hung:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the node never hung"
             time.sleep(0.005)
         assert http.get("/_fake/state").json()["hung"][0]["prompt_id"] == pid
         assert fake.queue_ids == [pid]
         fake.release()  # from another thread than the server's loop
+        deadline = time.monotonic() + 30
         while pid not in fake.history_ids:
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, "the released prompt never finished"
             time.sleep(0.005)
         http.post("/_fake/fail_next_prompt", json={"drop": True})
         with pytest.raises(DROPPED):
