@@ -726,6 +726,8 @@ def load_settings(
     token = _config_file.set(path)
     try:
         init = {k: v for k, v in (overrides or {}).items() if v is not None}
+        # keyword overrides of any setting's type, validated by pydantic (that is the
+        # point); mypy sees only dict[str, object] against typed fields
         settings = Settings(config_file=path, **init)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = [

@@ -73,6 +73,10 @@ class SecretRedactor:
         return dict(out)
 
 
+class _OurHandler(logging.StreamHandler[TextIO]):
+    """The handler :func:`configure` installs (and replaces when called again)."""
+
+
 def _drop_color_message(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
     """uvicorn adds an ANSI-coloured copy of its messages; JSON lines don't need it."""
     event_dict.pop("color_message", None)
@@ -117,13 +121,12 @@ def configure(
         foreign_pre_chain=shared,
         processors=final,
     )
-    handler = logging.StreamHandler(out)
+    handler = _OurHandler(out)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for h in list(root.handlers):
-        if getattr(h, "_orchestrator", False):
+        if isinstance(h, _OurHandler):
             root.removeHandler(h)
-    handler._orchestrator = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):

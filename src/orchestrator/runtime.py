@@ -6,6 +6,7 @@ import what they build, so that a light command (``config check``) that only ask
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ async def _build_backends(
             headers={"user-agent": "orchestrator"},
         )
     )
-    flux_kwargs = dict(
+    flux_backend = functools.partial(
+        FluxBackend,
         max_active=settings.flux_max_active,
         kontext_max_active=settings.flux_kontext_max_active,
         poll_interval_s=settings.flux_poll_interval_s,
@@ -107,11 +109,10 @@ async def _build_backends(
         download_timeout_s=settings.download_timeout_s,
     )
     if settings.bfl_api_key is not None:
-        flux = FluxBackend(
+        flux = flux_backend(
             http,
             base_url=str(settings.flux_base_url),
             api_key=settings.bfl_api_key.get_secret_value(),
-            **flux_kwargs,  # type: ignore[arg-type]
         )
     elif demo:
         from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig
@@ -131,12 +132,8 @@ async def _build_backends(
                 timeout=http_timeout(settings),
             )
         )
-        flux = FluxBackend(
-            sim_http,
-            base_url=SIMULATED_BFL_ORIGIN,
-            api_key=SIMULATED_BFL_KEY,
-            simulated=True,
-            **flux_kwargs,  # type: ignore[arg-type]
+        flux = flux_backend(
+            sim_http, base_url=SIMULATED_BFL_ORIGIN, api_key=SIMULATED_BFL_KEY, simulated=True
         )
     else:
         flux = FluxBackend(http, base_url=str(settings.flux_base_url), api_key=None)

@@ -198,7 +198,7 @@ def test_reconfigure_replaces_handler() -> None:
     logs.get("t").info("once")
     assert first.getvalue() == ""
     assert [r["event"] for r in records(second)] == ["once"]
-    ours = [h for h in logging.getLogger().handlers if getattr(h, "_orchestrator", False)]
+    ours = [h for h in logging.getLogger().handlers if isinstance(h, logs._OurHandler)]
     assert len(ours) == 1
 
 

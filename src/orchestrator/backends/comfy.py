@@ -238,8 +238,8 @@ class ComfyClient:
     def _url(self, path: str) -> str:
         return f"{self.base_url}{path}"
 
-    async def _json(self, method: str, path: str, **kw: object) -> JsonValue:
-        resp = await self.http.request(method, self._url(path), **kw)  # type: ignore[arg-type]
+    async def _json(self, method: str, path: str, json: JsonValue = None) -> JsonValue:
+        resp = await self.http.request(method, self._url(path), json=json)
         if resp.status_code >= 500:
             raise errors.TransientUpstreamError(
                 Code.BACKEND_UNAVAILABLE, f"ComfyUI {self.name} answered {resp.status_code}"
@@ -727,7 +727,8 @@ class ComfyBackend(Backend):
                 image_name = None
                 if isinstance(params, SvdParams):
                     image_name = await self._upload(inst, params.init_image)
-                seed = int(job.params.get("seed") or 0)  # type: ignore[arg-type]
+                raw_seed = job.params.get("seed")
+                seed = raw_seed if isinstance(raw_seed, int) else 0
                 workflow = dict(build_prompt(self.name, params, seed=seed, image_name=image_name))
             queue = inst.socket.subscribe(planned.task_id)  # before the POST: no event missed
             del queue

@@ -142,6 +142,7 @@ class ImportReport(BaseModel):
     missing_images: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
+    # mypy does not accept a decorator over @property; pydantic documents this ignore
     @computed_field  # type: ignore[prop-decorator]
     @property
     def no_change(self) -> bool:

@@ -26,7 +26,7 @@ import re
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -429,9 +429,9 @@ def _stage(
     return record, (tmp, final)
 
 
-def _unique_assets(records: object) -> list[AssetRecord]:
+def _unique_assets(records: Iterable[AssetRecord]) -> list[AssetRecord]:
     out: dict[str, AssetRecord] = {}
-    for r in records:  # type: ignore[attr-defined]
+    for r in records:
         out.setdefault(r.id, r)
     return list(out.values())
 
