@@ -161,6 +161,15 @@ class WorkflowList(BaseModel):
 # --- helpers -----------------------------------------------------------------------------
 
 
+# A tool's context. The SDK's Context is generic over the server's session and
+# lifespan types; tools use neither (they reach the service through get_service).
+Ctx = Context[Any, Any]
+
+# A tool's ``params`` and a request body: JSON objects whose shape each backend's
+# pydantic model checks (a JsonValue here would not satisfy the SDK's schema output).
+JsonObject = dict[str, Any]
+
+
 @contextlib.contextmanager
 def _tool_errors() -> Iterator[None]:
     """Domain errors become ToolError text (the client sees it; no traceback)."""
@@ -170,7 +179,7 @@ def _tool_errors() -> Iterator[None]:
         raise ToolError(f"{exc.title}: {exc.detail}") from None
 
 
-def _validation_message(exc: ValidationError, body: dict[str, Any]) -> str:
+def _validation_message(exc: ValidationError, body: JsonObject) -> str:
     backend = body.get("backend")
     params = body.get("params")
     model = params.get("model") if isinstance(params, dict) else None
@@ -189,7 +198,7 @@ def _validation_message(exc: ValidationError, body: dict[str, Any]) -> str:
     return "Invalid parameters:\n" + "\n".join(lines)
 
 
-def _base_url(ctx: Context[Any, Any] | None) -> str | None:
+def _base_url(ctx: Ctx | None) -> str | None:
     if ctx is None:
         return None
     try:
@@ -200,7 +209,7 @@ def _base_url(ctx: Context[Any, Any] | None) -> str | None:
     return None if base is None else str(base).rstrip("/")
 
 
-def principal_of(ctx: Context[Any, Any] | None) -> auth.Principal:
+def principal_of(ctx: Ctx | None) -> auth.Principal:
     """Who calls a tool. Over HTTP: the principal the auth middleware put on the
     request that carried the call (``request.state.principal``). Over stdio or in
     memory there is no HTTP request: the local owner."""
@@ -354,7 +363,7 @@ def make_preview(path: Path, max_px: int) -> tuple[bytes, Literal["jpeg", "png"]
 class _Progress:
     """Progress notifications that only ever rise, within 0..1."""
 
-    def __init__(self, ctx: Context[Any, Any]) -> None:
+    def __init__(self, ctx: Ctx) -> None:
         self.ctx = ctx
         self.last = -1.0
         self.last_message: str | None = None
@@ -379,13 +388,14 @@ class OrchestratorMCP(MCPServer):
     """``output://`` reads carry each file's own MIME type (templates have one fixed
     type), so they are answered here."""
 
+    # **kwargs: MCPServer's own options, passed through untouched
     def __init__(self, get_service: ServiceGetter, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._get_service = get_service
 
     async def read_resource(
-        self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
-    ) -> Any:
+        self, uri: AnyUrl | str, context: Ctx | None = None
+    ) -> Any:  # as the overridden MCPServer.read_resource declares
         text = str(uri)
         if text.startswith("output://"):
             return await self._read_output(text)
@@ -414,14 +424,14 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
     async def generate(
         backend: Annotated[str, Field(description=f"One of: {', '.join(BACKENDS)}.")],
         params: Annotated[
-            dict[str, Any],
+            JsonObject,
             Field(
                 description="The backend's parameters (see list_models); for flux, "
                 "params.model picks the BFL model, e.g. "
                 '{"model": "flux-pro-1.1", "prompt": "a red fox"}.'
             ),
         ],
-        ctx: Context[Any, Any],
+        ctx: Ctx,
         priority: Annotated[int, Field(ge=-1000, le=1000)] = 0,
         deadline_s: Annotated[float | None, Field(gt=0, le=86_400)] = None,
         idempotency_key: Annotated[str | None, Field(min_length=1, max_length=255)] = None,
@@ -436,7 +446,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         once it is finished, with its outputs). The same idempotency_key with the same
         request returns the same job instead of a new one."""
         service = get_service()
-        body: dict[str, Any] = {"backend": backend, "params": params, "priority": priority}
+        body: JsonObject = {"backend": backend, "params": params, "priority": priority}
         if deadline_s is not None:
             body["deadline_s"] = deadline_s
         if backend not in BACKENDS:
@@ -455,7 +465,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         return summarize(service, job, base_url=_base_url(ctx), replayed=not created, note=note)
 
     @mcp.tool()
-    async def get_job(job_id: str, ctx: Context[Any, Any]) -> JobSummary:
+    async def get_job(job_id: str, ctx: Ctx) -> JobSummary:
         """One job: status, progress, error, and outputs when it succeeded."""
         service = get_service()
         with _tool_errors():
@@ -464,7 +474,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
 
     @mcp.tool()
     async def list_jobs(
-        ctx: Context[Any, Any],
+        ctx: Ctx,
         status: list[JobStatus] | None = None,
         backend: list[str] | None = None,
         cursor: str | None = None,
@@ -484,7 +494,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         )
 
     @mcp.tool()
-    async def cancel_job(job_id: str, ctx: Context[Any, Any]) -> JobSummary:
+    async def cancel_job(job_id: str, ctx: Ctx) -> JobSummary:
         """Cancel a job. A queued job is canceled at once; a running one by its worker
         (cancel_requested). BFL has no cancel: a submitted FLUX task may still be billed."""
         service = get_service()
@@ -508,7 +518,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
             return ModelList(models=get_service().models(backend))
 
     @mcp.tool()
-    async def ignite(ctx: Context[Any, Any]) -> IgniteReport:
+    async def ignite(ctx: Ctx) -> IgniteReport:
         """Check everything and start what is configured to be started: database,
         data folders and free space, the FLUX key and credit balance, each ComfyUI
         instance (version, devices, memory, template nodes and model files), the v0
@@ -539,7 +549,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
 
     @mcp.tool()
     async def search_outputs(
-        ctx: Context[Any, Any],
+        ctx: Ctx,
         query: Annotated[
             str | None, Field(max_length=500, description="Text the prompt contains.")
         ] = None,
@@ -595,7 +605,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
     @mcp.tool(structured_output=False)
     async def get_output(
         job_id: str,
-        ctx: Context[Any, Any],
+        ctx: Ctx,
         n: Annotated[int, Field(ge=0)] = 0,
         max_px: Annotated[int, Field(ge=64, le=2048)] = PREVIEW_DEFAULT_PX,
     ) -> list[Image | TextContent | ResourceLink]:
@@ -653,9 +663,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
     return mcp
 
 
-async def _wait(
-    service: Service, job: Job, ctx: Context[Any, Any], timeout_s: float
-) -> tuple[Job, str | None]:
+async def _wait(service: Service, job: Job, ctx: Ctx, timeout_s: float) -> tuple[Job, str | None]:
     progress = _Progress(ctx)
     await progress.report(job.progress or 0.0, f"{job.backend}/{job.model} {job.status.value}")
     note = None

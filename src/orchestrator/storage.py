@@ -142,7 +142,7 @@ class OutputStore:
         removed on every path out, a cancellation included."""
         partial = self.partial_dir / f"{job.id}-{n}-{uuid.uuid4().hex[:8]}.part"
         loop = asyncio.get_running_loop()
-        writing: asyncio.Future[Any] | None = None
+        writing: asyncio.Future[Any] | None = None  # a write (None) or the final result
         try:
             # Chunks are gathered in memory and written WRITE_BATCH bytes at a time: a
             # small image is one hop to a thread (create, write, finalise), not one

@@ -68,7 +68,7 @@ def problem_response(
     extra: dict[str, JsonValue] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    body: dict[str, Any] = {
+    body: dict[str, JsonValue] = {
         "type": PROBLEM_TYPE_BASE + slug,
         "title": title,
         "status": status,
@@ -222,7 +222,7 @@ def document(app: FastAPI) -> None:
     every operation may answer 413 (body too large) and 500."""
     from fastapi.openapi.utils import get_openapi
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> dict[str, Any]:  # the type FastAPI.openapi declares
         if app.openapi_schema is not None:
             return app.openapi_schema
         doc = get_openapi(

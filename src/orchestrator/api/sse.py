@@ -131,6 +131,7 @@ class _Sink:
         # driving the coroutine on as a task would.
         self._writer = asyncio.create_task(self._finish(sent, waiting))
 
+    # Coroutine's send and yield types are the transport's own (untyped in ASGI)
     async def _finish(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
         try:
             while True:

@@ -93,6 +93,8 @@ class UserWorkflow(BaseModel):
 
     def params_model(self) -> type[BaseModel]:
         """A pydantic model of the declared parameters (field errors like any job)."""
+        # pydantic.create_model's field definitions: (type, FieldInfo) pairs whose
+        # type is chosen at run time from the workflow file, so Any by nature
         fields: dict[str, Any] = {}
         for pname, spec in self.params.items():
             py: Any

@@ -17,6 +17,7 @@ from orchestrator.domain.jobs import JobStatus
 ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
+# a SQL expression whose Python type differs per dialect (text or date)
 def _day_expr(conn_dialect: str) -> sa.ColumnElement[Any]:
     # SQLite stores the timestamp as text: date() takes its first ten characters.
     if conn_dialect == "sqlite":

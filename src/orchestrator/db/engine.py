@@ -107,6 +107,7 @@ class Database:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self.closed = False
+        # create_async_engine's options differ per dialect: **kwargs of any kind
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
@@ -315,6 +316,7 @@ def _upgrade(sync_conn: sa.Connection) -> None:
 
 def _install_sqlite_hooks(engine: sa.Engine) -> None:
     @event.listens_for(engine, "connect")
+    # DBAPI objects: SQLAlchemy types event arguments as Any
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take over transaction control from the driver (SQLAlchemy's documented
         # recipe), so BEGIN IMMEDIATE is possible and DDL is transactional.

@@ -92,6 +92,7 @@ class PgWake:
     def __init__(self, url: sa.URL) -> None:
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.me = uuid.uuid4().hex
+        # asyncpg ships no type information: its connection is Any to mypy anyway
         self._conn: Any = None
         self._lock = asyncio.Lock()
         self._on_wake: Callable[[], None] | None = None

@@ -1107,6 +1107,8 @@ _MANIFESTS_WRITTEN = (
 
 
 @functools.cache
+# SQLAlchemy's statement and result types are generic over the row's column types;
+# Any where a row's shape is not worth spelling out (the caller reads it by name).
 def _claim_candidates(dialect: str, by_backend: bool, by_id: bool) -> sa.Select[Any]:
     clock = (
         sa.func.strftime("%Y-%m-%d %H:%M:%f", "now")
@@ -1125,7 +1127,7 @@ def _claim_candidates(dialect: str, by_backend: bool, by_id: bool) -> sa.Select[
     )
 
 
-def _setting(keys: tuple[str, ...], nulls: tuple[str, ...]) -> dict[str, Any]:
+def _setting(keys: tuple[str, ...], nulls: tuple[str, ...]) -> dict[str, Any]:  # UPDATE .values()
     out: dict[str, Any] = {k: sa.bindparam(f"v_{k}", type_=jobs.c[k].type) for k in keys}
     out.update({k: _NULL for k in nulls})
     return out
@@ -1267,7 +1269,7 @@ def _events_list(events: Sequence[WebhookEventName] | None) -> list[WebhookEvent
     return None if events is None else list(events)
 
 
-def _output_of(job_id: str, m: Mapping[Any, Any], prefix: str = "") -> JobOutput:
+def _output_of(job_id: str, m: Mapping[Any, Any], prefix: str = "") -> JobOutput:  # a row mapping
     n = int(m[prefix + "n"])
     return JobOutput(
         n=n,

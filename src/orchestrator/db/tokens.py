@@ -31,7 +31,7 @@ class TokenRow:
     revoked_at: datetime | None
 
 
-def _row(r: sa.Row[Any]) -> TokenRow:
+def _row(r: sa.Row[Any]) -> TokenRow:  # a row of the tokens table, read by name
     m = r._mapping
     return TokenRow(
         id=str(m["id"]),

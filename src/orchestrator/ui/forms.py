@@ -72,6 +72,7 @@ def field_for(name: str, prop: dict[str, JsonValue], required: bool) -> FormFiel
         return None
     kind = schema.get("type")
     description = prop.get("description") or schema.get("description")
+    # a form field's template context: strings, flags, lists of choices (Jinja's)
     common: dict[str, Any] = {
         "name": name,
         "label": _label(name),

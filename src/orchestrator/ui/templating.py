@@ -49,7 +49,7 @@ def environment() -> jinja2.Environment:
 def render(
     request: Request,
     template: str,
-    context: Mapping[str, Any] | None = None,
+    context: Mapping[str, Any] | None = None,  # Jinja's context: values of any kind
     *,
     status_code: int = 200,
     active: str | None = None,
@@ -58,6 +58,7 @@ def render(
     token, principal, request id), setting the CSRF cookie when it is new."""
     principal = getattr(request.state, "principal", None)
     runtime = getattr(request.app.state, "runtime", None)
+    # a Jinja context: any value a template may use (Jinja is untyped)
     shared: dict[str, Any] = {
         "request": request,
         "nav": list(nav.NAV),
