@@ -15,6 +15,7 @@ from orchestrator.config import is_loopback, load_settings
 from orchestrator.domain import auth
 from orchestrator.domain.auth import Action, Principal, Scope
 from orchestrator.logs import SecretRedactor
+from orchestrator.ui import csrf
 from orchestrator.ui.login import safe_next
 
 READ = Principal(token_id="r", name="reader", scope=Scope.READ, via="token")
@@ -180,10 +181,18 @@ def test_rules_see_the_path_the_router_sees(path: str, root_path: str, expected:
         ({"host": "127.0.0.1:8000", "origin": "null"}, True),
         ({"host": "127.0.0.1:8000", "sec-fetch-site": "cross-site"}, True),
         ({"host": "127.0.0.1:8000", "sec-fetch-site": "same-origin"}, False),
+        ({"host": "127.0.0.1:8000", "sec-fetch-site": "none"}, False),  # typed, bookmarked
+        # another port of this host, a sibling subdomain: same site, another origin
+        ({"host": "127.0.0.1:8000", "sec-fetch-site": "same-site"}, True),
+        ({"host": "a.example.com", "origin": "https://b.example.com"}, True),
+        # no Origin: the Referer says where the page was
+        ({"host": "127.0.0.1:8000", "referer": "http://127.0.0.1:8000/ui/jobs"}, False),
+        ({"host": "127.0.0.1:8000", "referer": "http://127.0.0.1:9999/evil"}, True),
+        ({"host": "127.0.0.1:8000", "origin": "http://[::1"}, True),  # unparsable
     ],
 )
-def test_cross_site_requests(headers: dict[str, str], cross: bool) -> None:
-    assert api_auth.cross_site(Headers(headers)) is cross
+def test_cross_origin_requests(headers: dict[str, str], cross: bool) -> None:
+    assert csrf.foreign(Headers(headers)) is cross
 
 
 @pytest.mark.parametrize(

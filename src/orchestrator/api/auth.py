@@ -6,7 +6,8 @@ Credentials: ``Authorization: Bearer <token>``, or the web UI's session cookie. 
 request with neither gets 401 (problem+json with ``WWW-Authenticate: Bearer``; a
 browser asking for a UI page gets the login page, still 401). A token whose scope
 is too small gets 403. A request authenticated by the session cookie with an unsafe
-method must carry the CSRF token (``ui/csrf.py``), else 403. The principal is put in
+method must come from this origin and carry the session's CSRF token (``ui/csrf.py``),
+else 403. The principal is put in
 the ASGI scope's state: ``request.state.principal``.
 
 :data:`RULES` is the one table of what each route needs; :func:`decide` reads it.
@@ -24,7 +25,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
-from urllib.parse import urlsplit
 
 import structlog
 from fastapi import FastAPI
@@ -152,16 +152,6 @@ def route_path(scope: Scope) -> str:
     return path
 
 
-def cross_site(headers: Headers) -> bool:
-    """True when a browser says the request comes from a page of another site."""
-    if headers.get("sec-fetch-site") == "cross-site":
-        return True
-    origin = headers.get("origin")
-    if origin is None:
-        return False
-    return origin == "null" or urlsplit(origin).netloc.lower() != headers.get("host", "").lower()
-
-
 def wants_login_page(method: str, path: str, headers: Headers) -> bool:
     """A browser navigating to a page: answer 401 with the login form."""
     if method not in ("GET", "HEAD") or "text/html" not in headers.get("accept", ""):
@@ -203,10 +193,10 @@ class AuthMiddleware:
         headers = Headers(scope=scope)
         if self.disabled:
             state["principal"] = auth.AUTH_DISABLED
-            if scope["type"] == "websocket" and cross_site(headers):
+            if scope["type"] == "websocket" and csrf.foreign(headers):
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            if method not in SAFE_METHODS and cross_site(headers):
+            if method not in SAFE_METHODS and csrf.foreign(headers):
                 await _problem(
                     scope,
                     receive,
@@ -229,7 +219,7 @@ class AuthMiddleware:
         if need == PUBLIC:
             await self.app(scope, receive, send)
             return
-        principal, problem = await self._authenticate(headers)
+        principal, problem = await self._authenticate(headers, scope.get("scheme", "http"))
         if principal is None:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
@@ -244,7 +234,7 @@ class AuthMiddleware:
                 # No CSRF token on a websocket: a session may open one only from
                 # this site's own pages.
                 refused = not principal.scope.allows(need) or (
-                    principal.via == "session" and cross_site(headers)
+                    principal.via == "session" and csrf.foreign(headers)
                 )
                 if refused:
                     await send({"type": "websocket.close", "code": 1008})
@@ -260,20 +250,31 @@ class AuthMiddleware:
                 await _problem(scope, receive, send, 403, "Forbidden", "forbidden", detail)
                 return
             if principal.via == "session" and method not in SAFE_METHODS:
+                if csrf.foreign(headers):
+                    await _problem(
+                        scope,
+                        receive,
+                        send,
+                        403,
+                        "Forbidden",
+                        "cross-site",
+                        "a page of another origin cannot act with this session",
+                    )
+                    return
                 onward = await self._check_csrf(scope, receive, send)
                 if onward is None:
                     return
                 receive = onward
             await self.app(scope, receive, send)
 
-    async def _authenticate(self, headers: Headers) -> tuple[Principal | None, str]:
+    async def _authenticate(self, headers: Headers, scheme: str) -> tuple[Principal | None, str]:
         bearer = bearer_of(headers)
         if bearer is False:
             return None, "use Authorization: Bearer <token>"
         if bearer is not None:
             principal = await self.tokens().authenticate(bearer)
             return principal, "the token is not valid (unknown or revoked)"
-        cookie = _cookie(headers, SESSION_COOKIE)
+        cookie = _cookie(headers, csrf.cookie_name(SESSION_COOKIE, scheme))
         if cookie is not None:
             principal = await self.tokens().session_principal(cookie)
             return principal, "the session has ended: log in again"
@@ -292,7 +293,8 @@ class AuthMiddleware:
         path: str,
         headers: Headers,
     ) -> None:
-        stale_cookie = _cookie(headers, SESSION_COOKIE) is not None
+        session_name = csrf.cookie_name(SESSION_COOKIE, scope.get("scheme", "http"))
+        stale_cookie = _cookie(headers, session_name) is not None
         if wants_login_page(method, path, headers):
             from orchestrator.ui import login
 
@@ -315,7 +317,7 @@ class AuthMiddleware:
                 headers={"WWW-Authenticate": f'Bearer realm="orchestrator"{error}'},
             )
         if stale_cookie:
-            response.delete_cookie(SESSION_COOKIE, path="/")
+            response.delete_cookie(session_name, path="/", secure=session_name != SESSION_COOKIE)
         await response(scope, receive, send)
 
     async def _check_csrf(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
@@ -339,8 +341,8 @@ class AuthMiddleware:
             403,
             "Forbidden",
             "csrf-failed",
-            "missing or wrong CSRF token: send the orch_csrf cookie's value in the "
-            f"{csrf.CSRF_HEADER} header or the {csrf.CSRF_FIELD} form field",
+            "missing or wrong CSRF token: send the page's token (its csrf-token meta tag) "
+            f"in the {csrf.CSRF_HEADER} header or the {csrf.CSRF_FIELD} form field",
         )
         return None
 

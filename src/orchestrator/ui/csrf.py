@@ -1,30 +1,72 @@
-"""CSRF protection for the web UI: the double-submit pattern.
+"""CSRF protection for the web UI and for every request a session cookie authenticates.
 
-The UI keeps a random token in the ``orch_csrf`` cookie (readable by our own scripts,
-``SameSite=Strict``). Every unsafe request the UI makes carries the same value, as the
-``csrf_token`` form field (HTML forms) or the ``X-CSRF-Token`` header (``fetch``).
-A request authenticated by the session cookie and sent with an unsafe method must
-pass :func:`verify`; requests with a bearer token need not (no ambient credential).
+Three layers, each enough to stop the attacks the others miss:
+
+* **Where the request comes from.** An unsafe request carrying the session cookie (or
+  any unsafe request with authentication off) is refused when the browser says it
+  comes from another origin: ``Sec-Fetch-Site: cross-site`` or ``same-site`` (a page on
+  another port of this host, or on a sibling subdomain), or an ``Origin`` (else a
+  ``Referer``) whose host is not this request's ``Host`` (:func:`foreign`).
+* **A token bound to the session.** The token a session must send (``X-CSRF-Token``
+  header or ``csrf_token`` form field) is derived from its session cookie, which is
+  HttpOnly: a page elsewhere cannot read it, and a token it tosses into a cookie of its
+  own does not match. Pages get it rendered in (``<meta name="csrf-token">``, hidden
+  form fields); it is never read from a cookie.
+* **Before a session** (the login form, and the UI with authentication off) the token is
+  a double-submit cookie, ``orch_csrf`` (``SameSite=Strict``).
+
+Over https both cookies carry the ``__Host-`` prefix (``__Host-orch_session``,
+``__Host-orch_csrf``): the browser then accepts them only from this exact origin,
+Secure, with ``Path=/`` and no ``Domain``, so a sibling subdomain or a plain-http page
+cannot plant them.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import hmac
 import secrets
+from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import Response
+
+from orchestrator.auth_service import SESSION_COOKIE
 
 CSRF_COOKIE = "orch_csrf"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+HOST_PREFIX = "__Host-"
+_CONTEXT = b"orchestrator csrf v1\0"
+
+
+def cookie_name(base: str, scheme: str) -> str:
+    """``base`` over plain http, ``__Host-base`` over https (and wss)."""
+    return HOST_PREFIX + base if scheme in ("https", "wss") else base
+
+
+def session_cookie(request: Request) -> str | None:
+    value = request.cookies.get(cookie_name(SESSION_COOKIE, request.url.scheme))
+    return value or None
+
+
+def session_token(session: str) -> str:
+    """The CSRF token of a session: derived from its (HttpOnly, secret) cookie, so any
+    process of the deployment can check it and nobody without the cookie can make it."""
+    digest = hashlib.sha256(_CONTEXT + session.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def token_for(request: Request) -> str:
-    """The request's CSRF token: the cookie's value, or a new one (then :func:`issue`
-    must set it on the response)."""
-    existing = request.cookies.get(CSRF_COOKIE)
+    """The token a page must send back: the session's, or before a session the
+    double-submit cookie's value (or a new one; :func:`issue` then sets the cookie)."""
+    session = session_cookie(request)
+    if session is not None:
+        return session_token(session)
+    existing = request.cookies.get(cookie_name(CSRF_COOKIE, request.url.scheme))
     if existing and 16 <= len(existing) <= 128:
         return existing
     token: str | None = getattr(request.state, "csrf_token", None)
@@ -35,38 +77,68 @@ def token_for(request: Request) -> str:
 
 
 def issue(request: Request, response: Response) -> None:
-    """Set the cookie when :func:`token_for` had to make a new token."""
-    if request.cookies.get(CSRF_COOKIE) == token_for(request):
+    """Set the double-submit cookie when :func:`token_for` had to make a new token
+    (pages of a session need none)."""
+    if session_cookie(request) is not None:
+        return
+    name = cookie_name(CSRF_COOKIE, request.url.scheme)
+    if request.cookies.get(name) == token_for(request):
         return
     response.set_cookie(
-        CSRF_COOKIE,
+        name,
         token_for(request),
-        httponly=False,  # our scripts copy it into the X-CSRF-Token header
+        httponly=False,
         samesite="strict",
         secure=request.url.scheme == "https",
         path="/",
     )
 
 
-def matches(cookie: str | None, submitted: str | None) -> bool:
-    """Constant-time comparison of the cookie and the submitted token."""
-    if not cookie or not submitted:
+def matches(expected: str | None, submitted: str | None) -> bool:
+    """Constant-time comparison of the expected and the submitted token."""
+    if not expected or not submitted:
         return False
-    return hmac.compare_digest(cookie.encode(), submitted.encode())
+    return hmac.compare_digest(expected.encode(), submitted.encode())
+
+
+def foreign(headers: Headers) -> bool:
+    """True when the browser says the request comes from a page of another origin:
+    ``Sec-Fetch-Site`` cross-site or same-site, or an ``Origin`` (without one, a
+    ``Referer``) on another host than the request's ``Host``."""
+    if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        referer = headers.get("referer")
+        if not referer:
+            return False
+        origin = referer
+    if origin == "null":
+        return True
+    try:
+        netloc = urlsplit(origin).netloc.lower()
+    except ValueError:
+        return True
+    return netloc != headers.get("host", "").lower()
 
 
 async def verify(request: Request) -> bool:
-    """True when a request with an unsafe method carries the cookie's token in the
-    header or (for form posts) the form field. Safe methods always pass."""
+    """True when a request with an unsafe method carries its token in the header or
+    (for form posts) the form field: the session's token when the request has a
+    session cookie, else the double-submit cookie's value. Safe methods always pass."""
     if request.method in SAFE_METHODS:
         return True
-    cookie = request.cookies.get(CSRF_COOKIE)
+    session = session_cookie(request)
+    if session is not None:
+        expected: str | None = session_token(session)
+    else:
+        expected = request.cookies.get(cookie_name(CSRF_COOKIE, request.url.scheme))
     header = request.headers.get(CSRF_HEADER)
     if header is not None:
-        return matches(cookie, header)
+        return matches(expected, header)
     content_type = request.headers.get("content-type", "")
     if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
         form = await request.form()
         field = form.get(CSRF_FIELD)
-        return matches(cookie, field if isinstance(field, str) else None)
+        return matches(expected, field if isinstance(field, str) else None)
     return False

@@ -1,8 +1,9 @@
 """Logging in to the web UI with an API token.
 
 ``GET /ui/login`` shows the form; ``POST /ui/login`` checks the token (and the form's
-CSRF token) and starts a server-side session: the ``orch_session`` cookie is opaque,
-HttpOnly, SameSite=Lax, Secure over https, and expires with the session
+CSRF token, and that it comes from this origin) and starts a server-side session: the
+``orch_session`` cookie (``__Host-orch_session`` over https) is opaque, HttpOnly,
+SameSite=Lax, Secure over https, and expires with the session
 (SESSION_TTL_S). ``POST /ui/logout`` ends it. The auth middleware (``api/auth.py``)
 renders this page, with status 401, for a browser that asks for any UI page without
 a session.
@@ -89,7 +90,7 @@ async def login(request: Request, service: ServiceDep) -> Response:
     next_path = safe_next(form.get("next"))
     if service.settings.auth_disabled:
         return RedirectResponse(next_path, status_code=303)
-    if not await csrf.verify(request):
+    if csrf.foreign(request.headers) or not await csrf.verify(request):
         return login_page(
             request,
             status_code=403,
@@ -109,7 +110,7 @@ async def login(request: Request, service: ServiceDep) -> Response:
     _principal, cookie, _expires = started
     response = RedirectResponse(next_path, status_code=303)
     response.set_cookie(
-        SESSION_COOKIE,
+        csrf.cookie_name(SESSION_COOKIE, request.url.scheme),
         cookie,
         max_age=int(service.settings.session_ttl_s),
         httponly=True,
@@ -122,12 +123,12 @@ async def login(request: Request, service: ServiceDep) -> Response:
 
 @router.post("/logout")
 async def logout(request: Request, service: ServiceDep) -> Response:
-    cookie = request.cookies.get(SESSION_COOKIE)
+    cookie = csrf.session_cookie(request)
     if cookie:
         await service.tokens.end_session(cookie)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(
-        SESSION_COOKIE,
+        csrf.cookie_name(SESSION_COOKIE, request.url.scheme),
         path="/",
         httponly=True,
         samesite="lax",

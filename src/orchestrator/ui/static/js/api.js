@@ -3,7 +3,11 @@
 export const CSRF_COOKIE = "orch_csrf";
 export const CSRF_HEADER = "X-CSRF-Token";
 
+// The page's token (bound to the session, rendered by the server); before a session,
+// the double-submit cookie's value.
 export function csrfToken() {
+  const meta = document.querySelector('meta[name="csrf-token"]');
+  if (meta && meta.content) return meta.content;
   for (const part of document.cookie.split(";")) {
     const [k, ...v] = part.trim().split("=");
     if (k === CSRF_COOKIE) return decodeURIComponent(v.join("="));
