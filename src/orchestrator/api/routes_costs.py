@@ -30,7 +30,10 @@ def _iso_day(value: object) -> object:
 
 ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 Day = Annotated[date, BeforeValidator(_iso_day)]
-Since = Annotated[Day | None, Query(description="First UTC day (default: 29 days ago).")]
+Since = Annotated[
+    Day | None,
+    Query(description="First UTC day (default: 29 days ago); at most 366 days before until."),
+]
 Until = Annotated[Day | None, Query(description="Last UTC day, inclusive (default: today).")]
 OnlyToken = Annotated[str | None, Query(max_length=64, description="Only this token's jobs.")]
 

@@ -31,6 +31,7 @@ IdempotencyKey = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
+        min_length=1,
         max_length=255,
         description="Repeat a submit safely: the same key and body return the same job; "
         "the same key with another body is a 409.",
@@ -73,7 +74,14 @@ async def list_jobs(
     request: Request,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     backend: Annotated[list[BackendName] | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="The next_cursor of the previous page (opaque).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobPage:
     return await get_service(request).list_jobs(
@@ -126,7 +134,8 @@ async def job_events(
 ) -> EventStreamResponse:
     """Progress and transitions as they happen; the stream ends when the job is
     finished. Each event's ``id`` is a position token; resume with ``Last-Event-ID``
-    (or ``?after=<event id>``): nothing is skipped, also an event that committed late."""
+    (or ``?after=<event id>``): nothing is skipped, also an event that committed late.
+    If both are given, ``Last-Event-ID`` wins (what ``EventSource`` sends on reconnect)."""
     resume = last_event_id or (str(after) if after is not None else None)
     # Served by the process's one event reader (404 for an unknown job).
     return EventStreamResponse(await service.subscribe_job(job_id, resume))

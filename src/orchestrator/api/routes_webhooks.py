@@ -23,7 +23,14 @@ async def list_deliveries(
     service: ServiceDep,
     job_id: Annotated[str | None, Query(max_length=64)] = None,
     status_: Annotated[list[DeliveryStatus] | None, Query(alias="status")] = None,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=512,
+            pattern=r"^[A-Za-z0-9_-]+$",
+            description="The next_cursor of the previous page (opaque).",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> WebhookDeliveryPage:
     """Each delivery is one event for one target URL, with every attempt made

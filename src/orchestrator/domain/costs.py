@@ -243,4 +243,5 @@ class BudgetStatus(BaseModel):
 
 
 class BudgetSet(BaseModel):
-    daily_limit: float = Field(ge=0, le=1e9, description=f"{CURRENCY} per UTC day.")
+    # strict: a JSON true/false is not a number (it was taken as 1/0)
+    daily_limit: float = Field(ge=0, le=1e9, strict=True, description=f"{CURRENCY} per UTC day.")

@@ -9,10 +9,11 @@ refused here, with field paths, before anything is sent or paid for.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from orchestrator.domain.jobs import WebhookEventName
 from orchestrator.domain.webhooks import WEBHOOK_EVENT_NAMES, parse_target
@@ -21,9 +22,29 @@ from orchestrator.domain.webhooks import WEBHOOK_EVENT_NAMES, parse_target
 MAX_IMAGE_CHARS = 28_000_000
 ImageInput = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]
 Dimension = Annotated[int, Field(ge=256, le=1440, multiple_of=32)]
-Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
+# Up to 2**53 - 1: every JSON client (JavaScript's numbers, float parsers) reads it
+# exactly; above it, 9223372036854775999 and 2**63 - 1 are the same float.
+Seed = Annotated[int, Field(ge=0, le=2**53 - 1)]
 Prompt = Annotated[str, Field(max_length=10_000)]
 ASPECT_RE = re.compile(r"^(\d{1,3}):(\d{1,3})$")
+# What the schema says of an aspect ratio (W:H, no zero, no leading zero); the range
+# (between 21:9 and 9:21) is checked by _check_aspect, beyond what JSON Schema can say.
+ASPECT_PATTERN = r"^[1-9][0-9]{0,2}:[1-9][0-9]{0,2}$"
+# An http(s) URL with a host name or IP literal, an optional port (1-65535) and no
+# whitespace: the syntax parse_target accepts, so the schema and the handler agree.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+_H = "[0-9A-Fa-f]{1,4}"
+_IPV6 = (  # the RFC 4291 text forms, without an embedded IPv4 address
+    rf"(?:(?:{_H}:){{7}}{_H}|(?:{_H}:){{1,7}}:|(?:{_H}:){{1,6}}:{_H}"
+    rf"|(?:{_H}:){{1,5}}(?::{_H}){{1,2}}|(?:{_H}:){{1,4}}(?::{_H}){{1,3}}"
+    rf"|(?:{_H}:){{1,3}}(?::{_H}){{1,4}}|(?:{_H}:){{1,2}}(?::{_H}){{1,5}}"
+    rf"|{_H}:(?::{_H}){{1,6}}|:(?:(?::{_H}){{1,7}}|:))"
+)
+WEBHOOK_URL_PATTERN = (
+    rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_LABEL}(?:\.{_LABEL})*|\[{_IPV6}\])"
+    rf"(?::{_PORT})?(?:[/?#][!-~]*)?$"
+)
 
 
 def _check_aspect(value: str | None) -> str | None:
@@ -36,6 +57,33 @@ def _check_aspect(value: str | None) -> str | None:
     if not (9 / 21 - 1e-9 <= ratio <= 21 / 9 + 1e-9):
         raise ValueError("must be between 21:9 and 9:21")
     return value
+
+
+def _wants_int(annotation: object) -> bool:
+    """An int field (or an optional one), not one that also takes floats."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if annotation is int:
+        return True
+    args = [
+        typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a
+        for a in typing.get_args(annotation)
+    ]
+    return int in args and float not in args
+
+
+def _integral_floats(cls: type[BaseModel], data: object) -> object:
+    """JSON Schema's "integer" includes 256.0; the strict models took only 256. An
+    integral float for an int field becomes the int (a bool or a string still fails)."""
+    if not isinstance(data, dict):
+        return data
+    fixed = dict(data)
+    for name, value in data.items():
+        if isinstance(value, float) and value.is_integer():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            if field is not None and _wants_int(field.annotation):
+                fixed[name] = int(value)
+    return fixed
 
 
 def _required(*names: str) -> Callable[[dict[str, JsonValue]], None]:
@@ -54,6 +102,7 @@ def _required(*names: str) -> Callable[[dict[str, JsonValue]], None]:
 
 class _FluxBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_required("model"))
+    _integral = model_validator(mode="before")(_integral_floats)
 
     prompt: Prompt = Field(default="", description="What to generate.")
     seed: Seed | None = Field(default=None, description="Fixed seed; random when absent.")
@@ -97,7 +146,9 @@ class FluxDevParams(_Sized):
 
 class FluxUltraParams(_FluxBase):
     model: Literal["flux-pro-1.1-ultra"] = "flux-pro-1.1-ultra"
-    aspect_ratio: str = Field(default="16:9", description="Between 21:9 and 9:21.")
+    aspect_ratio: str = Field(
+        default="16:9", pattern=ASPECT_PATTERN, description="W:H between 21:9 and 9:21."
+    )
     raw: bool = Field(default=False, description="Less processed, more natural look.")
     image_prompt: ImageInput | None = None
     image_prompt_strength: Annotated[float, Field(ge=0, le=1)] = 0.1
@@ -115,7 +166,9 @@ class _KontextBase(_FluxBase):
     input_image_2: ImageInput | None = None
     input_image_3: ImageInput | None = None
     input_image_4: ImageInput | None = None
-    aspect_ratio: str | None = Field(default=None, description="Between 21:9 and 9:21.")
+    aspect_ratio: Annotated[str, Field(pattern=ASPECT_PATTERN)] | None = Field(
+        default=None, description="W:H between 21:9 and 9:21."
+    )
     output_format: Literal["jpeg", "png"] = Field(default="png")
 
     _aspect = field_validator("aspect_ratio")(_check_aspect)
@@ -162,6 +215,7 @@ FLUX_LIST_PRICE: dict[str, float] = {
 
 class _RequestBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_required("backend"))
+    _integral = model_validator(mode="before")(_integral_floats)
 
     priority: Annotated[int, Field(ge=-1000, le=1000)] = Field(
         default=0, description="Higher runs first; ties run oldest first."
@@ -171,7 +225,9 @@ class _RequestBase(BaseModel):
         description="Seconds from submission until the job fails with "
         "deadline_exceeded. Default: the backend's.",
     )
-    webhook_url: Annotated[str, Field(min_length=1, max_length=2048)] | None = Field(
+    webhook_url: (
+        Annotated[str, Field(min_length=1, max_length=2048, pattern=WEBHOOK_URL_PATTERN)] | None
+    ) = Field(
         default=None,
         description="An http(s) URL that receives this job's events as signed Standard "
         "Webhooks (needs WEBHOOK_SECRET on the server).",
@@ -255,7 +311,8 @@ Scheduler = Literal[
     "linear_quadratic",
     "kl_optimal",
 ]
-ComfySeed = Annotated[int, Field(ge=0, le=2**64 - 1)]
+# ComfyUI takes up to 2**64 - 1; the API stops at 2**53 - 1, like Seed (exact in JSON)
+ComfySeed = Annotated[int, Field(ge=0, le=2**53 - 1)]
 # An image input: base64 (optionally a data: URL), or "output:<job id>/<n>" to reuse an
 # output of an earlier job. Stored inputs are referenced as "input:<sha256>.<ext>".
 InputImage = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]
@@ -264,6 +321,7 @@ Checkpoint = Annotated[str, Field(min_length=1, max_length=255)]
 
 class _ComfyBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+    _integral = model_validator(mode="before")(_integral_floats)
 
     seed: ComfySeed | None = Field(default=None, description="Fixed seed; random when absent.")
     sampler: Sampler = "euler"
@@ -347,6 +405,7 @@ class ComfyRawParams(BaseModel):
     """A raw API-format workflow, run as given (outputs are whatever it saves)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    _integral = model_validator(mode="before")(_integral_floats)
 
     model: Literal["raw"] = "raw"
     workflow: dict[str, dict[str, JsonValue]] = Field(
@@ -358,6 +417,7 @@ class WorkflowParams(BaseModel):
     """A user workflow from COMFY_WORKFLOWS_DIR, with its declared parameters."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    _integral = model_validator(mode="before")(_integral_floats)
 
     model: Literal["workflow"] = "workflow"
     name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -421,6 +481,7 @@ class V0Params(BaseModel):
     and a few of its images) as context, and image inputs."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+    _integral = model_validator(mode="before")(_integral_floats)
 
     model: Literal["v0-1.5-md", "v0-1.5-lg"] = Field(
         default="v0-1.5-md", description="v0-1.5-md (everyday), v0-1.5-lg (harder pages)."
