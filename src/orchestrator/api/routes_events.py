@@ -27,7 +27,10 @@ async def all_events(
     happen; the stream never ends. Each event's ``data`` is a job event (with its
     ``job_id``); its ``id`` is a position token (``104``, or ``104~101.103`` while
     earlier events may still commit late). Resume with ``Last-Event-ID`` (or
-    ``?after=<event id>``): nothing is skipped, also an event that committed late."""
+    ``?after=<event id>``): nothing is skipped, also an event that committed late.
+    If both are given, ``Last-Event-ID`` wins: a browser's ``EventSource`` keeps its
+    URL (``?after=`` included) and sends the header, the newer position, when it
+    reconnects."""
     resume = last_event_id or (str(after) if after is not None else None)
     # Subscribed before the response starts: what is written once the client has the
     # headers reaches it. The process's one event reader writes to the client itself.
