@@ -7,6 +7,7 @@ import pytest
 
 from orchestrator.backends.flux import DEFAULT_KEY_HOSTS, DEFAULT_RESULT_HOSTS, FluxClient
 from orchestrator.domain.hosts import (
+    HostPattern,
     UntrustedUrl,
     check_upstream_url,
     host_allowed,
@@ -15,8 +16,15 @@ from orchestrator.domain.hosts import (
     parse_patterns,
 )
 
-KEY_HOSTS = parse_patterns(DEFAULT_KEY_HOSTS)
-RESULT_HOSTS = parse_patterns(DEFAULT_RESULT_HOSTS)
+
+# Parsed inside each test (not at import): a mutation run switches the code under test
+# after the module is imported.
+def key_hosts() -> tuple[HostPattern, ...]:
+    return parse_patterns(DEFAULT_KEY_HOSTS)
+
+
+def result_hosts() -> tuple[HostPattern, ...]:
+    return parse_patterns(DEFAULT_RESULT_HOSTS)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +52,7 @@ RESULT_HOSTS = parse_patterns(DEFAULT_RESULT_HOSTS)
     ],
 )
 def test_default_key_hosts(url: str, allowed: bool) -> None:
-    assert host_allowed(url, KEY_HOSTS) is allowed
+    assert host_allowed(url, key_hosts()) is allowed
 
 
 @pytest.mark.parametrize(
@@ -60,7 +68,7 @@ def test_default_key_hosts(url: str, allowed: bool) -> None:
     ],
 )
 def test_default_result_hosts(url: str, allowed: bool) -> None:
-    assert host_allowed(url, RESULT_HOSTS) is allowed
+    assert host_allowed(url, result_hosts()) is allowed
 
 
 @pytest.mark.parametrize(
@@ -95,7 +103,7 @@ def test_who_gets_the_key(base: str, url: str, keyed: bool) -> None:
 def test_check_upstream_url_accepts(url: str, trusted: bool) -> None:
     got = check_upstream_url(
         url,
-        patterns=KEY_HOSTS,
+        patterns=key_hosts(),
         trusted_origins=[origin("http://127.0.0.1:9000")],
         what="polling_url",
         setting="FLUX_KEY_HOSTS",
@@ -122,7 +130,7 @@ def test_check_upstream_url_refuses(url: str, words: str) -> None:
     with pytest.raises(UntrustedUrl, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_upstream_url(
             url,
-            patterns=KEY_HOSTS,
+            patterns=key_hosts(),
             trusted_origins=[origin("http://127.0.0.1:9000")],
             what="polling_url",
             setting="FLUX_KEY_HOSTS",
@@ -140,3 +148,59 @@ def test_malformed_patterns_are_refused(bad: str) -> None:
 def test_pattern_with_a_port() -> None:
     p = parse_pattern("fake.test:8443")
     assert p.matches("fake.test", 8443) and not p.matches("fake.test", 443)
+
+
+@pytest.mark.parametrize(("port", "ok"), [(1, True), (65535, True), (0, False), (65536, False)])
+def test_pattern_ports(port: int, ok: bool) -> None:
+    if ok:
+        assert parse_pattern(f"fake.test:{port}").matches("fake.test", port)
+    else:
+        with pytest.raises(ValueError, match="from 1 to 65535"):
+            parse_pattern(f"fake.test:{port}")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "host", "ok"),
+    [
+        ("*.bfl.ai", "delivery.eu1.bfl.ai", True),
+        ("*.bfl.ai", "x.bfl.ai", True),
+        ("*.bfl.ai", "bfl.ai", False),
+        ("*.bfl.ai", "evilbfl.ai", False),
+        ("API.EU*.BFL.AI", "api.eu7.bfl.ai", True),  # patterns are case-insensitive
+        ("api.eu*.bfl.ai", "api.eu.bfl.ai", True),
+        ("api.eu*.bfl.ai", "api.eu2.x.bfl.ai", False),
+        ("a-b.example", "a-b.example", True),
+        ("a.example", "ab.example", False),  # the dot is a dot
+    ],
+)
+def test_pattern_matching(pattern: str, host: str, ok: bool) -> None:
+    assert parse_pattern(pattern).matches(host, 443) is ok
+
+
+def test_messages_name_the_problem() -> None:
+    with pytest.raises(ValueError, match=r"'bfl' is not a host name pattern"):
+        parse_pattern("bfl")
+    with pytest.raises(ValueError, match=r"'\*\.ai': '\*\.' must be followed by a domain"):
+        parse_pattern("*.ai")
+    with pytest.raises(UntrustedUrl, match=r"names api\.bfl\.ai:8443, which is not in X"):
+        check_upstream_url(
+            "https://api.bfl.ai:8443/", patterns=(), trusted_origins=[], what="u", setting="X"
+        )
+    with pytest.raises(UntrustedUrl, match=r"names evil\.example, which is not in X"):
+        check_upstream_url(
+            "https://evil.example/", patterns=(), trusted_origins=[], what="u", setting="X"
+        )
+    long = "https://evil.example/" + "a" * 300
+    with pytest.raises(UntrustedUrl) as caught:
+        check_upstream_url(
+            "http" + long[5:], patterns=(), trusted_origins=[], what="u", setting="X"
+        )
+    assert len(str(caught.value)) < 200
+
+
+def test_patterns_from_a_list_and_blanks() -> None:
+    assert [p.text for p in parse_patterns(["a.example", " ", "b.example"])] == [
+        "a.example",
+        "b.example",
+    ]
+    assert [p.text for p in parse_patterns("a.example, ,b.example")] == ["a.example", "b.example"]

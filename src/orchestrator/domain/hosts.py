@@ -36,8 +36,9 @@ class HostPattern:
     port: int | None
 
     def matches(self, host: str, port: int) -> bool:
+        """``host`` as :func:`origin` gives it (lower case, no trailing dot)."""
         wanted = self.port if self.port is not None else 443
-        return port == wanted and self.regex.fullmatch(host.lower().rstrip(".")) is not None
+        return port == wanted and self.regex.fullmatch(host) is not None
 
 
 def parse_pattern(text: str) -> HostPattern:
