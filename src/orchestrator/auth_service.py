@@ -49,6 +49,12 @@ TOUCH_EVERY_S = 60.0  # last_used_at is written at most this often per token
 TOKEN_CACHE_TTL_S = 5.0  # a verified token is trusted this long without a query
 TOKEN_CACHE_MAX = 4096  # entries; the cache is emptied when it is full
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+# What the schema says of a name as sent: no control character, and at least one
+# character that str.strip() keeps (anything but a control or a Python whitespace
+# character), so a name the schema allows is one create() takes once stripped. The
+# escapes read the same in Python, Rust (pydantic) and ECMA (JSON Schema) regexes.
+_WHITE = r"\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+NAME_PATTERN = rf"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f{_WHITE}][^\x00-\x1f\x7f]*$"
 
 
 class TokenInfo(BaseModel):
@@ -71,7 +77,13 @@ class NewToken(BaseModel):
 
 
 class TokenCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=NAME_PATTERN,
+        description="1 to 64 characters, no control character, not only spaces "
+        "(leading and trailing spaces are dropped).",
+    )
     scope: Scope
 
 

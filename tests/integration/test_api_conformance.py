@@ -4,6 +4,7 @@ itself, with every conformance check on, is test_hostile."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -126,3 +127,58 @@ def test_seeds_stay_exact_in_json(doc: dict[str, Any]) -> None:
     for name in ("FluxDevParams", "SdxlParams"):
         seed = _nullable(_schema(doc, name)["properties"]["seed"])
         assert seed["maximum"] == 2**53 - 1, (name, seed)
+
+
+def test_a_token_name_the_schema_allows_is_one_the_handler_takes(
+    served: tuple[httpx2.Client, Settings], doc: dict[str, Any]
+) -> None:
+    """The handler strips a name and refuses it when nothing is left; the schema's
+    pattern allowed a name of only spaces such as U+00A0, so a schema-valid request got
+    a 422 (found by schemathesis once auth was on in test_hostile)."""
+    http, _ = served
+    pattern = re.compile(_schema(doc, "TokenCreate")["properties"]["name"]["pattern"])
+    for blank in ("\u00a0", " ", " \u3000 ", "\x85", "\u2028"):
+        assert not pattern.search(blank), repr(blank)
+        r = http.post("/api/tokens", json={"name": blank, "scope": "read"})
+        assert r.status_code == 422, (repr(blank), r.text)
+    for fine in ("a", " a\u00a0b ", "Ünïcode ✓", "x" * 64):
+        assert pattern.search(fine), repr(fine)
+        r = http.post("/api/tokens", json={"name": fine, "scope": "read"})
+        assert r.status_code == 201, (repr(fine), r.text)
+
+
+def test_a_comfy_node_name_cannot_be_a_dot_segment(
+    served: tuple[httpx2.Client, Settings], doc: dict[str, Any]
+) -> None:
+    """``node=..`` matched the schema's pattern and went upstream as ``/object_info/..``,
+    which the URL resolves to ``/``: ComfyUI's 404 came back as an undocumented 502."""
+    http, _ = served
+    pattern = re.compile(_nullable(_param(doc, "/api/comfy/object_info", "get", "node"))["pattern"])
+    for bad in (".", "..", "..."):
+        assert not pattern.search(bad), bad
+        r = http.get("/api/comfy/object_info", params={"node": bad})
+        assert r.status_code == 422, (bad, r.text)
+    for fine in ("KSampler", "CLIP Text Encode", "v1.5", ".x"):
+        assert pattern.search(fine), fine
+    # The route asks ComfyUI: an instance that fails or cannot be reached is a 502.
+    responses = doc["paths"]["/api/comfy/object_info"]["get"]["responses"]
+    assert "application/problem+json" in responses["502"]["content"]
+
+
+def test_a_tilda_upload_takes_only_the_file_field(
+    served: tuple[httpx2.Client, Settings], doc: dict[str, Any]
+) -> None:
+    """The multipart schema allowed any extra field; the handler took up to 10 and
+    refused more with a 400, so a schema-valid upload was refused. Now the schema says
+    ``file`` is the only field, and the handler refuses any other with a 422."""
+    http, _ = served
+    body = doc["paths"]["/api/tilda/import"]["post"]["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["additionalProperties"] is False
+    r = http.post(
+        "/api/tilda/import",
+        files={"file": ("project1.zip", b"PK\x05\x06" + b"\0" * 18, "application/zip")},
+        data={"other": "x"},
+    )
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert ["body", "other"] in [e["loc"] for e in r.json()["errors"]]

@@ -7,16 +7,20 @@ Schema, and for a case that breaks one only "schema-valid data is accepted" is l
 out (:func:`beyond_the_schema`; each rule has its own tests): an aspect ratio between
 21:9 and 9:21, a cost report of at most 366 days, a cursor that is a real page's
 ``next_cursor``, an input image that decodes, a site page, workflow or import path that
-exists. The fuzzed server
+exists. Auth is on and every case sends an admin token (a case that mangles the
+Authorization header on purpose sends it as generated), so ignored_auth checks that
+each operation refuses a request without one. The fuzzed server
 allows private webhook targets (whether an address is public is configuration, tested
 in test_webhooks) and has a TILDA_DUMP_PATH (an import with no path reads it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -27,12 +31,18 @@ import httpx2
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import ignored_auth, positive_data_acceptance
+from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.core.parameters import ParameterLocation
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.api.app import create_app
 from orchestrator.api.middleware import MAX_BODY_BYTES
+from orchestrator.auth_service import Tokens
 from orchestrator.config import Settings, env_name, load_settings
+from orchestrator.db.engine import open_database
+from orchestrator.db.tokens import TokenRepo
+from orchestrator.domain.auth import Scope as TokenScope
 from orchestrator.testing.serve import ServedApp, serve_in_thread
 
 EXAMPLES = int(os.environ.get("ORCHESTRATOR_FUZZ_EXAMPLES", "150"))
@@ -46,6 +56,8 @@ class StatusCounter:
     app: ASGIApp
     requests: int = 0
     server_errors: list[str] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    cases: int = 0  # schemathesis cases sent (the fuzz may be deselected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,8 +66,10 @@ class StatusCounter:
         self.requests += 1
 
         async def watch(message: Message) -> None:
-            if message["type"] == "http.response.start" and message["status"] >= 500:
-                self.server_errors.append(f"{scope['method']} {scope['path']}")
+            if message["type"] == "http.response.start":
+                self.statuses[message["status"]] += 1
+                if message["status"] >= 500:
+                    self.server_errors.append(f"{scope['method']} {scope['path']}")
             await send(message)
 
         await self.app(scope, receive, watch)
@@ -66,6 +80,18 @@ class Target:
     served: ServedApp
     counter: StatusCounter
     settings: Settings
+    auth: dict[str, str]
+
+
+async def _admin_secret(db_url: str) -> str:
+    """An admin token, made before the server runs (what `orchestrator token create`
+    does): every case sends it, so ignored_auth can tell whether auth is enforced."""
+    db = await open_database(db_url)
+    try:
+        made = await Tokens(TokenRepo(db), session_ttl_s=3600).create("fuzzer", TokenScope.ADMIN)
+    finally:
+        await db.dispose()
+    return made.secret
 
 
 @pytest.fixture(scope="module")
@@ -79,22 +105,27 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
             "data_dir": root / "data",
             "demo_mode": "on",
             "worker_enabled": False,
-            "auth_disabled": True,  # fuzz the operations, not the 401 (see test_auth)
             "webhook_allow_private": True,
             "tilda_dump_path": _export(root),
         },
     )
+    assert not s.auth_disabled  # auth on: every case sends an admin token
+    secret = asyncio.run(_admin_secret(s.db_url))
     counter = StatusCounter(create_app(s))
     try:
         with serve_in_thread(counter, lifespan="on") as served:
-            yield Target(served, counter, s)
+            yield Target(served, counter, s, {"Authorization": f"Bearer {secret}"})
     finally:
         os.environ.update(saved)
     print(
         f"\nschemathesis: {counter.requests} requests, {len(counter.server_errors)} 5xx"
         f" {counter.server_errors[:5]}"
     )
+    print(f"schemathesis: statuses {sorted(counter.statuses.items())}")
     assert counter.server_errors == []
+    if counter.cases >= 1000:  # the whole fuzz ran: the token was sent and taken
+        # (2xx), and ignored_auth's probes without it were refused (401)
+        assert counter.statuses[200] > 100 and counter.statuses[401] > 10, counter.statuses
 
 
 def _export(root: Path) -> Path:
@@ -116,10 +147,6 @@ def _openapi_document() -> dict[str, Any]:
     )
     doc: dict[str, Any] = create_app(settings_).openapi()
     shutil.rmtree(folder, ignore_errors=True)
-    # Auth is off on the fuzzed server (test_auth walks every route with it on): without
-    # this, a mangled Authorization header would count as "invalid data accepted".
-    doc.pop("security", None)
-    doc.get("components", {}).pop("securitySchemes", None)
     return doc
 
 
@@ -194,6 +221,17 @@ def beyond_the_schema(case: schemathesis.Case) -> bool:
     return _body_beyond_the_schema(case.body) or _query_beyond_the_schema(case.query)
 
 
+def _mangles_auth(case: schemathesis.Case) -> bool:
+    """A negative case that made the Authorization header invalid on purpose."""
+    meta = case.meta
+    if meta is None or not meta.is_negative_at(ParameterLocation.HEADER):
+        return False
+    data = meta.phase.data
+    names = [getattr(data, "parameter", None)]
+    names += [m.parameter for m in getattr(data, "mutations", ())]
+    return any(isinstance(n, str) and n.lower() == "authorization" for n in names)
+
+
 @schema.parametrize()
 @settings(
     max_examples=EXAMPLES,
@@ -204,18 +242,41 @@ def beyond_the_schema(case: schemathesis.Case) -> bool:
 def test_fuzz_api(case: schemathesis.Case, target: Target) -> None:
     if isinstance(case.query, dict) and case.query.get("wait") not in (None, False, "false"):
         case.query["wait"] = "false"  # no worker runs here: waiting would only time out
-    response = case.call(base_url=target.served.base_url, timeout=30)
-    # Every check, "schema-valid data is accepted" and "schema-invalid data is refused"
-    # included; auth is off here (AUTH_DISABLED): test_auth walks every route with it on.
-    excluded = [ignored_auth]
-    if beyond_the_schema(case):
-        excluded.append(positive_data_acceptance)
-    case.validate_response(response, excluded_checks=excluded)
+    # Auth is on and every case sends an admin token, so ignored_auth means something:
+    # it sends the case again without the token and expects a 401. A case whose invalid
+    # part is the Authorization header itself is sent as generated (a 401 refuses it).
+    target.counter.cases += 1
+    headers = dict(case.headers or {})
+    if not _mangles_auth(case):
+        headers.update(target.auth)
+    response = case.call(base_url=target.served.base_url, headers=headers, timeout=30)
+    # Every check: status codes, content types, headers and bodies as documented,
+    # "schema-valid data is accepted", "schema-invalid data is refused", ignored_auth.
+    excluded = [positive_data_acceptance] if beyond_the_schema(case) else []
+    case.validate_response(response, headers=headers, excluded_checks=excluded)
+
+
+def test_the_fuzz_runs_the_conformance_checks() -> None:
+    """validate_response runs the enabled built-in checks: these must be among them."""
+    load_all_checks()
+    names = {c.__name__ for c in CHECKS.get_all()}
+    config = schema.config.checks_config_for(operation=None, phase=None)
+    on = {n for n in names if config.get_by_name(name=n).enabled}
+    for name in (
+        "not_a_server_error",
+        "status_code_conformance",
+        "content_type_conformance",
+        "response_schema_conformance",
+        "negative_data_rejection",
+        "positive_data_acceptance",
+        "ignored_auth",
+    ):
+        assert name in on, name
 
 
 @pytest.fixture
 def client(target: Target) -> Iterator[httpx2.Client]:
-    with httpx2.Client(base_url=target.served.base_url, timeout=60) as c:
+    with httpx2.Client(base_url=target.served.base_url, headers=target.auth, timeout=60) as c:
         yield c
 
 

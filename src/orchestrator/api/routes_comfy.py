@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Query, Response
 from pydantic import JsonValue
 
 from orchestrator.api.deps import PrincipalDep, ServiceDep
+from orchestrator.api.problems import Problem
 from orchestrator.api.routes_jobs import (
     PROBLEMS,
     WAITED_RESPONSES,
@@ -60,11 +61,20 @@ async def comfy_instances(service: ServiceDep) -> list[InstanceStatus]:
     return service.comfy_instances()
 
 
-@router.get("/object_info", responses=PROBLEMS, summary="An instance's node catalogue")
+# A node class name: not "." or ".." (nor only dots), which would be a dot segment in
+# the upstream URL (/object_info/.. is /).
+NODE_PATTERN = r"^[A-Za-z0-9_.+ -]*[A-Za-z0-9_+ -][A-Za-z0-9_.+ -]*$"
+UPSTREAM_PROBLEMS: dict[int | str, dict[str, object]] = {
+    **PROBLEMS,
+    502: {"model": Problem, "description": "ComfyUI answered with an error or is unreachable"},
+}
+
+
+@router.get("/object_info", responses=UPSTREAM_PROBLEMS, summary="An instance's node catalogue")
 async def comfy_object_info(
     service: ServiceDep,
     instance: Annotated[str | None, Query(max_length=64, pattern=r"^[A-Za-z0-9._-]+$")] = None,
-    node: Annotated[str | None, Query(max_length=128, pattern=r"^[A-Za-z0-9_.+ -]+$")] = None,
+    node: Annotated[str | None, Query(max_length=128, pattern=NODE_PATTERN)] = None,
 ) -> dict[str, JsonValue]:
     return await service.comfy_object_info(instance, node)
 

@@ -54,6 +54,7 @@ IMPORT_BODY = {
                         }
                     },
                     "required": ["file"],
+                    "additionalProperties": False,
                 }
             },
         },
@@ -77,6 +78,16 @@ async def start_import(request: Request, service: ServiceDep, response: Response
     if ctype.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
         upload = form.get("file")
+        others = sorted({k for k in form if k != "file"})
+        if others:
+            await form.close()
+            raise errors.InvalidRequest(
+                "the upload takes one multipart field, 'file'",
+                errors=[
+                    {"loc": ["body", k], "msg": "unknown field", "type": "extra_forbidden"}
+                    for k in others
+                ],
+            )
         if not isinstance(upload, UploadFile):
             raise errors.InvalidRequest(
                 "send the export zip as the multipart field 'file'",
