@@ -192,7 +192,7 @@ def test_rules_see_the_path_the_router_sees(path: str, root_path: str, expected:
     ],
 )
 def test_cross_origin_requests(headers: dict[str, str], cross: bool) -> None:
-    assert csrf.foreign(Headers(headers)) is cross
+    assert csrf.foreign(Headers(headers), "http") is cross
 
 
 @pytest.mark.parametrize(

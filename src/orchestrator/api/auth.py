@@ -6,8 +6,8 @@ Credentials: ``Authorization: Bearer <token>``, or the web UI's session cookie. 
 request with neither gets 401 (problem+json with ``WWW-Authenticate: Bearer``; a
 browser asking for a UI page gets the login page, still 401). A token whose scope
 is too small gets 403. A request authenticated by the session cookie with an unsafe
-method must come from this origin and carry the session's CSRF token (``ui/csrf.py``),
-else 403. The principal is put in
+method must come from this origin (scheme, host and port) and carry the session's CSRF
+token (``ui/csrf.py``), else 403. The principal is put in
 the ASGI scope's state: ``request.state.principal``.
 
 :data:`RULES` is the one table of what each route needs; :func:`decide` reads it.
@@ -191,12 +191,13 @@ class AuthMiddleware:
         method = scope.get("method", "GET") if scope["type"] == "http" else "GET"
         path = route_path(scope)
         headers = Headers(scope=scope)
+        scheme: str = scope.get("scheme", "http")  # as uvicorn decided (proxy headers too)
         if self.disabled:
             state["principal"] = auth.AUTH_DISABLED
-            if scope["type"] == "websocket" and csrf.foreign(headers):
+            if scope["type"] == "websocket" and csrf.foreign(headers, scheme):
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            if method not in SAFE_METHODS and csrf.foreign(headers):
+            if method not in SAFE_METHODS and csrf.foreign(headers, scheme):
                 await _problem(
                     scope,
                     receive,
@@ -219,7 +220,7 @@ class AuthMiddleware:
         if need == PUBLIC:
             await self.app(scope, receive, send)
             return
-        principal, problem = await self._authenticate(headers, scope.get("scheme", "http"))
+        principal, problem = await self._authenticate(headers, scheme)
         if principal is None:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
@@ -234,7 +235,7 @@ class AuthMiddleware:
                 # No CSRF token on a websocket: a session may open one only from
                 # this site's own pages.
                 refused = not principal.scope.allows(need) or (
-                    principal.via == "session" and csrf.foreign(headers)
+                    principal.via == "session" and csrf.foreign(headers, scheme)
                 )
                 if refused:
                     await send({"type": "websocket.close", "code": 1008})
@@ -250,7 +251,7 @@ class AuthMiddleware:
                 await _problem(scope, receive, send, 403, "Forbidden", "forbidden", detail)
                 return
             if principal.via == "session" and method not in SAFE_METHODS:
-                if csrf.foreign(headers):
+                if csrf.foreign(headers, scheme):
                     await _problem(
                         scope,
                         receive,

@@ -6,14 +6,16 @@ Three layers, each enough to stop the attacks the others miss:
   any unsafe request with authentication off) is refused when the browser says it
   comes from another origin: ``Sec-Fetch-Site: cross-site`` or ``same-site`` (a page on
   another port of this host, or on a sibling subdomain), or an ``Origin`` (else a
-  ``Referer``) whose host is not this request's ``Host`` (:func:`foreign`).
+  ``Referer``) whose scheme, host and port are not this request's own (its scheme and
+  ``Host``; :func:`foreign`).
 * **A token bound to the session.** The token a session must send (``X-CSRF-Token``
   header or ``csrf_token`` form field) is derived from its session cookie, which is
   HttpOnly: a page elsewhere cannot read it, and a token it tosses into a cookie of its
   own does not match. Pages get it rendered in (``<meta name="csrf-token">``, hidden
   form fields); it is never read from a cookie.
 * **Before a session** (the login form, and the UI with authentication off) the token is
-  a double-submit cookie, ``orch_csrf`` (``SameSite=Strict``).
+  a double-submit cookie, ``orch_csrf`` (``SameSite=Strict``, HttpOnly: pages get its
+  value rendered in too, so no script needs to read it).
 
 Over https both cookies carry the ``__Host-`` prefix (``__Host-orch_session``,
 ``__Host-orch_csrf``): the browser then accepts them only from this exact origin,
@@ -87,7 +89,7 @@ def issue(request: Request, response: Response) -> None:
     response.set_cookie(
         name,
         token_for(request),
-        httponly=False,
+        httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
         path="/",
@@ -101,25 +103,49 @@ def matches(expected: str | None, submitted: str | None) -> bool:
     return hmac.compare_digest(expected.encode(), submitted.encode())
 
 
-def foreign(headers: Headers) -> bool:
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_PAGE_SCHEME = {"ws": "http", "wss": "https"}  # a websocket's Origin is its page's
+
+
+def origin_of(url: str) -> tuple[str, str, int] | None:
+    """``(scheme, host, port)`` of an http(s) URL, the port filled in when it is the
+    scheme's default; None when it is not one (``null``, ``file:``, unparsable)."""
+    try:
+        parts = urlsplit(url)
+        scheme, host, port = parts.scheme.lower(), parts.hostname, parts.port
+    except ValueError:
+        return None
+    if scheme not in _DEFAULT_PORTS or not host:
+        return None
+    return scheme, host.lower(), _DEFAULT_PORTS[scheme] if port is None else port
+
+
+def own_origin(headers: Headers, scheme: str) -> tuple[str, str, int] | None:
+    """This request's own origin: its scheme (as uvicorn decided it, ``X-Forwarded-Proto``
+    from a trusted proxy included) with its ``Host`` (which the Host guard has checked
+    against ALLOWED_HOSTS)."""
+    host = headers.get("host", "").strip()
+    if not host or any(c in host for c in "/?#@\\"):
+        return None
+    scheme = _PAGE_SCHEME.get(scheme, scheme)
+    return origin_of(f"{scheme}://{host}")
+
+
+def foreign(headers: Headers, scheme: str) -> bool:
     """True when the browser says the request comes from a page of another origin:
     ``Sec-Fetch-Site`` cross-site or same-site, or an ``Origin`` (without one, a
-    ``Referer``) on another host than the request's ``Host``."""
+    ``Referer``) whose scheme, host or port is not this request's (``scheme`` is the
+    request's, ``http``/``https``/``ws``/``wss``). With neither header, False: the
+    token decides."""
     if headers.get("sec-fetch-site") in ("cross-site", "same-site"):
         return True
     origin = headers.get("origin")
     if origin is None:
-        referer = headers.get("referer")
-        if not referer:
+        origin = headers.get("referer")
+        if not origin:
             return False
-        origin = referer
-    if origin == "null":
-        return True
-    try:
-        netloc = urlsplit(origin).netloc.lower()
-    except ValueError:
-        return True
-    return netloc != headers.get("host", "").lower()
+    theirs = origin_of(origin)
+    return theirs is None or theirs != own_origin(headers, scheme)
 
 
 async def verify(request: Request) -> bool:

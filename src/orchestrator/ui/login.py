@@ -90,7 +90,7 @@ async def login(request: Request, service: ServiceDep) -> Response:
     next_path = safe_next(form.get("next"))
     if service.settings.auth_disabled:
         return RedirectResponse(next_path, status_code=303)
-    if csrf.foreign(request.headers) or not await csrf.verify(request):
+    if csrf.foreign(request.headers, request.url.scheme) or not await csrf.verify(request):
         return login_page(
             request,
             status_code=403,

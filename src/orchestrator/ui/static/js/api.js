@@ -1,18 +1,12 @@
 // Talking to the JSON API from the browser: the CSRF header on unsafe requests,
 // problem+json errors as ApiError (with the request id).
-export const CSRF_COOKIE = "orch_csrf";
 export const CSRF_HEADER = "X-CSRF-Token";
 
-// The page's token (bound to the session, rendered by the server); before a session,
-// the double-submit cookie's value.
+// The page's token, rendered by the server into every page (bound to the session; before
+// a session, the value of the HttpOnly double-submit cookie). Never read from a cookie.
 export function csrfToken() {
   const meta = document.querySelector('meta[name="csrf-token"]');
-  if (meta && meta.content) return meta.content;
-  for (const part of document.cookie.split(";")) {
-    const [k, ...v] = part.trim().split("=");
-    if (k === CSRF_COOKIE) return decodeURIComponent(v.join("="));
-  }
-  return "";
+  return meta ? meta.content : "";
 }
 
 export class ApiError extends Error {
