@@ -405,6 +405,87 @@ async def test_advance_moves_time(client: httpx2.AsyncClient, fake: FakeBfl) -> 
     assert (await poll(client, polling_url))["status"] == "Ready"
 
 
+async def test_every_poll_hands_out_a_fresh_signed_url(
+    client: httpx2.AsyncClient, fake: FakeBfl, clock: ManualClock
+) -> None:
+    """Like BFL: a new signature on every poll, valid sample_ttl_s from when it was handed
+    out, while older URLs stay valid until their own expiry. A fake that handed out one
+    never-changing URL let a client without the re-poll-for-a-fresh-URL step pass."""
+    polling_url = await submit_ok(client)
+    clock.advance(2.0)
+    first = (await poll(client, polling_url))["result"]["sample"]
+    again = (await poll(client, polling_url))["result"]["sample"]
+    assert first != again  # same second, still a new signature
+    assert httpx2.URL(first).params["scid"] != httpx2.URL(again).params["scid"]
+    clock.advance(300)
+    later = (await poll(client, polling_url))["result"]["sample"]
+    se_first, se_later = (int(httpx2.URL(u).params["se"]) for u in (first, later))
+    assert se_later - se_first in (300, 301)  # valid 600 s from when it was handed out
+    assert (await client.get(first)).status_code == 200  # older URLs stay valid...
+    clock.advance(301)
+    assert (await client.get(first)).status_code == 403  # ...until their own expiry
+    assert (await client.get(again)).status_code == 403
+    assert (await client.get(later)).status_code == 200
+    fresh = (await poll(client, polling_url))["result"]["sample"]
+    assert (await client.get(fresh)).status_code == 200
+
+
+async def test_the_signature_covers_the_scid(
+    client: httpx2.AsyncClient, clock: ManualClock
+) -> None:
+    url = httpx2.URL(await ready_sample_url(client, clock))
+    r = await client.get(url.copy_set_param("scid", "00000000-0000-0000-0000-000000000000"))
+    assert r.status_code == 403 and "Signature did not match" in r.text
+    r = await client.get(url.copy_remove_param("scid"))
+    assert r.status_code == 403 and "not well formed" in r.text
+
+
+async def test_requests_are_recorded_with_their_headers(
+    client: httpx2.AsyncClient, fake: FakeBfl, clock: ManualClock
+) -> None:
+    """What the fake saw, so tests can count it: which requests carried x-key."""
+    sample = await ready_sample_url(client, clock)  # a submit and a poll, both keyed
+    assert (await client.get(sample)).status_code == 200
+    assert (await client.get(sample, headers=KEY)).status_code == 200  # a leaked key
+    fake.faults.add("download", status=503)
+    assert (await client.get(sample, headers={"x-key": "another"})).status_code == 503
+    assert (await client.get("/v1/credits", headers=KEY)).status_code == 200  # not recorded
+    kinds = [(r.kind, r.method, r.headers.get("x-key")) for r in fake.requests]
+    assert kinds == [
+        ("submit", "POST", "test-key"),
+        ("poll", "GET", "test-key"),
+        ("download", "GET", None),
+        ("download", "GET", "test-key"),
+        ("download", "GET", "another"),  # recorded even though a fault answered it
+    ]
+    downloads = fake.requests_of("download")
+    assert [r.has_key for r in downloads] == [False, True, True]
+    assert downloads[0].target == sample.removeprefix(ORIGIN)
+    assert downloads[0].at == clock.t
+    state = (await client.get("/_fake/state")).json()
+    assert state["requests"] == {"submit": 1, "poll": 1, "download": 3}
+    assert state["requests_with_key"] == {"submit": 1, "poll": 1, "download": 2}
+    assert "test-key" not in str(state)  # counts only, never the key
+    fake.reset()
+    assert fake.requests == []
+    assert fake.state()["requests_with_key"] == {"submit": 0, "poll": 0, "download": 0}
+
+
+async def test_fault_advance_s_lets_a_sample_expire_on_the_way(
+    client: httpx2.AsyncClient, fake: FakeBfl, clock: ManualClock
+) -> None:
+    sample = await ready_sample_url(client, clock)
+    before = fake.now()
+    r = await client.post("/_fake/faults", json={"kind": "download", "advance_s": 601})
+    assert r.status_code == 200
+    r = await client.get(sample)
+    assert r.status_code == 403 and "<Code>AuthenticationFailed</Code>" in r.text
+    assert fake.now() == before + 601
+    assert (await client.get(sample)).status_code == 403  # time does not go back
+    with pytest.raises(ValueError):
+        fake.faults.add("download", advance_s=-1)
+
+
 # -- faults -------------------------------------------------------------------------------------
 
 

@@ -11,10 +11,18 @@ through ``httpx2.ASGITransport(app=fake.app)`` or serve ``fake.app`` on a port (
 * ``GET /eu4/v1/get_result?id=`` is where the returned ``polling_url`` points ("another
   cluster"). ``GET /v1/get_result?id=`` at the root answers "Task not found" for every id, the
   trap of polling a hand-built URL.
-* ``GET /delivery/{id}/sample.{ext}?se=&sig=`` serves the image without auth; the URL is signed
-  and expires ``sample_ttl_s`` after the task became Ready (403 Azure-style XML afterwards).
+* ``GET /delivery/{id}/sample.{ext}?se=&scid=&sig=`` serves the image without auth. Like BFL's
+  signed delivery URLs, every poll of a Ready task hands out a new URL (a fresh ``scid`` and so
+  a fresh signature) valid ``sample_ttl_s`` from when it was handed out (``se``; 403
+  Azure-style XML afterwards); URLs handed out earlier stay valid until their own expiry. So a
+  client that lets a URL expire must poll again for a fresh one (bfl.md section 9: "call
+  get_result again for a new URL").
 * ``GET /v1/credits`` returns ``{"credits": n}``.
 * ``/_fake/*`` admin endpoints (faults, reset, state, config, advance) for out-of-process use.
+
+Every submit, poll and download is recorded with its headers (`FakeBfl.requests`, even when a
+fault answered it), so tests can count what the fake saw: e.g. that no download carried
+``x-key`` (``requests_with_key`` in the state) and that every poll did.
 
 Magic prompt markers: ``[moderate:request]`` gives "Request Moderated" at once and charges
 nothing; ``[moderate:content]`` gives "Content Moderated" once the task's duration has elapsed
@@ -73,6 +81,7 @@ __all__ = [
     "FluxProRequest",
     "FluxUltraRequest",
     "ModelName",
+    "SeenRequest",
     "Submission",
 ]
 
@@ -150,6 +159,29 @@ class Submission:
     received_at: float
 
 
+@dataclass(frozen=True)
+class SeenRequest:
+    """One submit, poll or download as it reached the fake (before any fault was applied).
+    `headers` has lower-case names; `at` is on the fake's clock."""
+
+    kind: FaultKind
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    at: float
+
+    @property
+    def has_key(self) -> bool:
+        """Whether the request carried an ``x-key`` header (of any value)."""
+        return "x-key" in self.headers
+
+    @property
+    def target(self) -> str:
+        """Path and query, as requested."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+
 class FakeBflState(TypedDict):
     """Snapshot returned by `FakeBfl.state()` and ``GET /_fake/state``."""
 
@@ -161,6 +193,10 @@ class FakeBflState(TypedDict):
     # client (the crash suite's "paid, so it must be re-attached" detector)
     polls_by_prompt: dict[str, int]
     downloads: int
+    # every submit/poll/download that arrived (faulted ones too), by kind, and how many of
+    # them carried an x-key header: a download never should, a poll or submit always must
+    requests: dict[str, int]
+    requests_with_key: dict[str, int]
     credits: float
     active_tasks: int
     active_tasks_by_model: dict[str, int]
@@ -340,6 +376,7 @@ class Fault:
     drop: bool = False
     trickle_s: float | None = None
     process: bool = False
+    advance_s: float = 0.0
 
 
 @dataclass
@@ -371,6 +408,7 @@ class FaultInjector:
         trickle_s: float | None = None,
         count: int = 1,
         process: bool = False,
+        advance_s: float = 0,
     ) -> Fault:
         """Apply a fault to the next `count` requests of `kind` (after earlier queued faults).
 
@@ -381,6 +419,9 @@ class FaultInjector:
         * `hang`: never answer; the request ends only when the client goes away, or with a 503
           after `FakeBfl.reset()` / `FakeBfl.release_hangs()`.
         * `drop`: close the connection without any response (see the module docstring).
+        * `advance_s`: move the fake's clock forward this much when the request arrives (as if
+          it had taken that long to get there), then go on as usual: e.g. a download that
+          arrives after its sample URL expired.
         * `trickle_s`: send the body (real or injected) in small pieces spread over this time.
         * `process`: run the real handler first (so a submit is recorded and charged) and only
           then apply the fault to its response. By default the real handler does not run.
@@ -396,6 +437,8 @@ class FaultInjector:
             raise ValueError("a fault can hang or drop, not both")
         if delay_s < 0 or (trickle_s is not None and trickle_s <= 0):
             raise ValueError("delay_s must be >= 0 and trickle_s > 0")
+        if advance_s < 0:
+            raise ValueError("advance_s must be >= 0: time only moves forward")
         fault = Fault(
             kind=kind,
             status=status,
@@ -406,6 +449,7 @@ class FaultInjector:
             drop=drop,
             trickle_s=trickle_s,
             process=process,
+            advance_s=float(advance_s),
         )
         with self._lock:
             self._queues[kind].append(_Queued(fault, count))
@@ -514,6 +558,8 @@ class _FakeBflApp(FastAPI):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = _request_kind(scope["method"], scope["path"]) if scope["type"] == "http" else None
+        if kind is not None:
+            self.fake._record(kind, scope)
         fault = self.fake.faults.take(kind) if kind is not None else None
         if fault is None:
             await super().__call__(scope, receive, send)
@@ -532,6 +578,8 @@ class _FakeBflApp(FastAPI):
         if body is None:
             return False  # the client is already gone
         replayed = False
+        if fault.advance_s:
+            self.fake.advance(fault.advance_s)
 
         async def replay() -> Message:
             nonlocal replayed
@@ -583,6 +631,7 @@ class FaultSpec(BaseModel):
     trickle_s: float | None = Field(default=None, gt=0)
     count: int = Field(default=1, ge=1)
     process: bool = False
+    advance_s: float = Field(default=0, ge=0)
 
 
 class ConfigUpdate(BaseModel):
@@ -658,6 +707,7 @@ class FakeBfl:
         self._misrouted_polls = 0
         self._polled_prompts: Counter[str] = Counter()
         self._downloads = 0
+        self._requests: list[SeenRequest] = []
         self._poll_window = (0.0, 0)
         self._app = self._build_app()
 
@@ -705,6 +755,17 @@ class FakeBfl:
         """Successful sample downloads."""
         with self._lock:
             return self._downloads
+
+    @property
+    def requests(self) -> list[SeenRequest]:
+        """Every submit, poll and download that arrived, oldest first, with its headers,
+        including those a fault answered (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_of(self, kind: FaultKind) -> list[SeenRequest]:
+        """The recorded requests of one kind, oldest first."""
+        return [r for r in self.requests if r.kind == kind]
 
     @property
     def credits(self) -> float:
@@ -757,6 +818,7 @@ class FakeBfl:
             self._misrouted_polls = 0
             self._polled_prompts.clear()
             self._downloads = 0
+            self._requests.clear()
             self._poll_window = (0.0, 0)
             self.faults.clear()
             self._hang_generation += 1
@@ -776,6 +838,14 @@ class FakeBfl:
                 "misrouted_polls": self._misrouted_polls,
                 "polls_by_prompt": dict(self._polled_prompts),
                 "downloads": self._downloads,
+                "requests": {
+                    kind: sum(1 for r in self._requests if r.kind == kind)
+                    for kind in get_args(FaultKind)
+                },
+                "requests_with_key": {
+                    kind: sum(1 for r in self._requests if r.kind == kind and r.has_key)
+                    for kind in get_args(FaultKind)
+                },
                 "credits": self._credits,
                 "active_tasks": sum(by_model.values()),
                 "active_tasks_by_model": dict(by_model),
@@ -823,15 +893,38 @@ class FakeBfl:
                     task.refunded = True
                     self._credits += task.cost
 
-    def _sign(self, task_id: str, ext: str, expiry: int) -> str:
-        message = f"{task_id}/sample.{ext}?se={expiry}".encode()
+    def _record(self, kind: FaultKind, scope: Scope) -> None:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            name = bytes(raw_name).decode("latin-1").lower()
+            value = bytes(raw_value).decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        seen = SeenRequest(
+            kind=kind,
+            method=str(scope["method"]),
+            path=str(scope["path"]),
+            query=bytes(scope.get("query_string", b"")).decode("latin-1"),
+            headers=headers,
+            at=self.now(),
+        )
+        with self._lock:
+            self._requests.append(seen)
+
+    def _sign(self, task_id: str, ext: str, expiry: int, scid: str) -> str:
+        message = f"{task_id}/sample.{ext}?se={expiry}&scid={scid}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
-    def _sample_url(self, task: _Task) -> str:
-        expiry = int(self._wall(task.done_at + self.config.sample_ttl_s))
-        sig = self._sign(task.id, task.fmt, expiry)
+    def _sample_url(self, task: _Task, now: float) -> str:
+        """A new signed URL on every call (a fresh ``scid``, so a fresh signature), valid
+        ``sample_ttl_s`` from now (from the end of the task when polled at once)."""
+        expiry = int(self._wall(max(now, task.done_at) + self.config.sample_ttl_s))
+        scid = str(uuid.uuid4())
+        sig = self._sign(task.id, task.fmt, expiry, scid)
         origin = (self.config.delivery_base_url or self.public_base_url).rstrip("/")
-        return f"{origin}/delivery/{task.id}/sample.{task.fmt}?se={expiry}&sp=r&sr=b&sig={sig}"
+        return (
+            f"{origin}/delivery/{task.id}/sample.{task.fmt}"
+            f"?se={expiry}&sp=r&sr=b&scid={scid}&sig={sig}"
+        )
 
     def _check_key(self, key: str | None) -> bool:
         with self._lock:
@@ -954,7 +1047,7 @@ class FakeBfl:
             payload["progress"] = round(min(max(fraction, 0.0), 0.99), 2)
         elif status == "Ready":
             payload["result"] = {
-                "sample": self._sample_url(task),
+                "sample": self._sample_url(task, now),
                 "prompt": task.prompt,
                 "seed": task.seed,
                 "start_time": round(self._wall(task.submitted_at), 2),
@@ -980,19 +1073,19 @@ class FakeBfl:
         return JSONResponse(payload, headers=headers)
 
     async def _download(
-        self, task_id: str, filename: str, se: str | None, sig: str | None
+        self, task_id: str, filename: str, se: str | None, scid: str | None, sig: str | None
     ) -> Response:
         name, _, ext = filename.partition(".")
         if name != "sample" or ext not in ("jpeg", "png"):
             return _xml_error("BlobNotFound", "The specified blob does not exist.")
         expiry = int(se) if se is not None and se.isdigit() else None
-        if expiry is None or sig is None:
+        if expiry is None or scid is None or sig is None:
             return _xml_error(
                 "AuthenticationFailed",
                 "Server failed to authenticate the request.",
                 "Signature fields not well formed.",
             )
-        if not hmac.compare_digest(sig, self._sign(task_id, ext, expiry)):
+        if not hmac.compare_digest(sig, self._sign(task_id, ext, expiry, scid)):
             return _xml_error(
                 "AuthenticationFailed",
                 "Server failed to authenticate the request.",
@@ -1072,9 +1165,13 @@ class FakeBfl:
 
         @app.get("/delivery/{task_id}/{filename}")
         async def download(
-            task_id: str, filename: str, se: str | None = None, sig: str | None = None
+            task_id: str,
+            filename: str,
+            se: str | None = None,
+            scid: str | None = None,
+            sig: str | None = None,
         ) -> Response:
-            return await self._download(task_id, filename, se, sig)
+            return await self._download(task_id, filename, se, scid, sig)
 
         @app.post("/_fake/faults")
         async def add_fault(spec: FaultSpec) -> Response:
