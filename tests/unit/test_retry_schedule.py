@@ -263,9 +263,7 @@ POLL_TABLE: list[tuple[str, list[Step], int, Code | None, list[float]]] = [
     ),
     (
         "every budget spent, then ready",
-        [httpx2.ConnectError] * MAX_CONNECT_RETRIES
-        + [resp(503)] * MAX_GET_RETRIES
-        + [ready()],
+        [httpx2.ConnectError] * MAX_CONNECT_RETRIES + [resp(503)] * MAX_GET_RETRIES + [ready()],
         1 + MAX_CONNECT_RETRIES + MAX_GET_RETRIES,
         None,
         worst_case(MAX_CONNECT_RETRIES + MAX_GET_RETRIES, 5.0),
