@@ -186,7 +186,7 @@ async def test_error_codes(
         (
             sdxl(checkpoint="sd_xl_refiner_1.0.safetensors"),
             ErrorCode.EXECUTION_ERROR,
-            "CheckpointLoaderSimple",
+            "node 4 (CheckpointLoaderSimple) failed: Error while deserializing header",
         ),
         (
             ComfyRequest(
@@ -195,12 +195,12 @@ async def test_error_codes(
                 )
             ),
             ErrorCode.INVALID_WORKFLOW,
-            "NoSuchNode",
+            "node 1: Cannot execute because node NoSuchNode does not exist",
         ),
         (
             ComfyRequest(params=ComfyRawParams.model_validate({"workflow": bad_ckpt})),
             ErrorCode.MISSING_MODEL,
-            "nope.safetensors",
+            "node 3 (CheckpointLoaderSimple) input ckpt_name: 'nope.safetensors' is not installed",
         ),
     ]
     async with runtime(comfy_settings()) as rt:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.backends.comfy import output_files, prompt_error, read_history
+from orchestrator.backends.comfy import execution_error, output_files, prompt_error, read_history
 from orchestrator.backends.comfy_workflows import (
     TEMPLATES,
     build_prompt,
@@ -207,3 +207,136 @@ def test_check_workflow_and_combos() -> None:
     assert not report.ok
     assert report.missing_nodes == ["NoSuchNode"]
     assert report.missing_models == ["CheckpointLoaderSimple.ckpt_name=c.safetensors"]
+
+
+# --- error messages name the node, its class and the input (issue 16, defect 5) -------------
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "missing_ckpt",
+            "ComfyUI lacks a model: node 1 (CheckpointLoaderSimple) input ckpt_name: "
+            "'sd_xl_base_1.0.safetensors' is not installed",
+        ),
+        (
+            "unknown_class",
+            "ComfyUI refused the workflow: node 1: Cannot execute because node NoSuchNode "
+            "does not exist.",
+        ),
+        (
+            "missing_class_type",
+            "ComfyUI refused the workflow: node 1: Cannot execute because a node is missing "
+            "the class_type property.",
+        ),
+        (
+            "bad_value",
+            "ComfyUI refused the workflow: Prompt outputs failed validation; node 1 "
+            "(EmptyImage) input width: Value 0 smaller than min of 1",
+        ),
+        (
+            "bad_combo",
+            "ComfyUI refused the workflow: Prompt outputs failed validation; node 1 "
+            "(LoadImage) input image: Custom validation failed for node "
+            "[image - Invalid image file: does_not_exist.png]",
+        ),
+        (
+            "wrong_type_link",
+            "ComfyUI refused the workflow: Prompt outputs failed validation: Return type "
+            "mismatch between linked nodes: images, received_type(LATENT) mismatch "
+            "input_type(IMAGE); node 2 (SaveImage) input images: Return type mismatch between "
+            "linked nodes [images, received_type(LATENT) mismatch input_type(IMAGE)]",
+        ),
+        ("no_prompt_key", "ComfyUI refused the workflow: No prompt provided"),
+    ],
+)
+def test_prompt_error_messages_name_node_class_and_input(case: str, message: str) -> None:
+    resp = capture("errors.json")[case]
+    err = prompt_error(resp["status"], resp["json"])
+    assert err.detail == message
+
+
+def test_a_missing_model_names_every_loader_and_keeps_the_model_names() -> None:
+    body = {
+        "error": {"type": "prompt_outputs_failed_validation", "message": "x", "details": ""},
+        "node_errors": {
+            "4": {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "ckpt_name: 'x.safetensors' not in ['a.safetensors']",
+                        "extra_info": {
+                            "input_name": "ckpt_name",
+                            "received_value": "x.safetensors",
+                        },
+                    }
+                ],
+                "class_type": "CheckpointLoaderSimple",
+            },
+            "43": {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "clip_name3: 't5.safetensors' not in []",
+                        "extra_info": {
+                            "input_name": "clip_name3",
+                            "received_value": "t5.safetensors",
+                        },
+                    }
+                ],
+                "class_type": "TripleCLIPLoader",
+            },
+        },
+    }
+    err = prompt_error(400, body)
+    assert err.code == ErrorCode.MISSING_MODEL
+    assert err.detail == (
+        "ComfyUI lacks a model: node 4 (CheckpointLoaderSimple) input ckpt_name: "
+        "'x.safetensors' is not installed; node 43 (TripleCLIPLoader) input clip_name3: "
+        "'t5.safetensors' is not installed"
+    )
+    assert err.extra["models"] == ["x.safetensors", "t5.safetensors"]
+    assert err.extra["node_id"] == "4" and err.extra["node_type"] == "CheckpointLoaderSimple"
+
+
+def test_a_missing_model_without_extra_info_is_read_from_details() -> None:
+    body = {
+        "node_errors": {
+            "26": {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": "ckpt_name: 'svd_xt.safetensors' not in []",
+                    }
+                ],
+                "class_type": "ImageOnlyCheckpointLoader",
+            }
+        }
+    }
+    err = prompt_error(200, body)
+    assert err.detail == (
+        "ComfyUI lacks a model: node 26 (ImageOnlyCheckpointLoader) input ckpt_name: "
+        "'svd_xt.safetensors' is not installed"
+    )
+
+
+def test_execution_errors_name_the_node_id_and_class() -> None:
+    err = execution_error(
+        {
+            "prompt_id": "p",
+            "node_id": "4",
+            "node_type": "CheckpointLoaderSimple",
+            "exception_message": "Error while deserializing header: HeaderTooLarge\n",
+            "exception_type": "safetensors_rust.SafetensorError",
+        }
+    )
+    assert err.code == ErrorCode.EXECUTION_ERROR
+    assert err.detail == (
+        "node 4 (CheckpointLoaderSimple) failed: Error while deserializing header: HeaderTooLarge"
+    )
+    assert err.extra["node_id"] == "4"
+    assert execution_error({"node_type": "KSampler"}).detail == "node ? (KSampler) failed"

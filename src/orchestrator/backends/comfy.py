@@ -24,6 +24,7 @@ import contextlib
 import json
 import mimetypes
 import random
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -93,12 +94,32 @@ HISTORY_SETTLE_TRIES = 10
 # --- pure decisions (table-tested) ----------------------------------------------------------
 
 
+_NODE_ID_DETAILS = re.compile(r"^Node ID '#(?P<id>[^']+)'$")
+_NOT_IN_LIST = re.compile(r"^(?P<input>[^:]+): '(?P<value>.*)' not in ")
+
+
+def _missing_model(e: Mapping[str, JsonValue]) -> tuple[str, str] | None:
+    """(input name, model file) of a ``value_not_in_list`` error, from its ``extra_info``
+    or, failing that, from its ``details`` (``"ckpt_name: 'x' not in [...]"``)."""
+    info = e.get("extra_info")
+    if isinstance(info, dict):
+        name, value = info.get("input_name"), info.get("received_value")
+        if isinstance(name, str) and isinstance(value, str):
+            return name, value
+    m = _NOT_IN_LIST.match(str(e.get("details") or ""))
+    return (m["input"].strip(), m["value"]) if m else None
+
+
 def prompt_error(status: int, body: JsonValue) -> errors.UpstreamError:
-    """The error a rejected ``POST /prompt`` means (400, or 200 with node_errors)."""
+    """The error a rejected ``POST /prompt`` means (400, or 200 with node_errors). The
+    message names each node's id, class and input, e.g. ``node 4 (CheckpointLoaderSimple)
+    input ckpt_name: 'x.safetensors' is not installed``."""
     node_errors = body.get("node_errors") if isinstance(body, dict) else None
     err = body.get("error") if isinstance(body, dict) else None
     messages: list[str] = []
     missing: list[str] = []
+    models: list[str] = []
+    first: tuple[str, str] | None = None
     if isinstance(node_errors, dict):
         for node_id, entry in node_errors.items():
             if not isinstance(entry, dict):
@@ -108,36 +129,66 @@ def prompt_error(status: int, body: JsonValue) -> errors.UpstreamError:
             for e in raw_errors if isinstance(raw_errors, list) else []:
                 if not isinstance(e, dict):
                     continue
-                text = f"node {node_id} ({cls}): {e.get('message')}"
-                if e.get("details"):
-                    text += f" [{e.get('details')}]"
+                info = e.get("extra_info")
+                input_name = info.get("input_name") if isinstance(info, dict) else None
+                where = f"node {node_id} ({cls})"
+                if isinstance(input_name, str):
+                    where += f" input {input_name}"
+                text = f"{where}: {e.get('message')}"
+                details = e.get("details")
+                if details and details != input_name:
+                    text += f" [{details}]"
                 messages.append(text)
-                if e.get("type") == "value_not_in_list" and cls in LOADER_CLASSES:
-                    missing.append(str(e.get("details") or e.get("message")))
+                found = _missing_model(e) if e.get("type") == "value_not_in_list" else None
+                if found is not None and cls in LOADER_CLASSES:
+                    missing.append(
+                        f"node {node_id} ({cls}) input {found[0]}: '{found[1]}' is not installed"
+                    )
+                    models.append(found[1])
+                    first = first or (str(node_id), cls)
     head = ""
+    refused_node: str | None = None
     if isinstance(err, dict):
         head = str(err.get("message") or err.get("type") or "")
+        details = str(err.get("details") or "")
+        m = _NODE_ID_DETAILS.match(details)
+        if m:  # "Node ID '#1'": the node the whole prompt was refused for
+            refused_node = m["id"]
+            head = f"node {refused_node}: {head}"
+        elif details and details != head:
+            head = f"{head}: {details}"
     detail = "; ".join(([head] if head else []) + messages) or f"ComfyUI answered {status}"
     extra: dict[str, JsonValue] = {
         "node_errors": node_errors if isinstance(node_errors, dict) else {},
         "error_type": err.get("type") if isinstance(err, dict) else None,
     }
     if missing:
+        assert first is not None
         return errors.UpstreamError(
-            Code.MISSING_MODEL, f"ComfyUI lacks a model: {'; '.join(missing)}", **extra
+            Code.MISSING_MODEL,
+            f"ComfyUI lacks a model: {'; '.join(missing)}",
+            models=list(models),
+            node_id=first[0],
+            node_type=first[1],
+            **extra,
         )
+    if refused_node is not None:
+        extra["node_id"] = refused_node
     return errors.UpstreamError(
         Code.INVALID_WORKFLOW, f"ComfyUI refused the workflow: {detail}", **extra
     )
 
 
 def execution_error(data: Mapping[str, JsonValue]) -> errors.UpstreamError:
+    """A node that failed while running: ``node 4 (CheckpointLoaderSimple) failed: ...``."""
     node_type = str(data.get("node_type", "?"))
+    node_id = data.get("node_id")
     message = str(data.get("exception_message", "")).strip()
+    where = f"node {node_id if node_id is not None else '?'} ({node_type}) failed"
     return errors.UpstreamError(
         Code.EXECUTION_ERROR,
-        f"{node_type} failed: {message}" if message else f"{node_type} failed",
-        node_id=data.get("node_id"),
+        f"{where}: {message}" if message else where,
+        node_id=node_id,
         node_type=node_type,
         exception_type=data.get("exception_type"),
     )
