@@ -268,10 +268,28 @@ class StorageFull(UpstreamError):
 
 class Requeue(UpstreamError):
     """Nothing ran upstream and the work can go elsewhere: the worker puts the job
-    back in the queue (e.g. a ComfyUI prompt that vanished before it started)."""
+    back in the queue (e.g. a ComfyUI prompt that vanished before it started).
+
+    ``counts``: whether this try counts against the job's requeue limit. A requeue
+    that is not the job's doing (the server restarted and forgot a prompt that had
+    not run) does not; the job's deadline still bounds it."""
+
+    def __init__(
+        self, detail: str, *, counts: bool = True, code: ErrorCode = ErrorCode.PROMPT_LOST
+    ) -> None:
+        super().__init__(code, detail)
+        self.counts = counts
+
+
+class WaitForBackend(Requeue):
+    """No upstream instance can take the job now (all down, or restarting): the job
+    goes back to the queue without counting a try and waits, until its deadline, for
+    an instance to come back. ``detail`` is what the job's events say, e.g. "waiting
+    for a ComfyUI instance: ...". If the job cannot be failed for it, it fails
+    ``backend_unavailable``."""
 
     def __init__(self, detail: str) -> None:
-        super().__init__(ErrorCode.PROMPT_LOST, detail)
+        super().__init__(detail, counts=False, code=ErrorCode.BACKEND_UNAVAILABLE)
 
 
 class DeadlineExceeded(UpstreamError):

@@ -191,8 +191,16 @@ class Service:
         )
         job, created = await self.repo.create(new, self.ledger.guard(estimate, principal.token_id))
         if created:
+            await self._note_waiting(backend, job.id)
             self.hub.job_queued()
         return job, created
+
+    async def _note_waiting(self, backend: Backend, job_id: str) -> None:
+        """A job queued while its backend cannot take it (every ComfyUI instance is
+        down, say) says so in its events: it waits, it has not failed."""
+        reason = backend.waiting_reason()
+        if reason is not None:
+            await self.repo.add_event(job_id, "info", reason)
 
     async def retry_job(self, job_id: str, *, principal: auth.Principal = auth.LOCAL) -> Job:
         """Run a finished job again: a new job (a new attempt) with the same

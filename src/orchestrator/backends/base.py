@@ -85,6 +85,26 @@ class Backend(ABC):
         so the job records the seed it ran with)."""
         return params
 
+    def waiting_reason(self) -> str | None:
+        """Why no job of this backend can be taken now (every upstream instance is
+        down or restarting), e.g. "waiting for a ComfyUI instance: ...". The worker
+        leaves such jobs queued and claims them again once this is None."""
+        return None
+
+    @property
+    def availability_epoch(self) -> int:
+        """A number that changes whenever an upstream instance comes (back) up: jobs
+        set aside to wait for one are tried again at once."""
+        return 0
+
+    def on_available(self, wake: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Call ``wake`` whenever an upstream instance comes (back) up."""
+
+    def release(self, handle: UpstreamHandle) -> None:  # noqa: B027 - optional hook
+        """This process is done with the job's upstream task (ended, failed, canceled,
+        requeued or handed over): let go of what was held for it (subscriptions,
+        capacity counted against an instance)."""
+
     def plan(self, job: Job) -> UpstreamHandle | None:
         """A handle chosen before submitting (ComfyUI takes our own prompt id), so the
         worker can store it before the submit; None when upstream assigns it."""

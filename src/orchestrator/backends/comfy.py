@@ -27,7 +27,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote
@@ -89,6 +89,10 @@ LOADER_CLASSES = frozenset(
 )
 MAX_CONNECT_RETRIES = 4
 HISTORY_SETTLE_TRIES = 10
+# While an instance is down it is probed this often (its websocket reconnecting
+# probes it at once too), so queued jobs go there within a second of its return.
+DOWN_PROBE_S = 1.0
+WAITING = "waiting for a ComfyUI instance"
 
 
 # --- pure decisions (table-tested) ----------------------------------------------------------
@@ -429,6 +433,8 @@ class InstanceSocket:
         self.open_timeout_s = open_timeout_s
         self.listeners: dict[str, asyncio.Queue[WsEvent]] = {}
         self.connected = asyncio.Event()
+        # called on every (re)connect: the pool probes the instance at once
+        self.on_connect: Callable[[], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
 
@@ -468,6 +474,8 @@ class InstanceSocket:
                 ) as ws:
                     self._ws = ws
                     self.connected.set()
+                    if self.on_connect is not None:
+                        self.on_connect()
                     if not first:
                         log.info("comfy websocket reconnected", instance=self.name)
                     self._broadcast(RECONNECTED)
@@ -543,7 +551,9 @@ class ComfyInstance:
         self.object_info: dict[str, JsonValue] = {}
         self.models: set[str] = set()
         self.reports: dict[str, WorkflowReport] = {}
-        self.reserved = 0
+        # Prompts this process placed here (planned, posted or re-attached) and has not
+        # let go of yet: the backend's ``release`` ends each, on every path.
+        self.active: set[str] = set()
         self.info_at = 0.0
 
     @property
@@ -552,7 +562,7 @@ class ComfyInstance:
 
     @property
     def in_flight(self) -> int:
-        return len(self.socket.listeners) + self.reserved
+        return len(self.active)
 
     def status(self) -> InstanceStatus:
         return InstanceStatus(
@@ -588,6 +598,12 @@ class ComfyPool:
         self.info_refresh_s = info_refresh_s
         self.simulated = simulated
         self._task: asyncio.Task[None] | None = None
+        self._probe = asyncio.Event()
+        self._wakes: list[Callable[[], None]] = []
+        # bumped whenever an instance comes (back) up
+        self.epoch = 0
+        for inst in self.instances.values():
+            inst.socket.on_connect = self.probe_soon
 
     @property
     def capacity(self) -> int:
@@ -605,9 +621,36 @@ class ComfyPool:
         for inst in self.instances.values():
             await inst.socket.aclose()
 
+    def on_available(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` whenever an instance comes (back) up."""
+        self._wakes.append(wake)
+
+    def probe_soon(self) -> None:
+        """Check the instances now (a websocket reconnected, a request failed)."""
+        self._probe.set()
+
+    def mark_down(self, inst: ComfyInstance, reason: str) -> None:
+        """A request to ``inst`` failed to connect: route nothing more there until a
+        probe (at most ``DOWN_PROBE_S`` away) or its websocket says it is back."""
+        if inst.healthy:
+            log.warning("comfy instance down", instance=inst.name, error=reason)
+        inst.healthy = False
+        inst.last_error = reason
+        self.probe_soon()
+
+    def _interval(self) -> float:
+        """Every ``health_interval_s``; while an instance is down, every
+        ``DOWN_PROBE_S``, so it is used again within a second of coming back."""
+        if all(i.healthy for i in self.instances.values()):
+            return self.health_interval_s
+        return min(self.health_interval_s, DOWN_PROBE_S)
+
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.health_interval_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval()):
+                    await self._probe.wait()
+            self._probe.clear()
             try:
                 await self.refresh()
             except Exception:
@@ -639,11 +682,15 @@ class ComfyPool:
                         instance=inst.name,
                         problems={k: r.model_dump() for k, r in bad.items()},
                     )
-            if not inst.healthy:
-                log.info("comfy instance healthy", instance=inst.name, version=inst.version)
+            came_up = not inst.healthy
             inst.healthy = True
             inst.last_error = None
             inst.socket.ensure_running()
+            if came_up:
+                log.info("comfy instance healthy", instance=inst.name, version=inst.version)
+                self.epoch += 1
+                for wake in self._wakes:
+                    wake()
         except (httpx2.HTTPError, errors.UpstreamError, ValueError) as exc:
             if inst.healthy or not inst.checked:
                 log.warning("comfy instance down", instance=inst.name, error=str(exc))
@@ -655,18 +702,30 @@ class ComfyPool:
     def get(self, name: str | None) -> ComfyInstance | None:
         return self.instances.get(name or "")
 
+    def waiting_reason(self) -> str | None:
+        """Why no job can be placed now (no instance is up), or None."""
+        if any(i.healthy for i in self.instances.values()):
+            return None
+        down = ", ".join(
+            f"{i.name}: {i.last_error or 'not checked yet'}" for i in self.instances.values()
+        )
+        return f"{WAITING}: none is reachable ({down})"
+
     def pick(self, model: str | None, exclude: set[str] | None = None) -> ComfyInstance:
-        """The least busy healthy instance that has ``model``."""
-        healthy = [
-            i for i in self.instances.values() if i.healthy and i.name not in (exclude or set())
-        ]
+        """The least busy healthy instance that has ``model``. None up, or the model
+        only on instances that are down: :class:`errors.WaitForBackend`."""
+        candidates = [i for i in self.instances.values() if i.name not in (exclude or set())]
+        healthy = [i for i in candidates if i.healthy]
         if not healthy:
-            raise errors.TransientUpstreamError(
-                Code.BACKEND_UNAVAILABLE, "no ComfyUI instance is reachable"
-            )
+            raise errors.WaitForBackend(self.waiting_reason() or f"{WAITING}: none is reachable")
         if model is not None:
             having = [i for i in healthy if model in i.models]
             if not having:
+                down = [i.name for i in candidates if not i.healthy and model in i.models]
+                if down:
+                    raise errors.WaitForBackend(
+                        f"{WAITING} that has {model!r}: {', '.join(down)} is down"
+                    )
                 raise errors.UpstreamError(
                     Code.MISSING_MODEL,
                     f"no healthy ComfyUI instance has {model!r}",
@@ -729,6 +788,24 @@ class ComfyBackend(Backend):
     def limit_groups(self, model: str) -> Sequence[tuple[str, int]]:
         return [("comfy", self._pool().capacity if self.pool else 1)]
 
+    def waiting_reason(self) -> str | None:
+        return self.pool.waiting_reason() if self.pool is not None else None
+
+    @property
+    def availability_epoch(self) -> int:
+        return self.pool.epoch if self.pool is not None else 0
+
+    def on_available(self, wake: Callable[[], None]) -> None:
+        if self.pool is not None:
+            self.pool.on_available(wake)
+
+    def release(self, handle: UpstreamHandle) -> None:
+        inst = self.pool.get(handle.instance) if self.pool is not None else None
+        self._fresh.discard(handle.task_id)
+        if inst is not None:
+            inst.socket.unsubscribe(handle.task_id)
+            inst.active.discard(handle.task_id)
+
     def default_deadline_s(self) -> float:
         return self._deadline_s
 
@@ -758,9 +835,10 @@ class ComfyBackend(Backend):
             else model_file(self.name, params)
         )
         inst = self._pool().pick(model)
-        inst.reserved += 1
+        prompt_id = str(uuid.uuid4())
+        inst.active.add(prompt_id)  # until release(): counted from now on
         return UpstreamHandle(
-            task_id=str(uuid.uuid4()), instance=inst.name, client_id=inst.socket.client_id
+            task_id=prompt_id, instance=inst.name, client_id=inst.socket.client_id
         )
 
     async def submit(self, job: Job, planned: UpstreamHandle | None = None) -> Submitted:
@@ -768,6 +846,7 @@ class ComfyBackend(Backend):
         inst = self._pool().get(planned.instance)
         if inst is None:
             raise errors.Requeue(f"instance {planned.instance} is no longer configured")
+        posted = False
         try:
             params = self._params(job)
             if isinstance(params, ComfyRawParams):
@@ -785,8 +864,16 @@ class ComfyBackend(Backend):
             del queue
             await self._post(inst, workflow, planned.task_id)
             self._fresh.add(planned.task_id)
+            posted = True
+        except (httpx2.TransportError, errors.TransientUpstreamError) as exc:
+            # an upload before the POST could not reach the instance: nothing was queued
+            self._pool().mark_down(inst, str(exc) or type(exc).__name__)
+            raise errors.WaitForBackend(
+                f"{WAITING}: {inst.name} could not be reached ({exc})"
+            ) from exc
         finally:
-            inst.reserved = max(inst.reserved - 1, 0)
+            if not posted:  # refused, unreachable or canceled: it holds nothing there
+                self.release(planned)
         return Submitted(handle=planned)
 
     async def _user_workflow(self, inst: ComfyInstance, params: WorkflowParams) -> Workflow:
@@ -818,15 +905,22 @@ class ComfyBackend(Backend):
             except (httpx2.ConnectError, httpx2.ConnectTimeout) as exc:
                 attempts += 1
                 if attempts > MAX_CONNECT_RETRIES:
-                    inst.healthy = False
-                    raise errors.Requeue(f"cannot reach ComfyUI {inst.name}: {exc}") from exc
+                    self._pool().mark_down(inst, str(exc) or type(exc).__name__)
+                    raise errors.WaitForBackend(
+                        f"{WAITING}: {inst.name} cannot be reached ({exc})"
+                    ) from exc
             except (httpx2.TransportError, errors.TransientUpstreamError) as exc:
                 # We chose the prompt id, so we can ask whether the POST got through.
                 attempts += 1
                 if await self._known(inst, prompt_id):
                     return
                 if attempts > MAX_CONNECT_RETRIES:
-                    raise errors.Requeue(f"ComfyUI {inst.name} failed the submit: {exc}") from exc
+                    self._pool().mark_down(inst, str(exc) or type(exc).__name__)
+                    with contextlib.suppress(httpx2.HTTPError, errors.UpstreamError):
+                        await inst.client.delete([prompt_id])  # in case it did get through
+                    raise errors.WaitForBackend(
+                        f"{WAITING}: {inst.name} failed the submit ({exc})"
+                    ) from exc
             await asyncio.sleep(min(0.2 * 2**attempts, 3.0))
 
     async def _known(self, inst: ComfyInstance, prompt_id: str) -> bool:
@@ -843,6 +937,7 @@ class ComfyBackend(Backend):
         if inst is None:
             raise errors.Requeue(f"instance {handle.instance} is no longer configured")
         prompt_id = handle.task_id
+        inst.active.add(prompt_id)  # (re-attached: counted here from now on)
         queue = inst.socket.subscribe(prompt_id)
         seen_start = job.progress is not None
         unreachable_since: float | None = None
@@ -865,10 +960,11 @@ class ComfyBackend(Backend):
                     except (httpx2.TransportError, errors.TransientUpstreamError) as exc:
                         unreachable_since = unreachable_since or time.monotonic()
                         if time.monotonic() - unreachable_since > 3 * self.reconcile_interval_s:
+                            self._pool().mark_down(inst, str(exc) or type(exc).__name__)
                             if not seen_start:
-                                raise errors.Requeue(
-                                    f"ComfyUI {inst.name} is unreachable and the prompt had not "
-                                    "started"
+                                raise errors.WaitForBackend(
+                                    f"{WAITING}: {inst.name} became unreachable before the "
+                                    "prompt started"
                                 ) from exc
                             raise errors.UpstreamError(
                                 Code.BACKEND_UNAVAILABLE,
@@ -936,7 +1032,8 @@ class ComfyBackend(Backend):
             await inst.client.delete([prompt_id])  # in case a late POST lands
         raise errors.Requeue(
             f"the prompt is neither queued nor in the history of ComfyUI {inst.name} "
-            "(deleted, or the server restarted) and nothing ran"
+            "(deleted, or the server restarted) and nothing ran",
+            counts=False,
         )
 
     def _completed(self, inst: ComfyInstance, entry: dict[str, JsonValue]) -> Completed:

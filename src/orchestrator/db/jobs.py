@@ -459,7 +459,10 @@ class JobRepo:
     # --- the worker's side ----------------------------------------------------------
     @cancel_safe
     async def has_queued(
-        self, backends: Sequence[str] | None = None, only_ids: Sequence[str] | None = None
+        self,
+        backends: Sequence[str] | None = None,
+        only_ids: Sequence[str] | None = None,
+        skip_ids: Sequence[str] = (),
     ) -> bool:
         """Whether any job waits in the queue (a read: what an idle worker's poll
         asks before it takes the claim lock)."""
@@ -468,6 +471,8 @@ class JobRepo:
             q = q.where(jobs.c.backend.in_(list(backends)))
         if only_ids is not None:
             q = q.where(jobs.c.id.in_(list(only_ids)))
+        if skip_ids:
+            q = q.where(jobs.c.id.not_in(list(skip_ids)))
         return await self.db.run(lambda conn: conn.execute(q.limit(1)).first() is not None)
 
     @cancel_safe
@@ -482,6 +487,7 @@ class JobRepo:
         only_ids: Sequence[str] | None = None,
         submits_at_once: Callable[[str], bool] | None = None,
         manifests: Sequence[str] = (),
+        skip_ids: Sequence[str] = (),
     ) -> Claims:
         """Atomically move up to ``capacity`` queued jobs to running, each under a new
         lease token of this owner, highest priority then oldest first, within every
@@ -491,7 +497,8 @@ class JobRepo:
         ``submits_at_once(backend)``: jobs of a backend that submits right away (no
         handle planned first) are marked as submitting in this transaction (what
         :meth:`mark_submitting` would write next). ``manifests``: jobs whose manifest
-        was written meanwhile, recorded in this transaction too."""
+        was written meanwhile, recorded in this transaction too. ``skip_ids``: queued
+        jobs this worker set aside for now (waiting for an instance of their backend)."""
         if capacity <= 0:
             return Claims()
 
@@ -499,10 +506,17 @@ class JobRepo:
             if manifests:
                 _manifests_written(conn, manifests)
             window = max(capacity * 4, 64)
-            cq = _claim_candidates(conn.dialect.name, backends is not None, only_ids is not None)
+            cq = _claim_candidates(
+                conn.dialect.name, backends is not None, only_ids is not None, bool(skip_ids)
+            )
             crows = conn.execute(
                 cq,
-                {"window": window, "backends": list(backends or ()), "ids": list(only_ids or ())},
+                {
+                    "window": window,
+                    "backends": list(backends or ()),
+                    "ids": list(only_ids or ()),
+                    "skip": list(skip_ids),
+                },
             ).all()
             out = Claims()
             if not crows:
@@ -860,12 +874,49 @@ class JobRepo:
         )
 
     @cancel_safe
-    async def requeue(self, job_id: str, lease: str, reason: str) -> None:
-        """Back to the queue: nothing was sent upstream, so running it again is safe."""
+    async def note_queued(self, backends: Sequence[str], message: str) -> int:
+        """An ``info`` event on every queued job of ``backends`` (e.g. "waiting for a
+        ComfyUI instance"), in one statement; returns how many jobs got it."""
+        if not backends:
+            return 0
+        at = utcnow()
+        return await self.db.run(
+            lambda conn: (
+                conn.execute(
+                    _NOTE_QUEUED, {"backends": list(backends), "at": at, "message": message}
+                ).rowcount
+            ),
+            write=True,
+        )
+
+    @cancel_safe
+    async def queued_past_deadline(self, backends: Sequence[str], limit: int = 100) -> list[str]:
+        """Queued jobs of ``backends`` whose deadline has passed (on the database's
+        clock), oldest deadline first: nothing will take them while their backend is
+        down, so the worker claims them only to fail them ``deadline_exceeded``."""
+        if not backends:
+            return []
+        return await self.db.run(
+            lambda conn: [
+                str(r[0])
+                for r in conn.execute(
+                    _QUEUED_PAST_DEADLINE,
+                    {"backends": list(backends), "n": limit, "now": utcnow()},
+                ).all()
+            ]
+        )
+
+    @cancel_safe
+    async def requeue(self, job_id: str, lease: str, reason: str, *, counts: bool = True) -> None:
+        """Back to the queue: nothing was sent upstream, so running it again is safe.
+        ``counts=False``: the claim's try is given back (``attempts`` goes down by one),
+        for a requeue that is not the job's doing (its backend is down)."""
         now = utcnow()
 
         def back(conn: sa.Connection) -> None:
             current = _owned_status(conn, job_id, lease)
+            if not counts:
+                conn.execute(_GIVE_BACK_TRY, {"jid": job_id})
             transition(current, JobStatus.QUEUED)
             _guarded(
                 conn,
@@ -1054,6 +1105,35 @@ _OUTPUT_COLUMNS = (
 _NULL = sa.null()
 _JOB_INSERT = jobs.insert()
 _EVENT_INSERT = job_events.insert()
+_GIVE_BACK_TRY = (
+    jobs.update()
+    .where(jobs.c.id == sa.bindparam("jid"), jobs.c.attempts > 0)
+    .values(attempts=jobs.c.attempts - 1)
+)
+_QUEUED_PAST_DEADLINE = (
+    sa.select(jobs.c.id)
+    .where(
+        jobs.c.status == JobStatus.QUEUED.value,
+        jobs.c.backend.in_(sa.bindparam("backends", expanding=True)),
+        # the deadline was set on the submitting process's clock, and the worker
+        # judges it on its own (as when it starts a job): the same clock here
+        jobs.c.deadline_at < sa.bindparam("now", type_=jobs.c.deadline_at.type),
+    )
+    .order_by(jobs.c.deadline_at)
+    .limit(sa.bindparam("n", type_=sa.Integer))
+)
+_NOTE_QUEUED = job_events.insert().from_select(
+    ["job_id", "at", "kind", "message"],
+    sa.select(
+        jobs.c.id,
+        sa.bindparam("at", type_=job_events.c.at.type),
+        sa.literal("info"),
+        sa.bindparam("message", type_=sa.String),
+    ).where(
+        jobs.c.status == JobStatus.QUEUED.value,
+        jobs.c.backend.in_(sa.bindparam("backends", expanding=True)),
+    ),
+)
 _SELECT_JOB = sa.select(jobs).where(jobs.c.id == sa.bindparam("jid"))
 _SELECT_JOBS = sa.select(jobs).where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
 _SELECT_JOB_AND_OUTPUTS = (
@@ -1109,7 +1189,9 @@ _MANIFESTS_WRITTEN = (
 @functools.cache
 # SQLAlchemy's statement and result types are generic over the row's column types;
 # Any where a row's shape is not worth spelling out (the caller reads it by name).
-def _claim_candidates(dialect: str, by_backend: bool, by_id: bool) -> sa.Select[Any]:
+def _claim_candidates(
+    dialect: str, by_backend: bool, by_id: bool, skipping: bool = False
+) -> sa.Select[Any]:
     clock = (
         sa.func.strftime("%Y-%m-%d %H:%M:%f", "now")
         if dialect == "sqlite"
@@ -1122,6 +1204,8 @@ def _claim_candidates(dialect: str, by_backend: bool, by_id: bool) -> sa.Select[
         q = q.where(jobs.c.backend.in_(sa.bindparam("backends", expanding=True)))
     if by_id:
         q = q.where(jobs.c.id.in_(sa.bindparam("ids", expanding=True)))
+    if skipping:
+        q = q.where(jobs.c.id.not_in(sa.bindparam("skip", expanding=True)))
     return q.order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id).limit(
         sa.bindparam("window", type_=sa.Integer)
     )

@@ -48,6 +48,11 @@ DURABLE_RETRY_MAX_S = 2.0
 # as long as upstream keeps it (BFL's signed sample URLs live about 10 minutes).
 STORAGE_RETRY_FIRST_S = 1.0
 STORAGE_RETRY_MAX_S = 30.0
+# A job requeued to wait for its backend (e.g. its model is only on a ComfyUI
+# instance that is down) is set aside by this worker, doubling from the first to the
+# max, or until an instance comes back up, whichever is first.
+PARK_FIRST_S = 1.0
+PARK_MAX_S = 30.0
 
 
 @dataclass
@@ -130,7 +135,15 @@ class Worker:
         self._wake = hub.queue_changed
         self._main: asyncio.Task[None] | None = None
         self._beat: asyncio.Task[None] | None = None
+        # Backends that cannot take a job now, with why (their jobs stay queued).
+        self._waiting: dict[str, str] = {}
+        # Jobs set aside to wait for their backend: until (monotonic), the backend's
+        # availability epoch then; and each one's current backoff.
+        self._parked: dict[str, tuple[float, int, str]] = {}
+        self._park_backoff: dict[str, float] = {}
         hub.on_cancel(self._on_cancel)
+        for b in backends.values():
+            b.on_available(self._wake.set)  # an instance is back: claim at once
 
     # --- lifecycle -----------------------------------------------------------------
     @property
@@ -139,6 +152,47 @@ class Worker:
 
     def enabled_backends(self) -> list[str]:
         return [name for name, b in self.backends.items() if b.enabled]
+
+    def claimable_backends(self) -> list[str]:
+        """Enabled backends that can take a job now: the others' jobs stay queued
+        (and say why in their events) until an instance comes back."""
+        return [n for n in self.enabled_backends() if n not in self._waiting]
+
+    async def _check_waiting(self) -> None:
+        """Note which backends cannot take jobs now; the queued jobs of one that just
+        went down get an event saying what they wait for."""
+        gone: dict[str, str] = {}
+        for name, b in self.backends.items():
+            reason = b.waiting_reason() if b.enabled else None
+            if reason is not None:
+                if name not in self._waiting:
+                    gone[name] = reason
+                self._waiting[name] = reason
+            elif self._waiting.pop(name, None) is not None:
+                log.info("backend available again", backend=name)
+        for name, reason in gone.items():
+            log.warning("backend cannot take jobs; they wait queued", backend=name, reason=reason)
+            try:
+                await self.repo.note_queued([name], reason)
+            except Exception:
+                log.exception("could not note the wait on queued jobs", backend=name)
+
+    def _park(self, job: Job) -> None:
+        backend = self.backends.get(job.backend)
+        delay = min(self._park_backoff.get(job.id, PARK_FIRST_S / 2) * 2, PARK_MAX_S)
+        self._park_backoff[job.id] = delay
+        epoch = backend.availability_epoch if backend is not None else 0
+        self._parked[job.id] = (time.monotonic() + delay, epoch, job.backend)
+
+    def _skipped(self) -> list[str]:
+        """Parked jobs not to claim yet (their time is not up and no instance of their
+        backend came back since)."""
+        now = time.monotonic()
+        for job_id, (until, epoch, name) in list(self._parked.items()):
+            b = self.backends.get(name)
+            if now >= until or b is None or b.availability_epoch != epoch:
+                del self._parked[job_id]
+        return list(self._parked)
 
     async def start(self) -> None:
         await self.workers.register(self.id, self.opts.kind, self.host, os.getpid())
@@ -202,12 +256,14 @@ class Worker:
         while not self._stopping.is_set():
             try:
                 self._wake.clear()
+                await self._check_waiting()
                 free = self.opts.concurrency - len(self._running)
                 claimed: list[Claimed] = []
+                skipped = self._skipped()
                 if free <= 0:
                     self._backlog = True  # unknown: look again when a slot frees
                 elif not polled or await self.repo.has_queued(
-                    self.enabled_backends(), self.opts.only_ids
+                    self.claimable_backends(), self.opts.only_ids, skipped
                 ):
                     manifests = list(self._manifests)
                     got = await self.repo.claim(
@@ -215,10 +271,11 @@ class Worker:
                         self.opts.lease_s,
                         free,
                         self._groups,
-                        backends=self.enabled_backends(),
+                        backends=self.claimable_backends(),
                         only_ids=self.opts.only_ids,
                         submits_at_once=self._submits_at_once,
                         manifests=manifests,
+                        skip_ids=skipped,
                     )
                     self._recorded(manifests)
                     self._backlog = got.backlog
@@ -231,6 +288,7 @@ class Worker:
                 if time.monotonic() - last_recovery > self.opts.lease_s / 2:
                     last_recovery = time.monotonic()
                     await self._recover()
+                    await self._expire_waiting()
                 if claimed and len(claimed) == free:
                     polled = False
                     continue  # the queue may hold more
@@ -244,6 +302,28 @@ class Worker:
             except Exception:
                 log.exception("worker loop error; retrying")
                 await asyncio.sleep(self.opts.poll_interval_s)
+
+    async def _expire_waiting(self) -> None:
+        """Queued jobs of a backend that cannot take them, whose deadline passed: claim
+        them to fail them ``deadline_exceeded`` (nothing else would while it is down)."""
+        waiting = [n for n in self._waiting if n in self.enabled_backends()]
+        if not waiting:
+            return
+        try:
+            ids = await self.repo.queued_past_deadline(waiting)
+            if self.opts.only_ids is not None:
+                ids = [i for i in ids if i in self.opts.only_ids]
+            if not ids:
+                return
+            got = await self.repo.claim(
+                self.id, self.opts.lease_s, len(ids), lambda _b, _m: (), only_ids=ids
+            )
+        except Exception:
+            log.exception("could not expire queued jobs past their deadline")
+            return
+        for c in got:
+            self._spawn(c, taken_over=False)
+            self.hub.job_changed(c.job.id)
 
     def _spawn(self, claimed: Claimed, *, taken_over: bool) -> None:
         """Run a job we now hold. One job never runs twice in this process: a task
@@ -271,6 +351,8 @@ class Worker:
         if r is not None and r.task is task:  # not a newer claim's entry
             del self._running[job_id]
             self.hub.local_jobs.discard(job_id)
+            if job_id not in self._parked:
+                self._park_backoff.pop(job_id, None)
         if self._backlog:
             self._wake.set()
 
@@ -462,6 +544,7 @@ class Worker:
         r = self._running.get(job.id)
         remaining = (job.deadline_at - datetime.now(UTC)).total_seconds()
         handle = job.upstream
+        held = handle  # what this process holds upstream for the job, released at the end
         try:
             if remaining <= 0:
                 raise errors.DeadlineExceeded("the deadline passed before the job could start")
@@ -471,6 +554,7 @@ class Worker:
                     if r is not None:
                         r.submit_started = True
                     planned = backend.plan(job)
+                    held = planned or held
                     if planned is not None:
                         # Our own id: stored first, so a crash mid-submit re-attaches.
                         await self.repo.set_upstream(job.id, lease, planned, None)
@@ -492,7 +576,7 @@ class Worker:
                                     job.id, lease, submitted.handle, submitted.cost
                                 ),
                             )
-                        handle = submitted.handle
+                        handle = held = submitted.handle
                     finally:
                         if r is not None:
                             r.submit_done()
@@ -531,17 +615,21 @@ class Worker:
             # Waiters in this process get the job once its manifest is written too.
             self.hub.job_finished(done)
         except TimeoutError:
-            await self._fail(job, lease, Code.DEADLINE_EXCEEDED, "the job's deadline passed")
+            note = await self._stop_upstream(job, backend, held)
+            await self._fail(job, lease, Code.DEADLINE_EXCEEDED, f"the job's deadline passed{note}")
         except errors.DeadlineExceeded as exc:
-            await self._fail(job, lease, Code.DEADLINE_EXCEEDED, exc.detail)
+            note = await self._stop_upstream(job, backend, held)
+            await self._fail(job, lease, Code.DEADLINE_EXCEEDED, f"{exc.detail}{note}")
         except errors.Requeue as exc:
-            if job.attempts >= MAX_REQUEUES:
+            if exc.counts and job.attempts >= MAX_REQUEUES:
                 await self._fail(
                     job, lease, exc.code, f"{exc.detail} (gave up after {job.attempts} tries)"
                 )
                 return
-            log.warning("requeued: nothing ran upstream", reason=exc.detail)
-            await self.repo.requeue(job.id, lease, f"requeued: {exc.detail}")
+            log.warning("requeued: nothing ran upstream", reason=exc.detail, counts=exc.counts)
+            await self.repo.requeue(job.id, lease, f"requeued: {exc.detail}", counts=exc.counts)
+            if isinstance(exc, errors.WaitForBackend):
+                self._park(job)
             self._settle(job.id)
             if self.metrics is not None:
                 self.metrics.requeued(job.backend)
@@ -563,6 +651,26 @@ class Worker:
             if reason == "shutdown":
                 await self._leave_for_later(job, lease, handle)
             raise
+        finally:
+            if held is not None:
+                backend.release(held)
+
+    async def _stop_upstream(
+        self, job: Job, backend: Backend, handle: UpstreamHandle | None
+    ) -> str:
+        """A job that ends early (its deadline passed) while upstream may still work
+        on it: cancel it there first (ComfyUI: delete if pending, interrupt if
+        running, and wait for the confirmation), so its slot stays taken until the
+        GPU is free. Returns a note for the job's message."""
+        if handle is None:
+            return ""
+        try:
+            outcome = await asyncio.shield(backend.cancel(job, handle, submit_started=True))
+        except Exception as exc:
+            log.exception("could not cancel upstream")
+            return f"; could not cancel it upstream: {exc}"
+        log.info("stopped upstream", stopped=outcome.stopped_upstream, note=outcome.note)
+        return f"; {outcome.note}"
 
     async def _recovered(self, job: Job, lease: str, claimed: Claimed, backend: Backend) -> Job:
         """A job taken over from a vanished (or stalled) lease holder: re-attach,
