@@ -5,7 +5,9 @@ Files are streamed to ``OUTPUT_DIR/.partial/`` and moved into place
 leaves a half-written output under its final name. The job's parameters are embedded
 in the file itself (a PNG ``iTXt`` chunk or a JPEG ``COM`` segment, inserted without
 re-encoding), and ``JOBS_DIR`` gets a JSON manifest per finished job so a folder of
-outputs describes itself without the database.
+outputs describes itself without the database. Width, height and (for animations and
+videos) duration are recorded: from Pillow for images, from the MP4 / WebM headers
+(`orchestrator.media_probe`) for videos.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pydantic import JsonValue
 from orchestrator import errors
 from orchestrator.db.jobs import NewOutput
 from orchestrator.domain.jobs import Job
+from orchestrator.media_probe import probe_video
 
 PARTIAL_DIR = ".partial"
 # Out of space: the output folder is full (or over quota); a write may succeed later.
@@ -262,6 +265,11 @@ class OutputStore:
                     im.verify()  # the structure (PNG chunk checksums…), no full decode
             except (UnidentifiedImageError, OSError, EOFError, SyntaxError, ValueError) as exc:
                 raise invalid_output(n, f"it does not read as {mime}: {exc}") from None
+        elif mime in ("video/mp4", "video/webm"):
+            # from the container headers; a video they do not describe is kept without them
+            video = probe_video(partial, mime)
+            if video is not None:
+                width, height, duration_s = video.width, video.height, video.duration_s
         digest = hashlib.sha256()
         size = 0
         with partial.open("rb") as fh:

@@ -1129,3 +1129,197 @@ async def test_folder_overrides_and_cleanup(tmp_path: Path) -> None:
         fake.cleanup()
     assert not base.exists()
     assert (tmp_path / "out").is_dir()
+
+
+# --- video nodes (comfy_extras.nodes_video; outputs as captured in video.json) ---------------
+
+# The capture's workflow D: two flat colours, 12 frames, saved as WEBP, APNG, MP4 and WEBM.
+VIDEO_PROMPT: dict[str, Any] = {
+    "1": _empty_image(width=128, height=128, batch_size=6, color=3931),
+    "2": _empty_image(width=128, height=128, batch_size=6, color=16711680),
+    "3": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+    "4": {
+        "class_type": "SaveAnimatedWEBP",
+        "inputs": {
+            "images": ["3", 0],
+            "filename_prefix": "probe_anim",
+            "fps": 6.0,
+            "lossless": False,
+            "quality": 80,
+            "method": "default",
+        },
+    },
+    "5": {
+        "class_type": "SaveAnimatedPNG",
+        "inputs": {
+            "images": ["3", 0],
+            "filename_prefix": "probe_anim",
+            "fps": 6.0,
+            "compress_level": 4,
+        },
+    },
+    "6": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0], "fps": 12.0}},
+    "7": {
+        "class_type": "SaveVideo",
+        "inputs": {
+            "video": ["6", 0],
+            "filename_prefix": "video/probe",
+            "format": "auto",
+            "codec": "auto",
+        },
+    },
+    "8": {
+        "class_type": "SaveWEBM",
+        "inputs": {
+            "images": ["3", 0],
+            "filename_prefix": "probe_webm",
+            "codec": "vp9",
+            "fps": 12.0,
+            "crf": 32.0,
+        },
+    },
+}
+
+
+async def test_video_outputs_match_the_capture_and_decode(
+    client: httpx2.AsyncClient, fake: FakeComfy
+) -> None:
+    import av
+
+    entry = await run(client, VIDEO_PROMPT, extra_data={"extra_pnginfo": {"note": "probe"}})
+    assert entry["status"]["status_str"] == "success"
+    assert entry["prompt"][4] == ["8", "7", "5", "4"]  # as captured
+    outputs = entry["outputs"]
+    assert outputs["7"] == {
+        "images": [{"filename": "probe_00001_.mp4", "subfolder": "video", "type": "output"}],
+        "animated": [True],
+    }
+    assert outputs["8"] == {
+        "images": [{"filename": "probe_webm_00001_.webm", "subfolder": "", "type": "output"}],
+        "animated": [True],
+    }
+    for path, codec in (
+        (fake.output_dir / "video" / "probe_00001_.mp4", "h264"),
+        (fake.output_dir / "probe_webm_00001_.webm", "vp9"),
+    ):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == codec
+            assert stream.average_rate == 12
+            decoded = list(container.decode(stream))
+            assert len(decoded) == 12  # every frame, none merged (unlike PIL's WEBP)
+            assert (decoded[0].width, decoded[0].height) == (128, 128)
+            first = decoded[0].to_image().getpixel((64, 64))
+            last = decoded[-1].to_image().getpixel((64, 64))
+            assert isinstance(first, tuple) and isinstance(last, tuple)
+            assert first[2] > 60 > first[0] and last[0] > 200  # 3931 (0x000f5b), then red
+            tags = {k.lower(): v for k, v in container.metadata.items()}  # WebM: upper case
+            assert '"class_type": "SaveVideo"' in tags["prompt"]
+            assert tags["note"] == '"probe"'
+    for name, subfolder, mime in (
+        ("probe_00001_.mp4", "video", "video/mp4"),
+        ("probe_webm_00001_.webm", "", "video/webm"),
+    ):
+        view = await client.get("/view", params={"filename": name, "subfolder": subfolder})
+        assert (view.status_code, view.headers["content-type"]) == (200, mime)
+
+    av1 = {
+        "1": _empty_image(width=64, height=64, batch_size=3, color=255),
+        "2": {
+            "class_type": "SaveWEBM",
+            "inputs": {
+                "images": ["1", 0],
+                "filename_prefix": "av1",
+                "codec": "av1",
+                "fps": 24.0,
+                "crf": 40.0,
+            },
+        },
+    }
+    assert (await run(client, av1))["outputs"]["2"]["animated"] == [True]
+    with av.open(str(fake.output_dir / "av1_00001_.webm")) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.pix_fmt == "yuv420p10le"
+        assert len(list(container.decode(stream))) == 3
+
+
+async def test_video_object_info_is_0_3_64s_v3_schema(client: httpx2.AsyncClient) -> None:
+    info = (await client.get("/object_info/SaveVideo")).json()["SaveVideo"]
+    assert info["input"]["required"]["video"] == ["VIDEO", {"tooltip": "The video to save."}]
+    assert info["input"]["required"]["format"][1]["options"] == ["auto", "mp4"]
+    assert info["input"]["required"]["codec"][1]["options"] == ["auto", "h264"]
+    assert info["input"]["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
+    assert (info["output"], info["output_node"], info["category"]) == ([], True, "image/video")
+    assert info["python_module"] == "comfy_extras.nodes_video"
+    create = (await client.get("/object_info/CreateVideo")).json()["CreateVideo"]
+    assert create["input_order"] == {"required": ["images", "fps"], "optional": ["audio"]}
+    assert create["input"]["required"]["fps"] == [
+        "FLOAT",
+        {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0},
+    ]
+    assert (create["output"], create["output_name"]) == (["VIDEO"], ["VIDEO"])
+    webm = (await client.get("/object_info/SaveWEBM")).json()["SaveWEBM"]
+    assert webm["input"]["required"]["codec"] == [
+        "COMBO",
+        {"multiselect": False, "options": ["vp9", "av1"]},
+    ]
+    assert webm["experimental"] is True and info["experimental"] is False
+
+    bad = {**VIDEO_PROMPT, "6": {"class_type": "CreateVideo", "inputs": {"images": ["3", 0]}}}
+    body = (await client.post("/prompt", json={"prompt": bad})).json()
+    assert body["node_errors"]["6"]["errors"][0]["type"] == "required_input_missing"
+    wrong = {**VIDEO_PROMPT, "7": {**VIDEO_PROMPT["7"], "inputs": {**VIDEO_PROMPT["7"]["inputs"]}}}
+    wrong["7"]["inputs"]["video"] = ["3", 0]  # an IMAGE where a VIDEO goes
+    body = (await client.post("/prompt", json={"prompt": wrong})).json()
+    assert body["node_errors"]["7"]["errors"][0]["type"] == "return_type_mismatch"
+
+
+async def test_without_pyav_the_video_nodes_are_absent(
+    client: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.testing import fake_comfy
+
+    monkeypatch.setattr(fake_comfy, "video_nodes_available", lambda: False)
+    assert (await client.get("/object_info/SaveVideo")).json() == {}
+    response = await client.post("/prompt", json={"prompt": VIDEO_PROMPT})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "Cannot execute because node CreateVideo does not exist."
+    )
+
+
+def test_importing_the_fake_does_not_import_pyav() -> None:
+    """Demo mode imports the fake in production installs, where PyAV is absent."""
+    import subprocess
+    import sys
+
+    code = "import sys, orchestrator.testing.fake_comfy; print('av' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.strip() == "False"
+
+
+async def test_odd_sized_mp4_fails_in_the_encoder_like_comfyui(
+    client: httpx2.AsyncClient,
+) -> None:
+    """libx264 refuses yuv420p at an odd width, in ComfyUI as in the fake (same PyAV call)."""
+    prompt = {
+        "1": _empty_image(width=65, height=49, batch_size=2, color=0),
+        "2": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 8.0}},
+        "3": {
+            "class_type": "SaveVideo",
+            "inputs": {
+                "video": ["2", 0],
+                "filename_prefix": "odd",
+                "format": "mp4",
+                "codec": "h264",
+            },
+        },
+    }
+    entry = await run(client, prompt)
+    assert entry["status"]["status_str"] == "error"
+    event, data = entry["status"]["messages"][-1]
+    assert event == "execution_error"
+    assert (data["node_id"], data["node_type"]) == ("3", "SaveVideo")
+    assert data["exception_type"] == "av.error.ExternalError"

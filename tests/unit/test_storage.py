@@ -18,6 +18,7 @@ from PIL import Image
 from orchestrator import errors
 from orchestrator.domain.jobs import Job, JobStatus
 from orchestrator.storage import PARTIAL_DIR, OutputStore, read_embedded
+from orchestrator.testing.fake_comfy import encode_mp4, encode_webm
 
 JOB_ID = "0b7e4c1a-3f2d-4e5b-9a8c-1d2e3f4a5b6c"
 OTHER_ID = "9f8e7d6c-5b4a-4321-8fed-cba987654321"
@@ -109,6 +110,40 @@ async def test_save_image(store: OutputStore, fmt: str, mime: str, ext: str) -> 
 
     assert LONG[:1000] not in final.read_bytes().decode("latin-1")
     assert partials(store) == []
+
+
+def video_bytes(tmp_path: Path, ext: str) -> bytes:
+    frames = [Image.new("RGB", (96, 64), (i * 30, 0, 200)) for i in range(6)]
+    path = tmp_path / f"v.{ext}"
+    if ext == "mp4":
+        encode_mp4(frames, 4.0, path, {"prompt": {"1": {}}})
+    else:
+        encode_webm(frames, 4.0, path, "vp9", 32.0, None)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(("ext", "mime"), [("mp4", "video/mp4"), ("webm", "video/webm")])
+async def test_save_video_records_size_and_duration(
+    store: OutputStore, tmp_path: Path, ext: str, mime: str
+) -> None:
+    """Like an animated image: width, height and duration (6 frames at 4 fps: 1.5 s)."""
+    original = video_bytes(tmp_path, ext)
+    out = await store.save(make_job(), 0, chunked(original, 500), mime_type="video/quicktime")
+    assert (out.mime_type, out.width, out.height, out.duration_s) == (mime, 96, 64, 1.5)
+    assert out.path.endswith(f"-0.{ext}")
+    assert store.resolve(out.path).read_bytes() == original  # stored as is
+
+
+@pytest.mark.parametrize(("ext", "mime"), [("mp4", "video/mp4"), ("webm", "video/webm")])
+async def test_save_broken_video_records_nothing(
+    store: OutputStore, tmp_path: Path, ext: str, mime: str
+) -> None:
+    """A truncated or hostile video is still stored (ComfyUI made it), without the fields."""
+    original = video_bytes(tmp_path, ext)
+    hostile = original[:8] + b"\xff" * 64 if ext == "mp4" else original[:200]
+    for n, data in enumerate((original[: len(original) // 2], hostile)):
+        out = await store.save(make_job(), n, chunked(data))
+        assert (out.mime_type, out.width, out.height, out.duration_s) == (mime, None, None, None)
 
 
 def check_metadata(meta: object) -> None:

@@ -22,6 +22,20 @@ What it speaks (every route also under ``/api``):
   both in pixels) and writes real files: PNG for ``SaveImage`` / ``PreviewImage`` (type temp),
   animated WEBP / APNG for ``SaveAnimatedWEBP`` / ``SaveAnimatedPNG``, with ComfyUI's
   ``{prefix}_{counter:05}_`` names and directory-scanned counters.
+* Video nodes (``comfy_extras.nodes_video``): ``CreateVideo`` (IMAGE + fps, optional AUDIO ->
+  VIDEO), ``SaveVideo`` (an H.264 ``yuv420p`` MP4, ``format`` auto/mp4, ``codec`` auto/h264) and
+  ``SaveWEBM`` (VP9 ``yuv420p`` or AV1 ``yuv420p10le`` through libsvtav1, ``crf``), encoded with
+  PyAV like ComfyUI does, so the files are real and decodable with every frame at the given fps.
+  From the capture (``video.json``): the history/``executed`` output
+  ``{"images":[{"filename":"probe_00001_.mp4","subfolder":"video","type":"output"}],"animated":[true]}``
+  and the ``/view`` content types. From 0.3.64's source (``comfy_extras/nodes_video.py``,
+  ``comfy_api`` ``VideoFromComponents.save_to`` and the V3 ``io`` schema), not captured: the
+  ``/object_info`` entries (V3 spelling: every input is ``[type, {...}]``, combos as ``COMBO``),
+  the encoder settings (rate ``Fraction(round(fps * 1000), 1000)``, ``movflags
+  use_metadata_tags``, the prompt and ``extra_pnginfo`` as JSON container tags). PyAV (``av``)
+  is a development dependency only: without it these three nodes are absent, as they are from a
+  ComfyUI whose ``nodes_video`` module failed to import, and ``av`` is imported only when a
+  video is written (demo mode's start-up does not pay for it).
 * WebSocket events are emitted in the captured order (``execution_start``, ``execution_cached``,
   ``progress_state``, ``executing``, ``progress``, binary previews, ``executed``,
   ``execution_success`` / ``execution_error`` / ``execution_interrupted``, ``status``,
@@ -73,6 +87,7 @@ import contextlib
 import functools
 import hashlib
 import heapq
+import importlib.util
 import io
 import json
 import logging
@@ -89,8 +104,9 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import httpx2
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageOps, ImageSequence
@@ -107,6 +123,9 @@ from starlette.websockets import WebSocket
 from orchestrator.testing.dropped import DROPPED, served_by_uvicorn
 from orchestrator.testing.images import render_image
 
+if TYPE_CHECKING:
+    import av
+
 __all__ = [
     "COMFYUI_VERSION",
     "DEFAULT_MODELS",
@@ -122,6 +141,9 @@ __all__ = [
     "RefuseMode",
     "RestartBody",
     "Upload",
+    "encode_mp4",
+    "encode_webm",
+    "video_nodes_available",
 ]
 
 _log = logging.getLogger(__name__)
@@ -344,6 +366,7 @@ class _Spec:
     python_module: str = "nodes"
     validate_args: tuple[str, ...] = ()
     v3: bool = False
+    experimental: bool = False
 
     def input_order(self) -> list[tuple[str, str, _InputSpec]]:
         return [("required", k, v) for k, v in self.required.items()] + [
@@ -375,7 +398,7 @@ class _Spec:
         if self.output_tooltips:
             info["output_tooltips"] = list(self.output_tooltips)
         if self.v3:
-            info.update({"deprecated": False, "experimental": False, "api_node": False})
+            info.update({"deprecated": False, "experimental": self.experimental, "api_node": False})
         return info
 
 
@@ -767,7 +790,157 @@ def _build_catalogue(ckpts: list[str], encoders: list[str], images: list[str]) -
             python_module="custom_nodes.websocket_image_save",
         ),
     ]
+    if video_nodes_available():
+        specs.extend(_video_specs())
     return {spec.name: spec for spec in specs}
+
+
+def _video_specs() -> list[_Spec]:
+    """comfy_extras.nodes_video of 0.3.64 (V3 nodes), from its source: see the module doc."""
+    module = "comfy_extras.nodes_video"
+    prefix_tip = (
+        "The prefix for the file to save. This may include formatting information such as "
+        "%date:yyyy-MM-dd% or %Empty Latent Image.width% to include values from nodes."
+    )
+    crf_tip = (
+        "Higher crf means lower quality with a smaller file size, lower crf means higher "
+        "quality higher filesize."
+    )
+    return [
+        _Spec(
+            "SaveWEBM",
+            "SaveWEBM",
+            "image/video",
+            {
+                "images": ("IMAGE", {}),
+                "filename_prefix": ("STRING", {"default": "ComfyUI", "multiline": False}),
+                "codec": _combo_v3(["vp9", "av1"]),
+                "fps": ("FLOAT", {"default": 24.0, "min": 0.01, "max": 1000.0, "step": 0.01}),
+                "crf": (
+                    "FLOAT",
+                    {"tooltip": crf_tip, "default": 32.0, "min": 0, "max": 63.0, "step": 1},
+                ),
+            },
+            hidden=dict(_HIDDEN_SAVE),
+            output_node=True,
+            python_module=module,
+            v3=True,
+            experimental=True,
+        ),
+        _Spec(
+            "SaveVideo",
+            "Save Video",
+            "image/video",
+            {
+                "video": ("VIDEO", {"tooltip": "The video to save."}),
+                "filename_prefix": (
+                    "STRING",
+                    {"tooltip": prefix_tip, "default": "video/ComfyUI", "multiline": False},
+                ),
+                "format": (
+                    "COMBO",
+                    {
+                        "tooltip": "The format to save the video as.",
+                        "default": "auto",
+                        "multiselect": False,
+                        "options": ["auto", "mp4"],
+                    },
+                ),
+                "codec": (
+                    "COMBO",
+                    {
+                        "tooltip": "The codec to use for the video.",
+                        "default": "auto",
+                        "multiselect": False,
+                        "options": ["auto", "h264"],
+                    },
+                ),
+            },
+            hidden=dict(_HIDDEN_SAVE),
+            output_node=True,
+            description="Saves the input images to your ComfyUI output directory.",
+            python_module=module,
+            v3=True,
+        ),
+        _Spec(
+            "CreateVideo",
+            "Create Video",
+            "image/video",
+            {
+                "images": ("IMAGE", {"tooltip": "The images to create a video from."}),
+                "fps": ("FLOAT", {"default": 30.0, "min": 1.0, "max": 120.0, "step": 1.0}),
+            },
+            optional={"audio": ("AUDIO", {"tooltip": "The audio to add to the video."})},
+            outputs=("VIDEO",),
+            description="Create a video from images.",
+            python_module=module,
+            v3=True,
+        ),
+    ]
+
+
+@functools.cache
+def video_nodes_available() -> bool:
+    """Whether PyAV is installed (looked up, not imported), so the video nodes exist."""
+    return importlib.util.find_spec("av") is not None
+
+
+def encode_mp4(
+    frames: list[Image.Image], fps: float, path: Path, metadata: Mapping[str, object] | None
+) -> None:
+    """``VideoFromComponents.save_to`` of 0.3.64: H.264, yuv420p, MP4 with metadata tags."""
+    import av  # a development dependency: see the module doc
+
+    with av.open(str(path), mode="w", options={"movflags": "use_metadata_tags"}) as output:
+        for key, value in (metadata or {}).items():
+            output.metadata[key] = json.dumps(value)
+        stream = output.add_stream("h264", rate=Fraction(round(fps * 1000), 1000))
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        for image in frames:
+            frame = _rgb_frame(image).reformat(format="yuv420p")
+            output.mux(stream.encode(frame))
+        output.mux(stream.encode(None))
+
+
+def _rgb_frame(image: Image.Image) -> av.VideoFrame:
+    """An ``rgb24`` frame, like ``VideoFrame.from_ndarray(..., format="rgb24")`` in ComfyUI."""
+    import av
+
+    rgba = image.convert("RGBA")  # PyAV's from_bytes takes rgba, not rgb24
+    frame = av.VideoFrame.from_bytes(rgba.tobytes(), rgba.width, rgba.height, format="rgba")
+    return frame.reformat(format="rgb24")
+
+
+def encode_webm(
+    frames: list[Image.Image],
+    fps: float,
+    path: Path,
+    codec: str,
+    crf: float,
+    metadata: Mapping[str, object] | None,
+) -> None:
+    """``SaveWEBM.execute`` of 0.3.64: VP9 (yuv420p) or AV1 (svt-av1, yuv420p10le)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        for key, value in (metadata or {}).items():
+            container.metadata[key] = json.dumps(value)
+        rate = Fraction(round(fps * 1000), 1000)
+        if codec == "av1":
+            stream = container.add_stream("libsvtav1", rate=rate)
+        else:
+            stream = container.add_stream("libvpx-vp9", rate=rate)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p10le" if codec == "av1" else "yuv420p"
+        stream.bit_rate = 0
+        stream.options = {"crf": str(crf)}
+        if codec == "av1":
+            stream.options["preset"] = "6"
+        for image in frames:
+            for packet in stream.encode(_rgb_frame(image)):
+                container.mux(packet)
+        container.mux(stream.encode())
 
 
 # --------------------------------------------------------------------------------------------
@@ -819,6 +992,17 @@ class _Images:
 
     def __str__(self) -> str:
         return f"<IMAGE {self.count}x{self.height}x{self.width}x3>"
+
+
+@dataclass(frozen=True, eq=False)
+class _Video:
+    """A VIDEO from CreateVideo (``VideoFromComponents``): frames and frame rate."""
+
+    images: _Images
+    fps: float
+
+    def __str__(self) -> str:
+        return "<comfy_api.latest._input_impl.video_types.VideoFromComponents object>"
 
 
 @dataclass(frozen=True)
@@ -2496,6 +2680,9 @@ class FakeComfy:
             "ImageInvert": self._x_image_invert,
             "ImageBatch": self._x_image_batch,
             "SaveImageWebsocket": self._x_save_websocket,
+            "CreateVideo": self._x_create_video,
+            "SaveVideo": self._x_save_video,
+            "SaveWEBM": self._x_save_webm,
         }
 
     def _load_model(self, folder: str, name: object) -> str:
@@ -2810,6 +2997,58 @@ class FakeComfy:
 
         results = await asyncio.to_thread(save)
         return (), {"images": results, "animated": [True]}
+
+    def _video_metadata(self, run: _Run) -> dict[str, object]:
+        """SaveVideo's container tags: ``extra_pnginfo``'s keys, then ``prompt``."""
+        metadata: dict[str, object] = {}
+        extra = run.item.extra_data.get("extra_pnginfo")
+        if isinstance(extra, dict):
+            metadata.update(extra)
+        metadata["prompt"] = run.item.prompt
+        return metadata
+
+    async def _x_create_video(self, ctx: _Ctx, i: dict[str, Any]) -> _Result:
+        images = _need(i.get("images"), _Images, "shape")
+        return (_Video(images, float(i["fps"])),), None
+
+    async def _x_save_video(self, ctx: _Ctx, i: dict[str, Any]) -> _Result:
+        video = _need(i.get("video"), _Video, "get_dimensions")
+        prefix = str(i.get("filename_prefix", "video/ComfyUI"))
+        images, out_dir = video.images, self._dirs["output"]
+        metadata = self._video_metadata(ctx.run)
+
+        def save() -> list[dict[str, Any]]:
+            folder, filename, counter, subfolder = self._save_path(
+                prefix, out_dir, images.width, images.height
+            )
+            name = f"{filename}_{counter:05}_.mp4"  # format auto and mp4 both give .mp4
+            frames = [images.frame(k) for k in range(images.count)]
+            encode_mp4(frames, video.fps, folder / name, metadata)
+            return [{"filename": name, "subfolder": subfolder, "type": "output"}]
+
+        return (), {"images": await asyncio.to_thread(save), "animated": [True]}
+
+    async def _x_save_webm(self, ctx: _Ctx, i: dict[str, Any]) -> _Result:
+        images = _need(i.get("images"), _Images, "shape")
+        prefix = str(i.get("filename_prefix", "ComfyUI"))
+        codec, fps, crf = str(i["codec"]), float(i["fps"]), float(i["crf"])
+        out_dir = self._dirs["output"]
+        run = ctx.run
+        metadata: dict[str, object] = {"prompt": run.item.prompt}
+        extra = run.item.extra_data.get("extra_pnginfo")
+        if isinstance(extra, dict):
+            metadata.update(extra)
+
+        def save() -> list[dict[str, Any]]:
+            folder, filename, counter, subfolder = self._save_path(
+                prefix, out_dir, images.width, images.height
+            )
+            name = f"{filename}_{counter:05}_.webm"
+            frames = [images.frame(k) for k in range(images.count)]
+            encode_webm(frames, fps, folder / name, codec, crf, metadata)
+            return [{"filename": name, "subfolder": subfolder, "type": "output"}]
+
+        return (), {"images": await asyncio.to_thread(save), "animated": [True]}
 
     async def _x_save_websocket(self, ctx: _Ctx, i: dict[str, Any]) -> _Result:
         images = _need(i.get("images"), _Images, "shape")
