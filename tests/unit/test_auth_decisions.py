@@ -115,6 +115,52 @@ def test_forbidden_says_why() -> None:
 
 
 @pytest.mark.parametrize(
+    ("who", "action", "owner", "detail", "needed"),
+    [
+        (
+            READ,
+            Action.SUBMIT_RAW_WORKFLOW,
+            None,
+            "submit raw workflow needs the admin scope; this token (reader) has read",
+            "admin",
+        ),
+        (
+            GEN,
+            Action.MANAGE_TOKENS,
+            None,
+            "manage tokens needs the admin scope; this token (maker) has generate",
+            "admin",
+        ),
+        (
+            GEN,
+            Action.CANCEL_JOB,
+            "g2",
+            "a generate token can cancel only the jobs it created; "
+            "this job belongs to another token",
+            "generate",
+        ),
+        (
+            GEN2,
+            Action.RETRY_JOB,
+            None,
+            "a generate token can retry only the jobs it created; "
+            "this job belongs to another token",
+            "generate",
+        ),
+    ],
+)
+def test_forbidden_detail_and_fields(
+    who: Principal, action: Action, owner: str | None, detail: str, needed: str
+) -> None:
+    """The 403's detail names the action in words (or the verb, for someone else's
+    job) and its extra fields carry the scope needed and the scope held."""
+    with pytest.raises(errors.Forbidden) as info:
+        auth.require(who, action, owner)
+    assert info.value.detail == detail
+    assert info.value.extra == {"needed": needed, "scope": who.scope.value}
+
+
+@pytest.mark.parametrize(
     ("method", "path", "need"),
     [
         ("GET", "/healthz", api_auth.PUBLIC),

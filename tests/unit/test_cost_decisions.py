@@ -16,6 +16,8 @@ from orchestrator.domain.costs import (
     estimate,
     final_cost,
     gpu_seconds,
+    text_tokens,
+    v0_token_ceiling,
 )
 from orchestrator.domain.jobs import JobStatus
 from orchestrator.errors import ErrorCode
@@ -182,6 +184,36 @@ def _msg(kind: str, ts: object) -> JsonValue:
         ([_msg("execution_start", "x"), _msg("execution_success", 3000)], None),
         ([_msg("execution_start", True), _msg("execution_success", 3000)], None),
         (["junk", ["execution_start"], ["execution_start", "not a dict"]], None),
+        # malformed entries are skipped, not the end of the list
+        (["junk", _msg("execution_start", 1000), _msg("execution_success", 3500)], 2.5),
+        (
+            [
+                ["execution_start", "not a dict"],
+                _msg("execution_start", 1000),
+                _msg("execution_success", 3500),
+            ],
+            2.5,
+        ),
+        (
+            [
+                _msg("execution_cached", "x"),
+                _msg("execution_start", 1000),
+                _msg("execution_success", 3500),
+            ],
+            2.5,
+        ),
+        # only execution_start starts the clock, and only the first one
+        ([_msg("execution_cached", 500), _msg("execution_success", 3500)], None),
+        (
+            [
+                _msg("execution_start", 1000),
+                _msg("execution_start", 2000),
+                _msg("execution_success", 3500),
+            ],
+            2.5,
+        ),
+        ([_msg("execution_start", 1000), _msg("execution_success", 1000)], 0.0),
+        ([_msg("execution_start", 1000), _msg("execution_success", 2234.56)], 1.235),  # ms
         ([], None),
     ],
 )
@@ -199,6 +231,9 @@ def test_gpu_seconds(messages: list[JsonValue], want: float | None) -> None:
         (10, 2, 5, 4, True),  # reserved by unfinished jobs counts
         (10, 20, 0, 0, False),  # a free job is never refused
         (0, 0, 0, 0.01, True),  # a zero budget refuses anything that costs
+        (0.6, 0.1, 0.2, 0.3, False),  # 0.1 + 0.2 + 0.3 > 0.6 in floats: noise is let in
+        (10, 0, 0, 10 + 1e-9, False),  # the tolerance is 1e-9 credits, inclusive
+        (10, 0, 0, 10 + 3e-9, True),
     ],
 )
 def test_check_budget(
@@ -221,3 +256,87 @@ def test_day_bounds_are_utc_midnights() -> None:
     start, end = day_bounds(date(2026, 11, 27))
     assert start == datetime(2026, 11, 27, tzinfo=UTC)
     assert end == datetime(2026, 11, 28, tzinfo=UTC)
+
+
+def test_unknown_backends_cost_what_was_quoted() -> None:
+    """A backend the ledger does not know: no estimate, and the upstream's quote (if
+    any) as the final cost."""
+    assert estimate("mystery", "m", PRICES, 10.0, v0_tokens=1000) == 0.0
+
+    def cost(backend: str, model: str, quoted: float | None) -> float:
+        return final_cost(
+            backend=backend,
+            model=model,
+            status=S,
+            accepted=True,
+            submit_started=True,
+            quoted=quoted,
+            error_code=None,
+            gpu_seconds=10.0,
+            tokens=1000,
+            pricing=PRICES,
+        )
+
+    assert cost("mystery", "m", 3.0) == 3.0
+    assert cost("mystery", "m", None) == 0.0
+    # a FLUX model missing from the price table, with no quote: free, not an error
+    assert cost("flux", "flux-unlisted", None) == 0.0
+
+
+def test_costs_are_rounded_to_a_millionth_of_a_credit() -> None:
+    odd = Pricing(gpu_second=0.1234567, v0_per_1k_tokens=1.2345678)
+    assert estimate("sdxl", "sdxl", odd, 1.0) == 0.123457
+    assert estimate("v0", "v0-1.5-md", odd, v0_tokens=1000) == 1.234568
+
+    def cost(backend: str, gpu_s: float | None, tokens: int | None, pricing: Pricing) -> float:
+        return final_cost(
+            backend=backend,
+            model=backend,
+            status=S,
+            accepted=True,
+            submit_started=True,
+            quoted=None,
+            error_code=None,
+            gpu_seconds=gpu_s,
+            tokens=tokens,
+            pricing=pricing,
+        )
+
+    assert cost("sdxl", 1.0, None, odd) == 0.123457
+    assert cost("sdxl", 3.3, None, PRICES) == 1.65
+    assert cost("v0", None, 1000, odd) == 1.234568
+
+
+@pytest.mark.parametrize(
+    ("chars", "tokens"), [(0, 0), (1, 1), (3, 1), (4, 1), (5, 2), (8, 2), (9, 3)]
+)
+def test_text_tokens_round_up(chars: int, tokens: int) -> None:
+    assert text_tokens(chars) == tokens
+
+
+@pytest.mark.parametrize(
+    ("params", "ceiling"),
+    [
+        # prompt and system text (4 characters a token, rounded up) + the default answer
+        ({"prompt": "x" * 10}, 3 + 1000),
+        ({"prompt": "abcd", "system": "abcde"}, 3 + 1000),
+        ({"system": "abcde"}, 2 + 1000),
+        ({"prompt": 12345}, 1000),  # not text: no tokens
+        ({}, 1000),
+        # images: 765 tokens each
+        ({"prompt": "abcd", "images": ["a", "b"]}, 1 + 2 * 765 + 1000),
+        ({"prompt": "abcd", "images": "a"}, 1 + 1000),  # not a list
+        # the request's answer cap replaces the default
+        ({"prompt": "abcd", "max_completion_tokens": 1200}, 1 + 1200),
+        ({"prompt": "abcd", "max_completion_tokens": 1}, 1 + 1),
+        ({"prompt": "abcd", "images": ["a"], "max_completion_tokens": 50}, 1 + 765 + 50),
+        # a cap that is no positive int is ignored
+        ({"prompt": "abcd", "max_completion_tokens": 0}, 1 + 1000),
+        ({"prompt": "abcd", "max_completion_tokens": -5}, 1 + 1000),
+        ({"prompt": "abcd", "max_completion_tokens": True}, 1 + 1000),
+        ({"prompt": "abcd", "max_completion_tokens": "1200"}, 1 + 1000),
+        ({"prompt": "abcd", "max_completion_tokens": None}, 1 + 1000),
+    ],
+)
+def test_v0_token_ceiling(params: dict[str, JsonValue], ceiling: int) -> None:
+    assert v0_token_ceiling(params, 1000) == ceiling

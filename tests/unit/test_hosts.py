@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import httpx2
 import pytest
 
@@ -204,3 +206,53 @@ def test_patterns_from_a_list_and_blanks() -> None:
         "b.example",
     ]
     assert [p.text for p in parse_patterns("a.example, ,b.example")] == ["a.example", "b.example"]
+
+
+def test_the_port_is_after_the_last_colon() -> None:
+    with pytest.raises(ValueError, match="is not a host name pattern"):
+        parse_pattern("api.bfl.ai:8443:443")
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        ("https://API.BFL.ai./v1", ("https", "api.bfl.ai", 443)),
+        ("HTTP://fake.test:8080", ("http", "fake.test", 8080)),
+        ("http://fake.test", ("http", "fake.test", 80)),
+        ("https:///v1/get_result", None),  # no host
+        ("https://:443/", None),
+        ("ftp://fake.test/", None),
+        ("https://fake.test:99999/", None),
+    ],
+)
+def test_origin(url: str, want: tuple[str, str, int] | None) -> None:
+    assert origin(url) == want
+    assert origin(urlsplit(url)) == want  # an already split URL too
+
+
+def test_a_backslash_anywhere_is_refused() -> None:
+    """Even in the path of an allowed host: parsers disagree on what it means."""
+    with pytest.raises(UntrustedUrl, match="not a plain URL"):
+        check_upstream_url(
+            "https://api.eu2.bfl.ai/v1\\get_result",
+            patterns=key_hosts(),
+            trusted_origins=[],
+            what="polling_url",
+            setting="FLUX_KEY_HOSTS",
+        )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.bfl.ai/ " + "a" * 200,  # not a plain URL
+        "ftp://api.bfl.ai/" + "a" * 200,  # not http(s)
+        "http://api.bfl.ai/" + "a" * 200,  # not https
+    ],
+)
+def test_messages_quote_the_first_120_characters(url: str) -> None:
+    with pytest.raises(UntrustedUrl) as caught:
+        check_upstream_url(
+            url, patterns=key_hosts(), trusted_origins=[], what="u", setting="FLUX_KEY_HOSTS"
+        )
+    assert str(caught.value).endswith(repr(url[:120]))

@@ -71,3 +71,16 @@ def test_terminal(status: JobStatus, terminal: bool) -> None:
 @pytest.mark.parametrize("status", [S, F, C])
 def test_terminal_states_have_no_way_out(status: JobStatus) -> None:
     assert not any(can_transition(status, t) for t in JobStatus)
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "detail"),
+    [
+        (JobStatus.QUEUED, JobStatus.SUCCEEDED, "a queued job cannot become succeeded"),
+        (JobStatus.CANCELED, JobStatus.RUNNING, "a canceled job cannot become running"),
+    ],
+)
+def test_refusal_says_which_move(current: JobStatus, target: JobStatus, detail: str) -> None:
+    with pytest.raises(errors.InvalidTransition) as info:
+        transition(current, target)
+    assert info.value.detail == detail

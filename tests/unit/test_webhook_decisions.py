@@ -4,6 +4,7 @@ progress throttling, the retry schedule and the payload."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -14,11 +15,13 @@ from orchestrator.config import Settings
 from orchestrator.domain.jobs import Job, JobOutput, JobStatus
 from orchestrator.domain.webhooks import (
     PROGRESS_MAX_PER_JOB,
+    Target,
     UrlProblem,
     WebhookEvent,
     WebhookPolicy,
     address_forbidden,
     check_url,
+    numeric_ipv4,
     parse_target,
     payload,
     progress_due,
@@ -52,6 +55,10 @@ from orchestrator.domain.webhooks import (
         ("::ffff:10.1.2.3", True),
         ("2002:7f00:1::", True),  # 6to4 wrapping 127.0.0.1
         ("192.0.2.10", True),  # documentation range
+        ("4000::1", True),  # reserved: not allocated by IANA
+        ("2606:4700:4700::1111%eth0", False),  # a zone id is dropped, then judged
+        ("2606:4700:4700::1111%", False),
+        ("8.8.8.8%eth0", False),
         ("not-an-ip", True),
         ("93.184.216.34", False),
         ("8.8.8.8", False),
@@ -230,6 +237,105 @@ def test_payload_is_a_job_summary() -> None:
     ]
     for hidden in ("params", "upstream", "webhook_url", "webhook_events"):
         assert hidden not in data
+
+
+def test_payload_is_plain_json() -> None:
+    """Datetimes as ISO strings, enums as their values: the body is sent as JSON."""
+    at = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+    job = Job(
+        id="j2",
+        backend="sdxl",
+        model="sdxl",
+        params={},
+        status=JobStatus.RUNNING,
+        priority=0,
+        deadline_at=at,
+        created_at=at,
+        updated_at=at,
+    )
+    body = payload(WebhookEvent.STARTED, job, at)
+    assert json.loads(json.dumps(body)) == body
+    data = body["data"]
+    assert isinstance(data, dict)
+    assert data["created_at"] == "2026-01-01T12:30:00Z"
+    assert type(data["status"]) is str and data["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    ("url", "target"),
+    [
+        ("https://hooks.example.com/x", Target("https", "hooks.example.com", 443)),
+        ("http://hooks.example.com/x", Target("http", "hooks.example.com", 80)),
+        ("HTTP://Hooks.Example.com:8080", Target("http", "hooks.example.com", 8080)),
+        ("https://hooks.example.com./x", Target("https", "hooks.example.com", 443)),
+        ("https://[2606:4700::1]:8443/", Target("https", "2606:4700::1", 8443)),
+    ],
+)
+def test_parse_target(url: str, target: Target) -> None:
+    assert parse_target(url) == target
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://hooks.example.com/", "must be an http:// or https:// URL"),
+        ("http:///x", "must include a host"),
+        ("http://a b/", "must not contain whitespace"),
+        ("http://example.com:99999/", "not a valid URL: Port out of range 0-65535"),
+        (
+            "http://localhost/",
+            "targets a loopback host; set WEBHOOK_ALLOW_PRIVATE=true to allow private targets",
+        ),
+        (
+            "http://127.0.0.1/",
+            "targets the non-public address 127.0.0.1; set WEBHOOK_ALLOW_PRIVATE=true to "
+            "allow private targets",
+        ),
+        (
+            "http://2130706433/",
+            "targets the non-public address 2130706433 (127.0.0.1); set "
+            "WEBHOOK_ALLOW_PRIVATE=true to allow private targets",
+        ),
+        ("http://1.2.3.4.0/", "1.2.3.4.0 is not a valid IPv4 address"),
+    ],
+)
+def test_url_problem_messages(url: str, message: str) -> None:
+    """The field error an API client sees for webhook_url."""
+    with pytest.raises(UrlProblem) as info:
+        check_url(url, allow_private=False)
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("1.2.3.4", "1.2.3.4"),
+        ("127.0.0.1.", "127.0.0.1"),  # a trailing dot is the same host
+        ("127.1", "127.0.0.1"),  # the last part fills the remaining bytes
+        ("1.2.65535", "1.2.255.255"),
+        ("1.16777215", "1.255.255.255"),
+        ("4294967295", "255.255.255.255"),
+        ("255.1", "255.0.0.1"),
+        ("0xff.0xffffff", "255.255.255.255"),
+        ("0x", "0.0.0.0"),  # inet_aton reads a bare 0x as 0
+        ("0X7F000001", "127.0.0.1"),  # hex in any case
+        ("host.10X", None),  # a last label with a letter is a name, in any case
+        ("hooks.example.com", None),
+        ("example.0xg1", None),  # not hex: a name
+        ("1.2.3.x", None),
+    ],
+)
+def test_numeric_ipv4(host: str, address: str | None) -> None:
+    assert numeric_ipv4(host) == address
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["1.2.3.4.0", "1.2.3.256", "1.256.1", "256.1", "1.2.65536", "1.16777216", "4294967296"],
+)
+def test_numeric_ipv4_out_of_range(host: str) -> None:
+    with pytest.raises(UrlProblem, match=f"^{host} is not a valid IPv4 address$"):
+        numeric_ipv4(host)
 
 
 # --- settings ------------------------------------------------------------------------------
