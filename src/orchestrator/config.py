@@ -95,6 +95,12 @@ class ComfyProcessSettings(BaseModel):
     max_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
     startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
     max_restarts: Annotated[int, Field(ge=0, le=1000)] = 5
+    check_listener: bool = Field(
+        default=True,
+        description="Ready only once the socket listening on the port belongs to the "
+        "process started or one of its descendants (Linux, through /proc). Turn off when "
+        "the command hands the port to another process tree (e.g. `docker run -p`).",
+    )
 
     @property
     def url(self) -> str:
@@ -257,7 +263,8 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Local ComfyUI servers that `serve` starts and supervises: "
         "[[comfy_processes]] tables in the TOML (name, command, cwd, env, port, "
-        "max_in_flight, startup_timeout_s, max_restarts); each becomes a pool instance "
+        "max_in_flight, startup_timeout_s, max_restarts, check_listener); each becomes a "
+        "pool instance "
         "http://127.0.0.1:<port>.",
     )
     comfy_workflows_dir: Path | None = Field(

@@ -248,7 +248,10 @@ async def open_runtime(
                     await pool_ref[0].refresh(force_info=True)
 
             supervisor = ProcessSupervisor(
-                settings.comfy_processes, settings.data_path / "logs", on_ready=ready
+                settings.comfy_processes,
+                settings.data_path / "logs",
+                on_ready=ready,
+                run_dir=settings.data_path / "run",
             )
             supervisor.start()
             # closed after the pool and the worker (the stack unwinds in reverse)
@@ -257,6 +260,14 @@ async def open_runtime(
                 await supervisor.wait_ready()
         backends, pool = await _build_backends(settings, stack, demo, inputs)
         pool_ref[0] = pool
+        if supervisor is not None and pool is not None:
+            # work goes to a supervised process's URL only while the process started
+            # there is ready: not to a stranger (or an orphan) answering on its port
+            for name, proc in supervisor.processes.items():
+                inst = pool.get(name)
+                if inst is not None:
+                    inst.gate = proc.unavailable_reason
+            await pool.refresh()
         for b in backends.values():
             stack.push_async_callback(b.aclose)
         store = OutputStore(settings.output_path, settings.jobs_path)

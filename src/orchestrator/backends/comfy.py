@@ -555,6 +555,10 @@ class ComfyInstance:
         # let go of yet: the backend's ``release`` ends each, on every path.
         self.active: set[str] = set()
         self.info_at = 0.0
+        # A process Orchestrator supervises on this URL: why it must not be used now
+        # (starting, port taken by a stranger...), or None once it is ready. An answer
+        # on its port alone does not make it healthy.
+        self.gate: Callable[[], str | None] | None = None
 
     @property
     def name(self) -> str:
@@ -660,6 +664,14 @@ class ComfyPool:
         await asyncio.gather(*(self._check(i, force_info) for i in self.instances.values()))
 
     async def _check(self, inst: ComfyInstance, force_info: bool) -> None:
+        closed = inst.gate() if inst.gate is not None else None
+        if closed is not None:
+            if inst.healthy or not inst.checked or inst.last_error != closed:
+                log.info("comfy instance not usable", instance=inst.name, reason=closed)
+            inst.healthy = False
+            inst.last_error = closed
+            inst.checked = True
+            return
         try:
             stats = await inst.client.system_stats()
             system = stats.get("system")
@@ -1128,7 +1140,8 @@ class ComfyBackend(Backend):
         )
         reason = None
         if not up:
-            reason = "no ComfyUI instance is reachable"
+            why = "; ".join(f"{s.name}: {s.last_error}" for s in statuses if s.last_error)
+            reason = "no ComfyUI instance is reachable" + (f" ({why})" if why else "")
         elif not runnable:
             reason = f"no reachable instance has the nodes and models for {self.name}"
         return BackendHealth(
