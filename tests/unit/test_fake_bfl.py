@@ -207,6 +207,23 @@ async def test_active_task_limit_is_429(
     assert (await submit(client)).status_code == 200
 
 
+async def test_peak_active_tasks_counts_the_most_at_once(
+    client: httpx2.AsyncClient, fake: FakeBfl, clock: ManualClock
+) -> None:
+    """What a limit over all of a key's clients must keep down: the most tasks active
+    at once, not how many were submitted."""
+    assert fake.state()["peak_active_tasks"] == 0
+    for _ in range(3):
+        assert (await submit(client)).status_code == 200
+    clock.advance(2.0)  # all three done
+    for _ in range(2):
+        assert (await submit(client)).status_code == 200
+    state = fake.state()
+    assert (state["peak_active_tasks"], state["active_tasks"]) == (3, 2)
+    fake.reset()
+    assert fake.state()["peak_active_tasks"] == 0
+
+
 async def test_kontext_max_has_its_own_limit(client: httpx2.AsyncClient, fake: FakeBfl) -> None:
     fake.config.kontext_max_limit = 1
     assert (await submit(client, "flux-kontext-max")).status_code == 200

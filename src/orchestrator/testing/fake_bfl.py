@@ -200,6 +200,9 @@ class FakeBflState(TypedDict):
     credits: float
     active_tasks: int
     active_tasks_by_model: dict[str, int]
+    # the most tasks active at once since the start (or the last reset), counted as
+    # each one is accepted: what a limit over all of a key's clients must keep down
+    peak_active_tasks: int
     tasks: int
     pending_faults: int
     now: float
@@ -707,6 +710,7 @@ class FakeBfl:
         self._misrouted_polls = 0
         self._polled_prompts: Counter[str] = Counter()
         self._downloads = 0
+        self._peak_active = 0
         self._requests: list[SeenRequest] = []
         self._poll_window = (0.0, 0)
         self._app = self._build_app()
@@ -818,6 +822,7 @@ class FakeBfl:
             self._misrouted_polls = 0
             self._polled_prompts.clear()
             self._downloads = 0
+            self._peak_active = 0
             self._requests.clear()
             self._poll_window = (0.0, 0)
             self.faults.clear()
@@ -849,6 +854,7 @@ class FakeBfl:
                 "credits": self._credits,
                 "active_tasks": sum(by_model.values()),
                 "active_tasks_by_model": dict(by_model),
+                "peak_active_tasks": self._peak_active,
                 "tasks": len(self._tasks),
                 "pending_faults": self.faults.pending(),
                 "now": now,
@@ -1015,6 +1021,7 @@ class FakeBfl:
             if outcome in ("content_moderated", "error"):
                 self._refundable.add(task.id)
             self._tasks[task.id] = task
+            self._peak_active = max(self._peak_active, len(active) + 1)
             self._submissions.append(Submission(task.id, model, raw_body, now))
             self._prompt_counts[prompt] += 1
             cluster = (cfg.cluster_base_url or self.public_base_url).rstrip("/")
