@@ -209,6 +209,81 @@ async def _serve(server: uvicorn.Server) -> bool:
     return bool(server.started)
 
 
+# --- worker ----------------------------------------------------------------------------
+
+
+@app.command("worker")
+def worker_command(
+    ctx: typer.Context,
+    backends: Annotated[
+        str | None,
+        typer.Option(
+            "--backends",
+            help="Comma-separated backends whose jobs this worker claims, e.g. flux,sdxl "
+            "(default: every enabled backend).",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=10000, help="Jobs run at once (WORKER_CONCURRENCY)."),
+    ] = None,
+) -> None:
+    """Run jobs only, no HTTP server: claim queued jobs from the database and run them.
+
+    Start any number of these next to `serve --no-worker` (one database, each worker
+    with its own DATA_DIR if you like). SIGTERM or Ctrl-C stops claiming; jobs in
+    flight finish or are handed back within SHUTDOWN_GRACE_S, then it exits 0."""
+    from orchestrator.domain.params import BACKENDS
+
+    names: list[str] | None = None
+    if backends is not None:
+        names = list(dict.fromkeys(n.strip() for n in backends.split(",") if n.strip()))
+        unknown = [n for n in names if n not in BACKENDS]
+        if unknown or not names:
+            err.print(
+                f"[bold red]Unknown backend{'s' if len(unknown) > 1 else ''}:[/] "
+                f"{', '.join(unknown) or '(none given)'}; "
+                f"--backends takes a comma-separated list of {', '.join(BACKENDS)}"
+            )
+            raise typer.Exit(2)
+    more: dict[str, object] = {}
+    if concurrency is not None:
+        more["worker_concurrency"] = concurrency
+    settings = _settings(ctx, verbose=True, **more)
+    raise typer.Exit(_run(_work(settings, names)))
+
+
+async def _work(settings: Settings, names: list[str] | None) -> int:
+    import asyncio
+    import signal
+
+    from orchestrator import logs
+    from orchestrator.engine.worker import WorkerOptions
+    from orchestrator.runtime import open_runtime
+
+    log = logs.get(__name__)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        options = WorkerOptions(
+            concurrency=settings.worker_concurrency,
+            lease_s=settings.lease_s,
+            poll_interval_s=settings.worker_poll_interval_s,
+            shutdown_grace_s=settings.shutdown_grace_s,
+            kind="worker",
+            backends=names,
+        )
+        async with open_runtime(settings, run_worker=True, worker_options=options):
+            await stop.wait()
+            log.info("stopping the worker", grace_s=settings.shutdown_grace_s)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
 # --- ignite ----------------------------------------------------------------------------
 
 

@@ -308,6 +308,7 @@ async def open_runtime(
                 poll_interval_s=settings.worker_poll_interval_s,
                 shutdown_grace_s=settings.shutdown_grace_s,
             )
+            _check_claimed(backends, opts)
             worker = Worker(
                 service.repo, service.worker_repo, backends, store, hub, opts, metrics=metrics
             )
@@ -324,6 +325,24 @@ async def open_runtime(
         )
         runtime._stack = stack
         yield runtime
+
+
+def _check_claimed(backends: dict[str, Backend], opts: WorkerOptions) -> None:
+    """A worker told to claim the jobs of named backends (``worker --backends``)
+    must be able to run them: an unknown or disabled one stops it at start."""
+    from orchestrator import errors
+
+    for name in opts.backends or ():
+        b = backends.get(name)
+        if b is None:
+            known = ", ".join(backends)
+            raise errors.ConfigError([f"unknown backend {name!r} (known: {known})"])
+        if not b.enabled:
+            raise errors.BackendDisabled(
+                f"--backends names {name}, which cannot run here: {b.disabled_reason}",
+                backend=name,
+                reason=b.disabled_reason,
+            )
 
 
 async def _start_webhooks(

@@ -63,6 +63,10 @@ class WorkerOptions:
     shutdown_grace_s: float = 10.0
     kind: str = "serve"
     only_ids: Sequence[str] | None = None
+    # The backends whose jobs this worker claims (None: every enabled one); the
+    # others' jobs are left to workers that claim them (``orchestrator worker
+    # --backends``).
+    backends: Sequence[str] | None = None
     # How long a job taken over mid-submit waits for its previous holder (possibly
     # alive, its lease lost) to record the upstream handle before it is failed as
     # ``submit_interrupted``: longer than any submit call can take.
@@ -151,7 +155,13 @@ class Worker:
         return len(self._running)
 
     def enabled_backends(self) -> list[str]:
-        return [name for name, b in self.backends.items() if b.enabled]
+        """The enabled backends this worker claims jobs of."""
+        only = self.opts.backends
+        return [
+            name
+            for name, b in self.backends.items()
+            if b.enabled and (only is None or name in only)
+        ]
 
     def claimable_backends(self) -> list[str]:
         """Enabled backends that can take a job now: the others' jobs stay queued
@@ -162,8 +172,9 @@ class Worker:
         """Note which backends cannot take jobs now; the queued jobs of one that just
         went down get an event saying what they wait for."""
         gone: dict[str, str] = {}
+        mine = set(self.enabled_backends())
         for name, b in self.backends.items():
-            reason = b.waiting_reason() if b.enabled else None
+            reason = b.waiting_reason() if name in mine else None
             if reason is not None:
                 if name not in self._waiting:
                     gone[name] = reason
