@@ -7,7 +7,7 @@ spend) are read from the database and the backends when ``/metrics`` is scraped.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import stamina.instrumentation
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -105,6 +105,19 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.workers = Gauge(
+            "orchestrator_workers",
+            "Registered worker processes (all machines), by kind and state (live, or gone: "
+            "no heartbeat within LEASE_S).",
+            ["kind", "state"],
+            registry=r,
+        )
+        self.worker_backends = Gauge(
+            "orchestrator_worker_backends",
+            "Live worker processes (all machines) that claim each backend's jobs.",
+            ["backend"],
+            registry=r,
+        )
         _LIVE.add(self)
         _install_retry_hook()
 
@@ -138,6 +151,22 @@ class Metrics:
                 )
             self.queue_depth.labels(backend=backend).set(by_status.get("queued", 0))
             self.in_flight.labels(backend=backend).set(by_status.get("running", 0))
+
+    def set_workers(self, rows: Iterable[tuple[str, bool, Sequence[str] | None]]) -> None:
+        """From the registry: each worker's (kind, live, backends it claims)."""
+        self.workers.clear()
+        self.worker_backends.clear()
+        for kind in ("serve", "worker"):  # always present, 0 when none
+            for state in ("live", "gone"):
+                self.workers.labels(kind=kind, state=state).set(0)
+        by_backend: dict[str, int] = {}
+        for kind, live, backends in rows:
+            self.workers.labels(kind=kind, state="live" if live else "gone").inc()
+            if live:
+                for b in backends or ():
+                    by_backend[b] = by_backend.get(b, 0) + 1
+        for b, n in by_backend.items():
+            self.worker_backends.labels(backend=b).set(n)
 
     def set_spend(self, spent: float, reserved: float) -> None:
         self.spent_today.labels(kind="spent").set(spent)

@@ -72,6 +72,28 @@ class ModelInfo(BaseModel):
     params_schema: dict[str, JsonValue] = Field(description="JSON Schema of the parameters.")
 
 
+class WorkerStatus(BaseModel):
+    """A registered worker process."""
+
+    id: str
+    kind: str = Field(
+        description="What runs it: `worker` (orchestrator worker), `serve`, `mcp` or `cli`."
+    )
+    host: str
+    pid: int
+    backends: list[str] | None = Field(
+        description="The backends whose jobs it claims (null: not recorded)."
+    )
+    concurrency: int | None = Field(description="Jobs it runs at once (null: not recorded).")
+    started_at: datetime
+    heartbeat_at: datetime
+    heartbeat_age_s: float = Field(description="Seconds since its last heartbeat.")
+    state: Literal["live", "gone"] = Field(
+        description="`gone`: no heartbeat within LEASE_S (killed, or its machine is "
+        "down); the jobs it held are taken over by other workers once their leases expire."
+    )
+
+
 class SystemHealth(BaseModel):
     status: Literal["ok", "degraded"]
     version: str
@@ -83,6 +105,11 @@ class SystemHealth(BaseModel):
     )
     database_url: str
     workers: int = Field(description="Worker processes seen in the last lease period.")
+    worker_processes: list[WorkerStatus] = Field(
+        default_factory=list,
+        description="Every registered worker process, live ones first, then those gone "
+        "(kept for a day).",
+    )
     backends: list[BackendHealth]
     queue: dict[str, dict[str, int]]
     notice: str | None = None
@@ -578,7 +605,7 @@ class Service:
         db_ok = problem is None
         backends = await self.backend_health()
         queue = await self.repo.counts() if db_ok else {}
-        live = await self.worker_repo.live(self.settings.lease_s) if db_ok else []
+        listed = await self.worker_statuses() if db_ok else []
         usable = any(b.status == "ok" for b in backends)
         notice = None
         if self.demo:
@@ -593,7 +620,8 @@ class Service:
             database="ok" if db_ok else "down",
             database_problem=problem,
             database_url=self.settings.masked()["DATABASE_URL"],
-            workers=len(live),
+            workers=sum(1 for w in listed if w.state == "live"),
+            worker_processes=listed,
             backends=backends,
             queue=queue,
             notice=notice,
@@ -638,6 +666,25 @@ class Service:
         if queued >= limit:
             return f"{queued} jobs are queued (READY_MAX_QUEUE={limit})"
         return None
+
+    async def worker_statuses(self) -> list[WorkerStatus]:
+        """Every registered worker process: live (a heartbeat within ``LEASE_S``) or
+        gone."""
+        return [
+            WorkerStatus(
+                id=w.info.id,
+                kind=w.info.kind,
+                host=w.info.hostname,
+                pid=w.info.pid,
+                backends=list(w.info.backends) if w.info.backends is not None else None,
+                concurrency=w.info.concurrency,
+                started_at=w.info.started_at,
+                heartbeat_at=w.info.heartbeat_at,
+                heartbeat_age_s=round(w.heartbeat_age_s, 3),
+                state="live" if w.live else "gone",
+            )
+            for w in await self.worker_repo.listed(self.settings.lease_s)
+        ]
 
     async def live_workers(self) -> int:
         return len(await self.worker_repo.live(self.settings.lease_s))

@@ -110,6 +110,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/ui/asset-thumbs/{asset_id}"): READ,
     ("GET", "/ui/panels/queue"): READ,
     ("GET", "/ui/panels/backends"): READ,
+    ("GET", "/ui/panels/workers"): READ,
     ("GET", "/ui/panels/templates"): READ,
     ("GET", "/ui/panels/recent"): READ,
     ("GET", "/ui/panels/jobs"): READ,

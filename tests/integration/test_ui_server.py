@@ -99,6 +99,7 @@ PAGES = [
     "/ui/panels/queue",
     "/ui/panels/backends",
     "/ui/panels/backends?compact=true",
+    "/ui/panels/workers",
     "/ui/panels/templates",
     "/ui/panels/recent",
     "/ui/panels/jobs",

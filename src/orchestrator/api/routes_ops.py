@@ -55,6 +55,12 @@ async def metrics(request: Request, service: ServiceDep) -> Response:
         m.set_spend(spend.spent, spend.reserved)
     except Exception:
         log.warning("metrics: could not read job counts", exc_info=True)
+    try:
+        m.set_workers(
+            (w.kind, w.state == "live", w.backends) for w in await service.worker_statuses()
+        )
+    except Exception:
+        log.warning("metrics: could not read the worker registry", exc_info=True)
     flux = next((h for h in await service.cached_backend_health() if h.name == "flux"), None)
     credits = flux.details.get("credits") if flux is not None and flux.enabled else None
     m.set_credits(float(credits) if isinstance(credits, int | float) else None)

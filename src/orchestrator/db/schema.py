@@ -143,6 +143,10 @@ workers = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    # the backends whose jobs it claims, and how many it runs at once (NULL: a row
+    # registered before these columns existed)
+    sa.Column("backends", sa.JSON, nullable=True),
+    sa.Column("concurrency", sa.Integer, nullable=True),
 )
 
 # The webhook outbox: a row per (event, target), inserted in the transaction of the

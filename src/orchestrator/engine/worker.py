@@ -206,7 +206,14 @@ class Worker:
         return list(self._parked)
 
     async def start(self) -> None:
-        await self.workers.register(self.id, self.opts.kind, self.host, os.getpid())
+        await self.workers.register(
+            self.id,
+            self.opts.kind,
+            self.host,
+            os.getpid(),
+            backends=self.enabled_backends(),
+            concurrency=self.opts.concurrency,
+        )
         _LIVE_HERE.add(self.id)
         await self._release_dead_predecessors()
         self.store.remove_partials(older_than_s=86_400)

@@ -85,6 +85,21 @@ async def backends(request: Request, compact: bool = False) -> HTMLResponse:
     )
 
 
+@router.get("/panels/workers", response_class=HTMLResponse)
+async def workers(request: Request) -> HTMLResponse:
+    service = service_of(request)
+    listed = await service.worker_statuses()
+    return _panel(
+        request,
+        "workers.html",
+        {
+            "workers": listed,
+            "live": sum(1 for w in listed if w.state == "live"),
+            "lease_s": service.settings.lease_s,
+        },
+    )
+
+
 @router.get("/panels/templates", response_class=HTMLResponse)
 async def templates(request: Request) -> HTMLResponse:
     service = service_of(request)
