@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import stamina
+from tests.s3_server import s3_server  # noqa: F401  (a fixture: moto's S3 server)
 
 from orchestrator.config import Settings, env_name, load_settings
 from orchestrator.testing.fake_bfl import FakeBfl, FakeBflConfig

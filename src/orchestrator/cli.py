@@ -731,7 +731,7 @@ async def _follow(rt: Runtime, job: Job) -> Job:
 def _report(rt: Runtime, job: Job) -> int:
     if job.status == JobStatus.SUCCEEDED:
         for o in job.outputs:
-            typer.echo(str(rt.service.store.resolve(o.path)))
+            typer.echo(rt.service.store.location(o.path))  # a path, or an s3:// URL
         return 0
     if job.error is not None:
         err.print(f"[bold red]{job.status.value}[/] {job.error.code.value}: {job.error.message}")

@@ -28,6 +28,7 @@ from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import (
+    AliasChoices,
     AnyHttpUrl,
     BaseModel,
     ConfigDict,
@@ -48,6 +49,7 @@ from pydantic_settings import (
 
 from orchestrator import errors
 from orchestrator.domain.webhooks import UrlProblem, check_url
+from orchestrator.object_store import S3Credentials, S3Location
 
 APP_NAME = "orchestrator"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
@@ -131,6 +133,35 @@ class Settings(BaseSettings):
     jobs_dir: Path | None = Field(
         default=None,
         description="Where a JSON manifest per finished job is written. Default: DATA_DIR/jobs.",
+    )
+    output_store_url: str | None = Field(
+        default=None,
+        description="Where outputs and job manifests are kept. Unset: the local OUTPUT_DIR "
+        "(and JOBS_DIR). s3://bucket/prefix: an S3-compatible bucket (AWS S3, MinIO, R2…), "
+        "outputs under prefix/outputs/, manifests under prefix/jobs/; endpoint, region and "
+        "keys from AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY. "
+        "A folder path: the local output folder (instead of OUTPUT_DIR).",
+    )
+    output_store_presign_s: Annotated[int, Field(ge=0, le=7 * 86_400)] = Field(
+        default=0,
+        description="With an S3 output store: GET /api/outputs/... answers with a redirect "
+        "to a presigned URL valid this many seconds instead of streaming the bytes through "
+        "Orchestrator. 0: stream (the default).",
+    )
+    aws_endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 API endpoint, e.g. http://127.0.0.1:9000 for MinIO. Unset: AWS S3.",
+    )
+    aws_region: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("aws_region", "aws_default_region"),
+        description="The bucket's region (AWS_DEFAULT_REGION is read too). Default: us-east-1.",
+    )
+    aws_access_key_id: str | None = Field(
+        default=None, description="Access key of the S3 output store."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret key of the S3 output store."
     )
     database_url: str | None = Field(
         default=None,
@@ -451,6 +482,28 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, v: object) -> object:
         return None if isinstance(v, str) and not v.strip() else v
 
+    @field_validator("output_store_url", "aws_endpoint_url", "aws_region", mode="before")
+    @classmethod
+    def _blank_store_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("output_store_url")
+    @classmethod
+    def _check_store_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if v.startswith("s3://"):
+            S3Location.parse(v)  # ValueError names what is wrong
+            return v
+        if v.startswith("file://"):
+            return v
+        if "://" in v:
+            raise ValueError(
+                "must be s3://bucket[/prefix], a folder path, or unset (the local OUTPUT_DIR)"
+            )
+        return v
+
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, v: str | None) -> str | None:
@@ -542,6 +595,9 @@ class Settings(BaseSettings):
         data = _resolve(self.data_dir, base) if self.data_dir else default_data_dir()
         self.data_dir = data
         self.output_dir = _resolve(self.output_dir, base) if self.output_dir else data / "outputs"
+        if self.output_store_url is not None and not self.output_store_url.startswith("s3://"):
+            folder = Path(self.output_store_url.removeprefix("file://")).expanduser()
+            self.output_dir = _resolve(folder, base)
         self.jobs_dir = _resolve(self.jobs_dir, base) if self.jobs_dir else data / "jobs"
         self.comfy_workflows_dir = (
             _resolve(self.comfy_workflows_dir, base)
@@ -577,6 +633,23 @@ class Settings(BaseSettings):
     def output_path(self) -> Path:
         assert self.output_dir is not None
         return self.output_dir
+
+    @property
+    def output_store_s3(self) -> S3Location | None:
+        """The bucket and prefix of an S3 output store; None: outputs are local."""
+        url = self.output_store_url
+        return S3Location.parse(url) if url is not None and url.startswith("s3://") else None
+
+    @property
+    def s3_credentials(self) -> S3Credentials:
+        secret = self.aws_secret_access_key
+        return S3Credentials(
+            endpoint_url=self.aws_endpoint_url,
+            region=self.aws_region,
+            access_key_id=self.aws_access_key_id,
+            secret_access_key=secret.get_secret_value() if secret is not None else None,
+            connect_timeout_s=self.http_connect_timeout_s,
+        )
 
     @property
     def jobs_path(self) -> Path:

@@ -29,6 +29,7 @@ RFC 9457 problem responses in one place, the CLI to exit codes and messages.
         │   └── RateLimited                      429 with Retry-After
         ├── Requeue                              nothing ran: run the job again elsewhere
         ├── StorageFull                          the output folder is full: fetch again later
+        ├── StorageUnavailable                   the object store failed past its retries
         └── DeadlineExceeded
 
 Job failures are recorded with a machine-readable :class:`ErrorCode`.
@@ -65,6 +66,8 @@ class ErrorCode(StrEnum):
     # real, or the other way round: it is never sent to the other kind
     BACKEND_KIND_CHANGED = "backend_kind_changed"
     STORAGE_ERROR = "storage_error"
+    # the object store (S3) could not be reached or refused the upload, retries spent
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     # an upstream handed over a URL we may not follow (host, scheme, private address)
     UNTRUSTED_URL = "untrusted_url"
     OUTPUT_TOO_LARGE = "output_too_large"  # a download passed its backend's size cap
@@ -264,6 +267,15 @@ class StorageFull(UpstreamError):
 
     def __init__(self, detail: str) -> None:
         super().__init__(ErrorCode.STORAGE_ERROR, detail)
+
+
+class StorageUnavailable(UpstreamError):
+    """The output store (an S3 bucket) could not store an output: unreachable,
+    refusing, or failing, after a few tries with backoff. The job fails with
+    ``storage_unavailable``; it is never marked succeeded without its object."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(ErrorCode.STORAGE_UNAVAILABLE, detail)
 
 
 class Requeue(UpstreamError):

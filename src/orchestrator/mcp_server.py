@@ -227,6 +227,13 @@ def principal_of(ctx: Ctx | None) -> auth.Principal:
     raise ToolError("not authenticated: send Authorization: Bearer <token>")
 
 
+def _local_file(service: Service, relative: str) -> str | None:
+    """The output's path when outputs are local files; None in an object store (the
+    output:// resource and the HTTP URL still reach it)."""
+    path = service.store.local_file(relative)
+    return None if path is None else str(path)
+
+
 def summarize(
     service: Service,
     job: Job,
@@ -242,7 +249,7 @@ def summarize(
             uri=f"output://{job.id}/{o.n}",
             url=o.url,
             http_url=f"{base_url}{o.url}" if base_url else None,
-            file_path=None if base_url else str(service.store.resolve(o.path)),
+            file_path=None if base_url else _local_file(service, o.path),
             mime_type=o.mime_type,
             size_bytes=o.size_bytes,
             width=o.width,
@@ -630,7 +637,7 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
         except (OSError, ValueError) as exc:
             raise ToolError(f"output {n} of job {job_id} cannot be previewed: {exc}") from None
         base = _base_url(ctx)
-        where = f"{base}{out.url}" if base else str(path)
+        where = f"{base}{out.url}" if base else service.store.location(out.path)
         link = ResourceLink(
             type="resource_link",
             name=f"{job_id}-{n}",

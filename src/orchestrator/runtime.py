@@ -231,7 +231,7 @@ async def open_runtime(
     from orchestrator.engine.worker import Worker, WorkerOptions
     from orchestrator.metrics import Metrics
     from orchestrator.services import Service
-    from orchestrator.storage import InputStore, OutputStore
+    from orchestrator.storage import InputStore, output_store_for
 
     demo = demo_enabled(settings)
     async with AsyncExitStack() as stack:
@@ -270,7 +270,7 @@ async def open_runtime(
             await pool.refresh()
         for b in backends.values():
             stack.push_async_callback(b.aclose)
-        store = OutputStore(settings.output_path, settings.jobs_path)
+        store = output_store_for(settings)
         hub = Hub()
         service = Service(settings, db, backends, store, hub, demo=demo, inputs=inputs, comfy=pool)
         service.processes = supervisor

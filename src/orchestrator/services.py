@@ -471,15 +471,25 @@ class Service:
         """Return the job once it is finished (or when ``timeout_s`` passes)."""
         return await self.waiters.wait(job_id, timeout_s)
 
-    async def output(self, job_id: str, n: int) -> tuple[JobOutput, Path]:
+    async def find_output(self, job_id: str, n: int) -> JobOutput:
+        """The record of a job's output ``n`` (404 for an unknown job or output)."""
         job = await self.repo.get(job_id)
         for out in job.outputs:
             if out.n == n:
-                path = self.store.resolve(out.path)
-                if not path.is_file():
-                    raise errors.OutputNotFound(f"output {n} of job {job_id} is missing on disk")
-                return out, path
+                return out
         raise errors.OutputNotFound(f"job {job_id} has no output {n}", job_id=job_id, n=n)
+
+    async def output(self, job_id: str, n: int) -> tuple[JobOutput, Path]:
+        """The output and a local file with its bytes: the file itself in a local
+        store; with an object store, a copy cached by content hash (for thumbnails,
+        previews and the MCP resource; downloads stream from the store instead)."""
+        out = await self.find_output(job_id, n)
+        if not self.store.is_local:
+            return out, await self.store.local_copy(out.path, out.sha256)
+        path = self.store.resolve(out.path)
+        if not path.is_file():
+            raise errors.OutputNotFound(f"output {n} of job {job_id} is missing on disk")
+        return out, path
 
     # --- costs and budgets --------------------------------------------------------------
     async def set_token_budget(

@@ -25,10 +25,11 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import stamina
 from PIL import Image, UnidentifiedImageError
 from pydantic import JsonValue
 
@@ -36,10 +37,23 @@ from orchestrator import errors
 from orchestrator.db.jobs import NewOutput
 from orchestrator.domain.jobs import Job
 from orchestrator.media_probe import probe_video
+from orchestrator.object_store import (
+    LocalObjectStore,
+    ObjectMissing,
+    ObjectStore,
+    S3ObjectStore,
+    StoreUnavailable,
+)
+
+if TYPE_CHECKING:
+    from orchestrator.config import Settings
 
 PARTIAL_DIR = ".partial"
 # Out of space: the output folder is full (or over quota); a write may succeed later.
 OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Tries at storing an output or manifest in an object store before the job fails
+# (``storage_unavailable``); stamina backs off between them.
+UPLOAD_ATTEMPTS = 4
 # Bytes of a download held in memory before they are written out (see ``save``).
 WRITE_BATCH = 1 << 20
 METADATA_KEY = "orchestrator"
@@ -88,10 +102,92 @@ def embeddable(value: JsonValue) -> JsonValue:
 
 
 class OutputStore:
-    def __init__(self, output_dir: Path, jobs_dir: Path) -> None:
+    """Job outputs and manifests. Downloads are always assembled in the local
+    ``OUTPUT_DIR/.partial`` folder (metadata embedded, hashed, checked); then the
+    finished file is moved into place in ``objects``: renamed into ``OUTPUT_DIR``
+    (the default :class:`LocalObjectStore`), or uploaded whole to a bucket, before
+    ``save`` returns and so before the job can be marked succeeded."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        jobs_dir: Path,
+        *,
+        objects: ObjectStore | None = None,
+        manifests: ObjectStore | None = None,
+        cache_dir: Path | None = None,
+    ) -> None:
         self.output_dir = output_dir
         self.jobs_dir = jobs_dir
         self.partial_dir = output_dir / PARTIAL_DIR
+        if objects is None or isinstance(objects, LocalObjectStore):
+            self.local: LocalObjectStore | None = objects or LocalObjectStore(
+                output_dir, hidden=(PARTIAL_DIR,)
+            )
+            self.objects: ObjectStore = self.local
+        else:
+            self.local, self.objects = None, objects
+        self.manifests: ObjectStore = manifests or LocalObjectStore(jobs_dir)
+        # local copies of remote outputs (thumbnails, previews), named by content hash
+        self.cache_dir = cache_dir or output_dir.parent / "cache" / "outputs"
+
+    @property
+    def is_local(self) -> bool:
+        """Outputs are files under OUTPUT_DIR (not in an object store)."""
+        return self.local is not None
+
+    def location(self, relative: str) -> str:
+        """Where a stored output is, for people: its path, or its ``s3://`` URL."""
+        if self.local is not None:
+            return str(self.resolve(relative))
+        return self.objects.location(relative)
+
+    def local_file(self, relative: str) -> Path | None:
+        """The output's file when outputs are local; None in an object store."""
+        return self.resolve(relative) if self.local is not None else None
+
+    async def local_copy(self, relative: str, sha256: str) -> Path:
+        """A local file with the output's bytes: the output itself when local, else a
+        copy cached under ``cache_dir`` by content hash (outputs never change)."""
+        if self.local is not None:
+            path = self.resolve(relative)
+            if not path.is_file():
+                raise errors.OutputNotFound(f"output {relative} is missing on disk")
+            return path
+        name = relative.rsplit("/", 1)[-1]
+        ext = name.rsplit(".", 1)[-1] if "." in name else "bin"
+        digest = (
+            sha256
+            if re.fullmatch(r"[0-9a-f]{64}", sha256)
+            else hashlib.sha256(relative.encode()).hexdigest()
+        )
+        target = self.cache_dir / digest[:2] / f"{digest}.{ext}"
+        if target.is_file():
+            return target
+        try:
+            await self.objects.get_file(relative, target)
+        except ObjectMissing:
+            raise errors.OutputNotFound(
+                f"output {relative} is missing in {self.objects.url}"
+            ) from None
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(f"could not read output {relative}: {exc}") from exc
+        return target
+
+    async def _with_retries(self, what: str, put: Callable[[], Awaitable[None]]) -> None:
+        """``put``, tried again with backoff while the store is unavailable."""
+        tries = 0
+        try:
+            async for attempt in stamina.retry_context(
+                on=StoreUnavailable, attempts=UPLOAD_ATTEMPTS, wait_initial=0.5, wait_max=10.0
+            ):
+                with attempt:
+                    tries = attempt.num
+                    await put()
+        except StoreUnavailable as exc:
+            raise StoreUnavailable(
+                f"could not store {what} in {self.objects.url} after {tries} tries: {exc}"
+            ) from exc
 
     def relative_path(self, job: Job, n: int, ext: str) -> str:
         day = job.created_at.strftime("%Y/%m/%d")
@@ -197,7 +293,15 @@ class OutputStore:
                 expect_image,
             )
             writing = finishing
-            return await asyncio.shield(finishing)
+            out: NewOutput = await asyncio.shield(finishing)
+            if self.local is None:  # to the bucket, whole, before the job can succeed
+                try:
+                    await self._with_retries(
+                        f"output {n}", lambda: self.objects.put_file(out.path, partial)
+                    )
+                except StoreUnavailable as exc:
+                    raise errors.StorageUnavailable(str(exc)) from exc
+            return out
         except OSError as exc:
             if exc.errno in OUT_OF_SPACE:
                 raise errors.StorageFull(
@@ -277,11 +381,9 @@ class OutputStore:
                 digest.update(block)
                 size += len(block)
         rel = self.relative_path(job, n, extension_for(mime))
-        final = self.output_dir / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with partial.open("rb") as fh:
-            os.fsync(fh.fileno())
-        partial.replace(final)
+        if self.local is not None:  # flushed, then renamed into place
+            self.local.place(rel, partial)
+        # else: ``save`` uploads the partial file under ``rel``
         return NewOutput(
             n=n,
             path=rel,
@@ -293,11 +395,26 @@ class OutputStore:
             duration_s=duration_s,
         )
 
-    async def write_manifest(self, job: Job, *, repair: bool = False) -> Path:
+    async def write_manifest(self, job: Job, *, repair: bool = False) -> Path | None:
         """``JOBS_DIR/YYYY/MM/DD/<job id>.json``: the job, its parameters and outputs.
         ``repair``: a manifest a crash may have cut short; its temporary files are
-        looked for and removed (a scan of the day's folder, so not on every write)."""
-        return await asyncio.to_thread(self._write_manifest, job, repair)
+        looked for and removed (a scan of the day's folder, so not on every write).
+        With manifests in an object store: the same key there (None is returned), an
+        ``OSError`` when it cannot be stored after a few tries."""
+        if isinstance(self.manifests, LocalObjectStore):
+            return await asyncio.to_thread(self._write_manifest, job, repair)
+        data = json.dumps(self._manifest_doc(job), indent=2, ensure_ascii=False).encode()
+        key = f"{job.created_at.strftime('%Y/%m/%d')}/{job.id}.json"
+        await self._with_retries(
+            f"the manifest of job {job.id}", lambda: self.manifests.put_bytes(key, data)
+        )
+        return None
+
+    def _manifest_doc(self, job: Job) -> dict[str, Any]:
+        doc = job.model_dump(mode="json")
+        doc["params"] = embeddable(doc["params"])
+        doc["output_root"] = str(self.output_dir) if self.local is not None else self.objects.url
+        return doc
 
     def manifest_path(self, job: Job) -> Path:
         return self.jobs_dir / job.created_at.strftime("%Y/%m/%d") / f"{job.id}.json"
@@ -307,9 +424,7 @@ class OutputStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         if repair:
             self._remove_manifest_temps(path)  # left by a process killed mid-write
-        doc = job.model_dump(mode="json")
-        doc["params"] = embeddable(doc["params"])
-        doc["output_root"] = str(self.output_dir)
+        doc = self._manifest_doc(job)
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")
         try:
             tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -433,6 +548,24 @@ def read_embedded(path: Path) -> dict[str, JsonValue] | None:
         return None
     doc = json.loads(raw)
     return doc if isinstance(doc, dict) else None
+
+
+def output_store_for(settings: Settings) -> OutputStore:
+    """The output store the settings name: the local OUTPUT_DIR and JOBS_DIR, or an S3
+    bucket (``OUTPUT_STORE_URL=s3://bucket/prefix``: outputs under ``prefix/outputs``,
+    manifests under ``prefix/jobs``). Partial downloads stay in the local OUTPUT_DIR."""
+    cache = settings.data_path / "cache" / "outputs"
+    s3 = settings.output_store_s3
+    if s3 is None:
+        return OutputStore(settings.output_path, settings.jobs_path, cache_dir=cache)
+    creds = settings.s3_credentials
+    return OutputStore(
+        settings.output_path,
+        settings.jobs_path,
+        objects=S3ObjectStore(s3.child("outputs"), creds),
+        manifests=S3ObjectStore(s3.child("jobs"), creds),
+        cache_dir=cache,
+    )
 
 
 INPUT_REF = re.compile(r"^input:([0-9a-f]{64})\.(png|jpg|webp|gif)$")
