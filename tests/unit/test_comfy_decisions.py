@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from orchestrator.backends import comfy
 from orchestrator.backends.comfy import execution_error, output_files, prompt_error, read_history
 from orchestrator.backends.comfy_workflows import (
     TEMPLATES,
@@ -340,3 +342,35 @@ def test_execution_errors_name_the_node_id_and_class() -> None:
     )
     assert err.extra["node_id"] == "4"
     assert execution_error({"node_type": "KSampler"}).detail == "node ? (KSampler) failed"
+
+
+# --- waiting for a prompt's next event ---------------------------------------------------
+
+
+async def test_next_event_times_out_to_none() -> None:
+    queue: asyncio.Queue[comfy.WsEvent] = asyncio.Queue()
+    assert await comfy.next_event(queue, 0.01) is None
+    queue.put_nowait(comfy.WsEvent("progress", {}))
+    got = await comfy.next_event(queue, 0.0)
+    assert got is not None and got.type == "progress"
+
+
+async def test_a_cancel_as_an_event_arrives_is_not_swallowed() -> None:
+    """A worker stopping (grace 0) cancels the job's task just as a websocket event
+    for its prompt arrives: the cancellation must win. With ``asyncio.wait_for`` on
+    Python 3.11 the event was returned instead and the job kept waiting on the prompt
+    forever (a shutdown that never ended, seen in CI)."""
+    queue: asyncio.Queue[comfy.WsEvent] = asyncio.Queue()
+    seen: list[comfy.WsEvent | None] = []
+
+    async def waiter() -> None:
+        while True:
+            seen.append(await comfy.next_event(queue, 30.0))
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)  # it waits on the queue now
+    queue.put_nowait(comfy.WsEvent("executing", {"node": "3"}))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert task.cancelled()

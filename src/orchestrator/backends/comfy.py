@@ -519,6 +519,19 @@ class InstanceSocket:
                 await self._task
 
 
+async def next_event(queue: asyncio.Queue[WsEvent], timeout_s: float) -> WsEvent | None:
+    """The next event for a prompt, or None after ``timeout_s``.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it returns the item and swallows the
+    cancellation when the task is cancelled just as an item arrives, so a worker
+    stopping with a job on ComfyUI kept waiting on the prompt for good."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await queue.get()
+    except TimeoutError:
+        return None
+
+
 # --- the pool -------------------------------------------------------------------------------------
 
 
@@ -959,11 +972,7 @@ class ComfyBackend(Backend):
                 self._fresh.discard(prompt_id)
                 next_check += self.reconcile_interval_s
             while True:
-                timeout = max(next_check - time.monotonic(), 0.0)
-                try:
-                    ev = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    ev = None
+                ev = await next_event(queue, max(next_check - time.monotonic(), 0.0))
                 if ev is None or ev.type in (RECONNECTED, DISCONNECTED):
                     next_check = time.monotonic() + self.reconcile_interval_s
                     try:
