@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from orchestrator.config import Settings
     from orchestrator.engine.hub import Hub
     from orchestrator.engine.processes import ProcessSupervisor
+    from orchestrator.engine.queue_bus import QueueBus
     from orchestrator.engine.webhooks import WebhookDispatcher, WebhookOptions
     from orchestrator.engine.worker import Worker, WorkerOptions
     from orchestrator.metrics import Metrics
@@ -73,6 +74,9 @@ class Runtime:
     webhooks: WebhookDispatcher | None = None
     metrics: Metrics = field(default_factory=_metrics)
     processes: ProcessSupervisor | None = None
+    # PostgreSQL: wakes the workers of other processes when a job becomes claimable
+    # here, and (in a process that runs a worker) this one's when theirs do
+    bus: QueueBus | None = None
     _stack: AsyncExitStack = field(default_factory=AsyncExitStack, repr=False)
 
 
@@ -277,6 +281,15 @@ async def open_runtime(
         stack.push_async_callback(service.feed.stop)
         stack.push_async_callback(service.waiters.close)
         stack.push_async_callback(service.tilda.aclose)  # background Tilda imports
+        bus = None
+        if service.feed.pg is not None:
+            from orchestrator.engine.queue_bus import QueueBus
+
+            # closed before the feed (which closes the connection both use) and
+            # after the worker (whose shutdown requeues send a last NOTIFY)
+            bus = QueueBus(service.feed.pg, hub)
+            bus.start()
+            stack.push_async_callback(bus.stop)
         v0 = backends.get("v0")
         if isinstance(v0, V0Backend):
             v0.pages = TildaPages(service.tilda)  # imported pages as v0 context
@@ -309,6 +322,8 @@ async def open_runtime(
                 shutdown_grace_s=settings.shutdown_grace_s,
             )
             _check_claimed(backends, opts)
+            if bus is not None:
+                await bus.listen()  # listening before the worker's first look at the queue
             worker = Worker(
                 service.repo, service.worker_repo, backends, store, hub, opts, metrics=metrics
             )
@@ -322,6 +337,7 @@ async def open_runtime(
             webhooks=dispatcher,
             metrics=metrics,
             processes=supervisor,
+            bus=bus,
         )
         runtime._stack = stack
         yield runtime
@@ -388,6 +404,8 @@ async def start_worker(runtime: Runtime, options: WorkerOptions) -> Worker:
     from orchestrator.engine.worker import Worker
 
     svc = runtime.service
+    if runtime.bus is not None:
+        await runtime.bus.listen()
     worker = Worker(
         svc.repo, svc.worker_repo, svc.backends, svc.store, svc.hub, options, runtime.metrics
     )

@@ -22,6 +22,7 @@ from orchestrator.domain.jobs import JobEvent, JobStatus
 
 BATCH = 1000
 CHANNEL = "orchestrator_events"
+QUEUE_CHANNEL = "orchestrator_queue"  # a job became claimable: idle workers, claim
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -83,62 +84,82 @@ class EventLog:
 
 
 class PgWake:
-    """Processes on one PostgreSQL database wake each other's event readers: a process
-    whose jobs changed sends ``NOTIFY orchestrator_events`` (after its commit), and a
-    process with streams open listens. One dedicated connection per process, opened on
-    first use; when it fails, readers still poll (``POLL_S``), so nothing is lost, only
-    later. A process does not wake itself (its hub does): the payload names the sender."""
+    """Processes on one PostgreSQL database wake each other: a process whose jobs
+    changed sends ``NOTIFY orchestrator_events`` (after its commit) to wake the event
+    readers of the others; a process where a job became claimable sends ``NOTIFY
+    orchestrator_queue`` to wake the idle workers of the others. One dedicated
+    connection per process carries both, opened on first use, and LISTENs on the
+    channels this process wants; when it fails, readers and workers still poll, so
+    nothing is lost, only later. A process does not wake itself (its hub does): the
+    payload names the sender."""
 
     def __init__(self, url: sa.URL) -> None:
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.me = uuid.uuid4().hex
         # asyncpg ships no type information: its connection is Any to mypy anyway
         self._conn: Any = None
+        # held while the connection is opened or used (asyncpg runs one statement
+        # at a time on a connection)
         self._lock = asyncio.Lock()
-        self._on_wake: Callable[[], None] | None = None
+        self._on_wake: dict[str, Callable[[], None]] = {}
         self.sent = 0
         self.heard = 0
-        self._listening_on: Any = None  # the connection LISTEN was issued on
+        self._listening_on: Any = None  # the connection the LISTENs below were issued on
+        self._listened: set[str] = set()
 
     async def _connection(self) -> Any:
-        async with self._lock:
-            if self._conn is None or self._conn.is_closed():
-                import asyncpg
+        """Open the connection if needed and LISTEN on every wanted channel (the
+        caller holds the lock)."""
+        if self._conn is None or self._conn.is_closed():
+            import asyncpg
 
-                self._conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
-            if self._on_wake is not None and self._listening_on is not self._conn:
-                await self._conn.add_listener(CHANNEL, self._heard)
-                self._listening_on = self._conn
-            return self._conn
+            self._conn = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT_S)
+        if self._listening_on is not self._conn:
+            self._listening_on = self._conn
+            self._listened = set()
+        for channel in self._on_wake:
+            if channel not in self._listened:
+                await self._conn.add_listener(channel, self._heard)
+                self._listened.add(channel)
+        return self._conn
 
     @property
     def listening(self) -> bool:
-        return self.connected and self._listening_on is self._conn
+        """Whether the event channel is listened to."""
+        return self.listening_to(CHANNEL)
+
+    def listening_to(self, channel: str) -> bool:
+        return self.connected and self._listening_on is self._conn and channel in self._listened
 
     @property
     def connected(self) -> bool:
         return self._conn is not None and not self._conn.is_closed()
 
-    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        if payload != self.me and self._on_wake is not None:
+    def _heard(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        on_wake = self._on_wake.get(channel)
+        if payload != self.me and on_wake is not None:
             self.heard += 1
-            self._on_wake()
+            on_wake()
 
-    async def notify(self) -> None:
-        """Wake the other processes' readers (call after the change committed)."""
+    async def notify(self, channel: str = CHANNEL) -> None:
+        """Wake the other processes' listeners of ``channel`` (call after the change
+        committed)."""
         try:
-            conn = await self._connection()
-            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, self.me)
+            async with self._lock:
+                conn = await self._connection()
+                await conn.execute("SELECT pg_notify($1, $2)", channel, self.me)
             self.sent += 1
         except Exception:
             await self._drop()
             raise
 
-    async def listen(self, on_wake: Callable[[], None]) -> None:
-        """Call ``on_wake`` (in this event loop) when another process notifies."""
-        self._on_wake = on_wake
+    async def listen(self, on_wake: Callable[[], None], channel: str = CHANNEL) -> None:
+        """Call ``on_wake`` (in this event loop) when another process notifies
+        ``channel``."""
+        self._on_wake[channel] = on_wake
         try:
-            await self._connection()
+            async with self._lock:
+                await self._connection()
         except Exception:
             await self._drop()
             raise

@@ -33,6 +33,9 @@ class Hub:
         # Jobs that ended lately, as their final transaction returned them: what a
         # waiter in this process answers with, without reading the database again.
         self._final: OrderedDict[str, Job] = OrderedDict()
+        # Told when a job became claimable here (queued, requeued, a slot freed): the
+        # queue bus tells the workers of other processes (PostgreSQL NOTIFY).
+        self._claimable_hooks: list[Callable[[], None]] = []
 
     def job_finished(self, job: Job) -> None:
         """``job`` reached its terminal state (committed): remember it and wake its
@@ -83,9 +86,25 @@ class Hub:
                     del self._job_waiters[job_id]
 
     def job_queued(self) -> None:
+        """A job was queued or requeued (committed): wake the worker here, and the
+        others through the hooks."""
         self.queue_changed.set()
         for ev in self._any_waiters:
             ev.set()
+        self._claimable()
+
+    def slot_freed(self) -> None:
+        """A job that held a concurrency slot (a per-backend limit counted across
+        processes) ended while queued jobs waited: the workers of other processes may
+        now claim one. This process's worker wakes itself."""
+        self._claimable()
+
+    def on_claimable(self, hook: Callable[[], None]) -> None:
+        self._claimable_hooks.append(hook)
+
+    def _claimable(self) -> None:
+        for hook in self._claimable_hooks:
+            hook()
 
     def webhook_queued(self) -> None:
         self.webhooks_changed.set()

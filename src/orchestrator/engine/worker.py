@@ -373,6 +373,7 @@ class Worker:
                 self._park_backoff.pop(job_id, None)
         if self._backlog:
             self._wake.set()
+            self.hub.slot_freed()
 
     async def _manifest(self, job: Job, *, repair: bool = False) -> None:
         """Write the job's manifest; it is recorded with the next claim or lease
@@ -903,6 +904,7 @@ class Worker:
         if handle is None and not submit_started:
             with contextlib.suppress(LeaseLost):
                 await asyncio.shield(self.repo.requeue(job.id, lease, "worker shut down; requeued"))
+                self.hub.job_queued()  # another process's worker may take it at once
             return
         await asyncio.shield(self.repo.release_leases([lease]))
         log.info("left running upstream for the next start to re-attach")

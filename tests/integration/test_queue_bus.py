@@ -1,0 +1,110 @@
+"""The queue bus on PostgreSQL (issue 17), in-process: several runtimes on one
+database stand for several processes (each has its own wake-up connection).
+
+* a concurrency slot freed while jobs waited wakes the workers of the others;
+* a listener whose connection was cut listens again (and looks at the queue);
+* on SQLite there is no bus (polling only)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+from tests.conftest import TEST_KEY
+
+from orchestrator.config import Settings
+from orchestrator.domain.params import FluxDevParams, FluxRequest
+from orchestrator.engine.worker import WorkerOptions
+from orchestrator.runtime import Runtime, open_runtime
+from orchestrator.testing.fake_bfl import FakeBfl
+from orchestrator.testing.serve import ServedApp
+
+
+async def _until(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.02)):
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met in {timeout_s} s")
+
+
+@asynccontextmanager
+async def _runtime(
+    settings: Settings, worker: WorkerOptions | None = None
+) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings, run_worker=worker is not None, worker_options=worker) as rt:
+        yield rt
+
+
+def _req(prompt: str) -> FluxRequest:
+    return FluxRequest(params=FluxDevParams(prompt=prompt, width=256, height=256))
+
+
+@pytest.mark.postgres
+async def test_a_slot_freed_with_jobs_waiting_wakes_the_other_processes(
+    make_settings: Callable[..., Settings],
+    pg_database: str,
+    fake_bfl: tuple[FakeBfl, ServedApp],
+) -> None:
+    fake, served = fake_bfl
+    fake.config.task_duration_s = 0.5
+    settings = make_settings(
+        database_url=pg_database,
+        bfl_api_key=TEST_KEY,
+        flux_base_url=served.base_url,
+        worker_poll_interval_s=30.0,
+    )
+    one = WorkerOptions(concurrency=1, lease_s=5.0, poll_interval_s=30.0, kind="worker")
+    async with _runtime(settings) as api, _runtime(settings, one) as worker:
+        assert api.bus is not None and worker.bus is not None
+        await api.bus.listen()  # stands for a worker process that could not claim yet
+        first, _ = await api.service.submit(_req("first"))
+        second, _ = await api.service.submit(_req("second"))
+        await _until(lambda: worker.bus is not None and worker.bus.heard >= 1)  # woken
+        await _until(lambda: worker.worker is not None and worker.worker.in_flight == 1)
+        assert api.bus.heard == 0  # queueing and claiming woke nobody else
+        # the first job ends with the second waiting: its slot is free for any process
+        await _until(lambda: api.bus is not None and api.bus.heard >= 1)
+        assert (await api.service.get_job(first.id)).status.terminal
+        assert (await api.service.wait_for(second.id, 20.0)).status.value == "succeeded"
+
+
+@pytest.mark.postgres
+async def test_a_listener_whose_connection_was_cut_listens_again(
+    make_settings: Callable[..., Settings], pg_database: str
+) -> None:
+    settings = make_settings(database_url=pg_database, demo_mode="on")
+    async with _runtime(settings) as sender, _runtime(settings) as receiver:
+        assert sender.bus is not None and receiver.bus is not None
+        await receiver.bus.listen()
+        assert receiver.bus.listening
+        receiver.service.hub.queue_changed.clear()
+        sender.service.hub.job_queued()
+        await _until(receiver.service.hub.queue_changed.is_set)
+        assert receiver.bus.heard == 1
+
+        # the server drops the listening connection
+        conn = receiver.bus.pg._conn
+        pid = conn.get_server_pid()
+        admin = await asyncpg.connect(pg_database.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        await _until(lambda: receiver.bus is not None and not receiver.bus.listening)
+        receiver.service.hub.queue_changed.clear()
+        await _until(lambda: receiver.bus is not None and receiver.bus.listening)
+        assert receiver.service.hub.queue_changed.is_set()  # it looks at the queue once
+
+        receiver.service.hub.queue_changed.clear()
+        sender.service.hub.job_queued()
+        await _until(receiver.service.hub.queue_changed.is_set)
+        assert receiver.bus.heard == 2
+
+
+async def test_no_bus_on_sqlite(make_settings: Callable[..., Settings]) -> None:
+    async with _runtime(make_settings(demo_mode="on")) as rt:
+        assert rt.bus is None
