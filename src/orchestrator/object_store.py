@@ -20,7 +20,7 @@ import contextlib
 import os
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,7 +86,7 @@ class ObjectStore(ABC):
         return True
 
     @abstractmethod
-    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncGenerator[bytes, None]:
         """The bytes ``[start, end)`` of the object (``end`` None: to its end), in
         chunks. :class:`ObjectMissing` when absent, raised on the first iteration."""
 
@@ -202,7 +202,9 @@ class LocalObjectStore(ObjectStore):
             raise ObjectMissing(f"no such object: {key!r}")
         return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
 
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         path = self.path(key)
         try:
             fh = await asyncio.to_thread(path.open, "rb")
@@ -370,7 +372,9 @@ class S3ObjectStore(ObjectStore):
             raise self._translate(exc, key) from exc
         return ObjectInfo(key, int(meta["size"]), meta["last_modified"], meta["e_tag"])
 
-    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         import obstore
 
         self._check_key(key)

@@ -39,6 +39,7 @@ from orchestrator.domain.jobs import Job
 from orchestrator.media_probe import probe_video
 from orchestrator.object_store import (
     LocalObjectStore,
+    ObjectInfo,
     ObjectMissing,
     ObjectStore,
     S3ObjectStore,
@@ -173,6 +174,27 @@ class OutputStore:
         except StoreUnavailable as exc:
             raise errors.StorageUnavailable(f"could not read output {relative}: {exc}") from exc
         return target
+
+    async def stat_output(self, relative: str) -> ObjectInfo:
+        """Size and modification time of a stored output (404 when it is missing)."""
+        try:
+            return await self.objects.stat(relative)
+        except ObjectMissing:
+            raise errors.OutputNotFound(
+                f"output {relative} is missing in {self.objects.url}"
+            ) from None
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(f"could not read output {relative}: {exc}") from exc
+
+    async def presign_output(self, relative: str, expires_s: float) -> str | None:
+        """A short-lived URL to download the output from the store itself (None: the
+        store cannot make one, e.g. a local folder)."""
+        try:
+            return await self.objects.presign(relative, expires_s)
+        except ObjectMissing:
+            raise errors.OutputNotFound(f"no output {relative}") from None
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(f"could not sign output {relative}: {exc}") from exc
 
     async def _with_retries(self, what: str, put: Callable[[], Awaitable[None]]) -> None:
         """``put``, tried again with backoff while the store is unavailable."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+from fastapi.responses import RedirectResponse
 
 from orchestrator.api.deps import PrincipalDep, ServiceDep, get_service
-from orchestrator.api.files import ProblemFileResponse
+from orchestrator.api.files import ProblemFileResponse, ProblemObjectResponse
 from orchestrator.api.problems import Problem
 from orchestrator.api.sse import EventStreamResponse
 from orchestrator.domain.auth import Principal
@@ -141,6 +142,9 @@ async def job_events(
     return EventStreamResponse(await service.subscribe_job(job_id, resume))
 
 
+OUTPUT_CACHE = {"Cache-Control": "private, max-age=31536000, immutable"}
+
+
 @router.get(
     "/outputs/{job_id}/{n}",
     responses={**PROBLEMS, 200: {"content": {"image/*": {}, "video/*": {}}}},
@@ -149,14 +153,34 @@ async def job_events(
 )
 async def get_output(
     job_id: str, n: Annotated[int, Path(ge=0, le=10_000)], service: ServiceDep
-) -> ProblemFileResponse:
-    out, path = await service.output(job_id, n)
-    return ProblemFileResponse(
-        path,
+) -> Response:
+    """From the local output folder, or streamed from the S3 output store; with
+    OUTPUT_STORE_PRESIGN_S, a redirect to a short-lived presigned URL instead."""
+    store = service.store
+    if store.is_local:
+        out, path = await service.output(job_id, n)
+        return ProblemFileResponse(
+            path,
+            media_type=out.mime_type,
+            filename=path.name,
+            content_disposition_type="inline",
+            headers=OUTPUT_CACHE,
+        )
+    out = await service.find_output(job_id, n)
+    presign_s = service.settings.output_store_presign_s
+    if presign_s > 0:
+        url = await store.presign_output(out.path, presign_s)
+        if url is not None:
+            # the redirect expires with the URL: never cached
+            return RedirectResponse(url, 307, headers={"Cache-Control": "private, no-store"})
+    info = await store.stat_output(out.path)
+    return ProblemObjectResponse(
+        store.objects,
+        info,
         media_type=out.mime_type,
-        filename=path.name,
-        content_disposition_type="inline",
-        headers={"Cache-Control": "private, max-age=31536000, immutable"},
+        filename=out.path.rsplit("/", 1)[-1],
+        etag=f'"{out.sha256}"',
+        headers=OUTPUT_CACHE,
     )
 
 
