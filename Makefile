@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python bench/events_fanout.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/tilda_import.py
+	$(BIN)/python bench/scale.py
 
 # Mutation testing, not part of `make test` (every module takes hours on two cores).
 # Mutates the modules listed under [tool.mutmut] in pyproject.toml, then prints killed /
