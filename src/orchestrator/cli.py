@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli_storage import storage_app
 from orchestrator.cli_tilda import tilda_app
 from orchestrator.cli_tokens import token_app
 from orchestrator.domain.jobs import JobStatus
@@ -47,6 +48,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(token_app, name="token")
 app.add_typer(budget_app, name="budget")
 app.add_typer(tilda_app, name="tilda")
+app.add_typer(storage_app, name="storage")
 
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
