@@ -689,13 +689,14 @@ async def _generate(rt: Runtime, req: AnyRequest, key: str | None, wait: bool) -
         err.print("[yellow]DEMO MODE: simulated backend, placeholder output.[/]")
     if not wait:
         typer.echo(job.id)
-        if await rt.service.live_workers() == 0:
+        if await rt.service.live_workers(job.backend) == 0:
             err.print(
-                "[dim]No worker is running: the job stays queued until "
-                "`orchestrator serve` runs (or use --wait).[/]"
+                f"[dim]No worker that runs {job.backend} jobs is running: the job stays "
+                "queued until `orchestrator serve` or `orchestrator worker` runs "
+                "(or use --wait).[/]"
             )
         return 0
-    if await rt.service.live_workers() == 0:
+    if await rt.service.live_workers(job.backend) == 0:
         await start_worker(
             rt,
             WorkerOptions(

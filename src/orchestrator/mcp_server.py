@@ -53,6 +53,9 @@ from orchestrator.services import ModelInfo, Service
 log = logs.get(__name__)
 
 PREVIEW_MAX_BYTES = 1_000_000
+NO_WORKER = (
+    "no worker that runs this backend's jobs is running: the job stays queued until one starts"
+)
 PREVIEW_DEFAULT_PX = 1024
 INSTRUCTIONS = """\
 Durable image and video generation jobs (FLUX on the BFL API; SDXL, SD3.5, Stable Video
@@ -467,8 +470,8 @@ def build_mcp(get_service: ServiceGetter) -> OrchestratorMCP:
             note = None
             if wait and not job.status.terminal:
                 job, note = await _wait(service, job, ctx, timeout_s)
-            elif not job.status.terminal and await service.live_workers() == 0:
-                note = "no worker is running: the job stays queued until one starts"
+            elif not job.status.terminal and await service.live_workers(job.backend) == 0:
+                note = NO_WORKER
         return summarize(service, job, base_url=_base_url(ctx), replayed=not created, note=note)
 
     @mcp.tool()
@@ -674,8 +677,8 @@ async def _wait(service: Service, job: Job, ctx: Ctx, timeout_s: float) -> tuple
     progress = _Progress(ctx)
     await progress.report(job.progress or 0.0, f"{job.backend}/{job.model} {job.status.value}")
     note = None
-    if await service.live_workers() == 0:
-        note = "no worker is running: the job stays queued until one starts"
+    if await service.live_workers(job.backend) == 0:
+        note = NO_WORKER
     try:
         async with asyncio.timeout(timeout_s):
             async for ev in service.follow_events(job.id):

@@ -696,5 +696,10 @@ class Service:
             for w in await self.worker_repo.listed(self.settings.lease_s)
         ]
 
-    async def live_workers(self) -> int:
-        return len(await self.worker_repo.live(self.settings.lease_s))
+    async def live_workers(self, backend: str | None = None) -> int:
+        """Live worker processes; with ``backend``, those that claim its jobs (an
+        ``orchestrator worker --backends`` that does not name it never runs them)."""
+        live = await self.worker_repo.live(self.settings.lease_s)
+        if backend is not None:
+            live = [w for w in live if w.backends is None or backend in w.backends]
+        return len(live)

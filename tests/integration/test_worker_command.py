@@ -205,3 +205,50 @@ def test_sigterm_hands_back_jobs_in_flight_within_the_grace(
             assert second.stop() == 0
         assert api.stop() == 0
     assert len(fake.submissions) == 1
+
+
+def test_generate_wait_runs_the_job_itself_when_no_live_worker_claims_its_backend(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A live worker that claims only sdxl does not run a FLUX job: `generate --wait`
+    must not wait for it forever, but run the job itself (as with no worker at all);
+    without --wait it says that no worker claims the backend."""
+    with started(["worker", "--backends", "sdxl"], env, tmp_path / "worker.log") as worker:
+        worker.wait_log("worker started")
+        r = run(["generate", "flux", "a fox", "--model", "flux-dev", "--wait"], tmp_path, env, 30)
+        assert r.returncode == 0, r.stderr
+        assert Path(r.stdout.strip().splitlines()[-1]).is_file()
+        queued = run(["generate", "flux", "an owl", "--model", "flux-dev"], tmp_path, env)
+        assert queued.returncode == 0, queued.stderr
+        assert "No worker" in queued.stderr and "flux" in queued.stderr
+        assert worker.stop() == 0
+
+
+def test_a_killed_worker_is_listed_as_gone(tmp_path: Path, env: dict[str, str]) -> None:
+    port = _free_port()
+    env = {**env, "LEASE_S": "2"}
+    api_env = {**env, "ORCHESTRATOR_HOST": "127.0.0.1", "ORCHESTRATOR_PORT": str(port)}
+    with (
+        started(["serve", "--no-worker"], api_env, tmp_path / "api.log") as api,
+        httpx2.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        wait_health(client, api)
+        with started(["worker", "--backends", "flux"], env, tmp_path / "worker.log") as worker:
+            worker.wait_log("worker started")
+            listed = client.get("/api/system/health").json()["worker_processes"]
+            assert [(w["kind"], w["state"], w["pid"]) for w in listed] == [
+                ("worker", "live", worker.popen.pid)
+            ]
+            worker.popen.send_signal(signal.SIGKILL)
+            worker.popen.wait(timeout=15)
+        deadline = time.monotonic() + 20
+        while True:
+            health = client.get("/api/system/health").json()
+            states = [w["state"] for w in health["worker_processes"]]
+            if states == ["gone"]:
+                break
+            assert time.monotonic() < deadline, health["worker_processes"]
+            time.sleep(0.2)
+        assert health["workers"] == 0
+        assert health["worker_processes"][0]["heartbeat_age_s"] >= 2
+        assert api.stop() == 0
