@@ -50,6 +50,10 @@ class S3Server:
         r.raise_for_status()
         return bucket
 
+    def env_settings(self, bucket: str, prefix: str = "") -> dict[str, object]:
+        """The same as :meth:`env`, as setting names (for ``make_settings``)."""
+        return {k.lower(): v for k, v in self.env(bucket, prefix).items()}
+
     def env(self, bucket: str, prefix: str = "") -> dict[str, str]:
         """The variables that point an Orchestrator process at ``bucket``."""
         url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"

@@ -235,13 +235,13 @@ async def open_runtime(
     from orchestrator.engine.worker import Worker, WorkerOptions
     from orchestrator.metrics import Metrics
     from orchestrator.services import Service
-    from orchestrator.storage import InputStore, output_store_for
+    from orchestrator.storage import input_store_for, output_store_for
 
     demo = demo_enabled(settings)
     async with AsyncExitStack() as stack:
         db = await open_database(settings.db_url)
         stack.push_async_callback(db.dispose)
-        inputs = InputStore(settings.data_path / "inputs")
+        inputs = input_store_for(settings)
         supervisor = None
         pool_ref: list[ComfyPool | None] = [None]
         start = run_worker if start_processes is None else start_processes

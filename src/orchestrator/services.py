@@ -353,7 +353,7 @@ class Service:
         """An image given as base64 / data URL, ``output:<job>/<n>`` or an existing
         ``input:`` reference, stored once under DATA_DIR/inputs; returns its reference."""
         if value.startswith("input:"):
-            self.inputs.path(value)  # must exist
+            await self.inputs.fetch(value)  # must exist (here or in the output store)
             return value
         if parse_asset_ref(value) is not None:  # an imported Tilda image
             try:
@@ -368,7 +368,7 @@ class Service:
             data = await asyncio.to_thread(path.read_bytes)
         else:
             data = decode_image_data(value)
-        return await asyncio.to_thread(self.inputs.save, data)
+        return await self.inputs.store(data)
 
     async def get_site_page(self, page_id: str) -> SitePageDetail:
         """An imported Tilda page: texts by block, links, images (as assets)."""

@@ -572,6 +572,13 @@ def read_embedded(path: Path) -> dict[str, JsonValue] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def input_store_for(settings: Settings) -> InputStore:
+    """``DATA_DIR/inputs``, backed by ``prefix/inputs`` of an S3 output store."""
+    s3 = settings.output_store_s3
+    remote = None if s3 is None else S3ObjectStore(s3.child("inputs"), settings.s3_credentials)
+    return InputStore(settings.data_path / "inputs", remote)
+
+
 def output_store_for(settings: Settings) -> OutputStore:
     """The output store the settings name: the local OUTPUT_DIR and JOBS_DIR, or an S3
     bucket (``OUTPUT_STORE_URL=s3://bucket/prefix``: outputs under ``prefix/outputs``,
@@ -597,10 +604,16 @@ MAX_INPUT_BYTES = 20 * 1024 * 1024
 class InputStore:
     """Input images (SVD init images, img2img sources), stored once by content hash
     under ``DATA_DIR/inputs`` and referenced from job parameters as
-    ``input:<sha256>.<ext>`` (so a job row never carries megabytes of base64)."""
+    ``input:<sha256>.<ext>`` (so a job row never carries megabytes of base64).
 
-    def __init__(self, inputs_dir: Path) -> None:
+    With ``remote`` (the S3 output store's ``prefix/inputs/``), each input is also
+    uploaded there before its job is queued, and a process that lacks it locally (a
+    worker on another machine) fetches it into its own folder on first use: the
+    content hash names it, so a local copy is always the same bytes."""
+
+    def __init__(self, inputs_dir: Path, remote: ObjectStore | None = None) -> None:
         self.inputs_dir = inputs_dir
+        self.remote = remote
 
     def save(self, data: bytes) -> str:
         if len(data) > MAX_INPUT_BYTES:
@@ -618,12 +631,49 @@ class InputStore:
             tmp.replace(path)
         return f"input:{digest}.{ext}"
 
+    async def store(self, data: bytes) -> str:
+        """:meth:`save`, and with a remote store, the upload there (retried; then
+        ``storage_unavailable``)."""
+        ref = await asyncio.to_thread(self.save, data)
+        remote = self.remote
+        if remote is not None:
+            key = ref.removeprefix("input:")
+            tries = 0
+            try:
+                async for attempt in stamina.retry_context(
+                    on=StoreUnavailable, attempts=UPLOAD_ATTEMPTS, wait_initial=0.5, wait_max=10.0
+                ):
+                    with attempt:
+                        tries = attempt.num
+                        if not await remote.exists(key):
+                            await remote.put_bytes(key, data)
+            except StoreUnavailable as exc:
+                raise errors.StorageUnavailable(
+                    f"could not store input {ref} in {remote.url} after {tries} tries: {exc}"
+                ) from exc
+        return ref
+
     def path(self, ref: str) -> Path:
         if not INPUT_REF.match(ref):
             raise errors.InvalidRequest(f"not an input reference: {ref[:80]!r}")
         path = self.inputs_dir / ref.removeprefix("input:")
         if not path.is_file():
             raise errors.InvalidRequest(f"input {ref} is missing")
+        return path
+
+    async def fetch(self, ref: str) -> Path:
+        """The local file of ``ref``: already here, or copied from the remote store."""
+        if not INPUT_REF.match(ref):
+            raise errors.InvalidRequest(f"not an input reference: {ref[:80]!r}")
+        path = self.inputs_dir / ref.removeprefix("input:")
+        if path.is_file() or self.remote is None:
+            return self.path(ref)
+        try:
+            await self.remote.get_file(path.name, path)
+        except ObjectMissing:
+            raise errors.InvalidRequest(f"input {ref} is missing") from None
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(f"could not read input {ref}: {exc}") from exc
         return path
 
 

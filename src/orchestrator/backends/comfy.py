@@ -915,7 +915,7 @@ class ComfyBackend(Backend):
         return wf.build(values)
 
     async def _upload(self, inst: ComfyInstance, ref: str) -> str:
-        path = self.inputs.path(ref)
+        path = await self.inputs.fetch(ref)  # from the output store on another node
         data = await asyncio.to_thread(path.read_bytes)
         return await inst.client.upload_image(data, f"orchestrator_{path.name}")
 

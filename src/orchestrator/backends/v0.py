@@ -692,7 +692,7 @@ class V0Backend(Backend):
         if ref.startswith(ASSET_PREFIX):
             return await self._asset(ref, at_submit=False)
         try:
-            path = self.inputs.path(ref)
+            path = await self.inputs.fetch(ref)  # from the output store on another node
             data = await asyncio.to_thread(path.read_bytes)
             return await asyncio.to_thread(
                 v0_prompt.prepare_image, v0_prompt.ImageData("application/octet-stream", data)
