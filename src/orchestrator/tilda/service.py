@@ -31,6 +31,14 @@ from orchestrator.domain.tilda import (
     parse_asset_ref,
 )
 from orchestrator.errors import ErrorCode
+from orchestrator.object_store import (
+    LocalObjectStore,
+    ObjectMissing,
+    ObjectStore,
+    S3ObjectStore,
+    StoreUnavailable,
+    copy_store,
+)
 from orchestrator.tilda import importer
 from orchestrator.tilda.archive import ExportSource, Limits, open_export
 
@@ -73,6 +81,12 @@ class TildaService:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[ImportRun]] = set()
         self.last_timings: dict[str, float] = {}
+        # With an S3 output store, imported asset files are kept in its prefix/assets/
+        # too, so a node with another DATA_DIR (a worker) can read them.
+        s3 = settings.output_store_s3
+        self.remote_assets: ObjectStore | None = (
+            None if s3 is None else S3ObjectStore(s3.child("assets"), settings.s3_credentials)
+        )
 
     # --- imports ---------------------------------------------------------------------
     def allowed_path(self, raw: str | None) -> Path:
@@ -212,6 +226,7 @@ class TildaService:
             started = time.perf_counter()
             source = await asyncio.to_thread(opener)
             outcome = await importer.run_import(self.repo, source, self.data_dir, run_id, progress)
+            await self._upload_assets(run_id)
             self.last_timings = {**outcome.timings, "total_s": time.perf_counter() - started}
         except errors.InvalidExport as exc:
             await self.repo.fail_run(run_id, exc.code.value, exc.detail, datetime.now(UTC))
@@ -309,8 +324,51 @@ class TildaService:
         return path
 
     async def asset_file(self, asset_id: str) -> tuple[SiteAsset, Path]:
+        """The asset and its local file: here, or fetched from the output store's
+        ``prefix/assets/`` when another node imported it."""
         asset = await self.get_asset(asset_id)
+        try:
+            return asset, await asyncio.to_thread(self.path_of, asset)
+        except errors.SiteNotFound:
+            if self.remote_assets is None:
+                raise
+        prefix = f"{importer.ASSETS_DIR}/"
+        root = self.data_dir.resolve()
+        target = (root / asset.path).resolve()
+        if not asset.path.startswith(prefix) or not target.is_relative_to(root / prefix):
+            raise errors.SiteNotFound(f"asset {asset.id} is missing", asset_id=asset.id)
+        try:
+            await self.remote_assets.get_file(asset.path.removeprefix(prefix), target)
+        except ObjectMissing:
+            raise errors.SiteNotFound(
+                f"asset {asset.id} is missing on disk and in {self.remote_assets.url}",
+                asset_id=asset.id,
+            ) from None
+        except StoreUnavailable as exc:
+            raise errors.StorageUnavailable(f"could not read asset {asset.id}: {exc}") from exc
         return asset, await asyncio.to_thread(self.path_of, asset)
+
+    async def _upload_assets(self, run_id: str) -> None:
+        """Copy the imported asset files that the output store lacks (idempotent:
+        objects already there with the same size are skipped). Failures are logged;
+        the next import, or ``orchestrator storage migrate``, copies them again."""
+        if self.remote_assets is None:
+            return
+        local = LocalObjectStore(
+            self.data_dir / importer.ASSETS_DIR, hidden=(importer.STAGING_DIR,)
+        )
+        try:
+            report = await copy_store(local, self.remote_assets)
+        except OSError as exc:
+            log.error("could not copy imported assets to the output store", error=str(exc))
+            return
+        if report.failed:
+            log.error(
+                "some imported assets were not copied to the output store",
+                run_id=run_id,
+                failed=report.failed,
+                first=(report.errors or [""])[0],
+            )
 
     async def asset_bytes(self, ref_or_id: str) -> tuple[SiteAsset, bytes]:
         """An asset's content, by id or by ``asset:<id>`` reference."""
