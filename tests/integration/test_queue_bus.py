@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 import pytest
@@ -108,3 +109,35 @@ async def test_a_listener_whose_connection_was_cut_listens_again(
 async def test_no_bus_on_sqlite(make_settings: Callable[..., Settings]) -> None:
     async with _runtime(make_settings(demo_mode="on")) as rt:
         assert rt.bus is None
+
+
+@pytest.mark.postgres
+async def test_a_wake_from_another_process_reads_before_it_claims(
+    make_settings: Callable[..., Settings], pg_database: str
+) -> None:
+    """Another process's NOTIFY (a slot freed there, say) may find nothing to claim
+    here: the woken worker looks with a read first, as a poll does, rather than take
+    the claim lock for nothing; a job queued there is still claimed at once."""
+    settings = make_settings(database_url=pg_database, demo_mode="on")
+    opts = WorkerOptions(concurrency=4, lease_s=5.0, poll_interval_s=30.0, kind="worker")
+    async with _runtime(settings) as other, _runtime(settings, opts) as here:
+        assert here.worker is not None and here.bus is not None
+        claims = 0
+        claim = here.worker.repo.claim
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            return await claim(*args, **kwargs)
+
+        here.worker.repo.claim = counted  # type: ignore[method-assign]
+        await asyncio.sleep(0.2)  # the worker's first look is done
+        for _ in range(5):
+            other.service.hub.slot_freed()
+            heard = here.bus.heard
+            await _until(lambda h=heard: here.bus is not None and here.bus.heard > h)
+            await asyncio.sleep(0.05)
+        assert claims == 0
+        job, _ = await other.service.submit(_req("claimed at once"))
+        assert (await other.service.wait_for(job.id, 20.0)).status.value == "succeeded"
+        assert claims >= 1

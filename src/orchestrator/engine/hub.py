@@ -22,6 +22,9 @@ class Hub:
     def __init__(self) -> None:
         self._job_waiters: dict[str, set[asyncio.Event]] = {}
         self.queue_changed = asyncio.Event()
+        # Set with queue_changed by another process's NOTIFY (the queue bus): what it
+        # announced may be gone already, so the worker reads before it claims.
+        self.queue_changed_elsewhere = False
         # Set when a webhook delivery was queued (or replayed) in this process.
         self.webhooks_changed = asyncio.Event()
         self._cancel_handlers: list[Callable[[str], None]] = []

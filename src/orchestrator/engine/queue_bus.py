@@ -65,6 +65,7 @@ class QueueBus:
 
     def _heard(self) -> None:
         self.heard += 1
+        self.hub.queue_changed_elsewhere = True
         self.hub.queue_changed.set()
 
     async def _keep_listening(self) -> None:
@@ -74,6 +75,7 @@ class QueueBus:
                 with contextlib.suppress(Exception):
                     await self._listen()
                     # what was queued while the connection was down: look now
+                    self.hub.queue_changed_elsewhere = True
                     self.hub.queue_changed.set()
                     log.info("queue bus: listening again")
 

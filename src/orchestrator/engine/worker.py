@@ -311,10 +311,13 @@ class Worker:
                     polled = False
                     continue  # the queue may hold more
                 polled = True
+                self.hub.queue_changed_elsewhere = False
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.opts.poll_interval_s):
                         await self._wake.wait()
-                        polled = False
+                        # woken by another process (PostgreSQL NOTIFY): its job may be
+                        # taken already, so read first, as a poll does
+                        polled = self.hub.queue_changed_elsewhere
             except asyncio.CancelledError:
                 raise
             except Exception:
