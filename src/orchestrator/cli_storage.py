@@ -24,14 +24,17 @@ def storage_migrate(
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Uploads at once.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Copy OUTPUT_DIR (finished outputs; not partial downloads) and JOBS_DIR (job
-    manifests) to the bucket of OUTPUT_STORE_URL (s3://bucket/prefix: prefix/outputs/
-    and prefix/jobs/). Objects already there with the same size are skipped, so it
-    can be run again at any time, e.g. once more after the last local job finished.
+    """Copy OUTPUT_DIR (finished outputs; not partial downloads), JOBS_DIR (job
+    manifests), DATA_DIR/inputs (uploaded input images) and DATA_DIR/assets (imported
+    Tilda assets) to the bucket of OUTPUT_STORE_URL (s3://bucket/prefix: prefix/outputs/,
+    prefix/jobs/, prefix/inputs/, prefix/assets/). Objects already there with the same
+    size are skipped, so it can be run again at any time, e.g. once more after the last
+    local job finished.
     Exit code 1 when a file could not be copied."""
     from orchestrator import cli
     from orchestrator.object_store import LocalObjectStore, S3ObjectStore, copy_store
     from orchestrator.storage import PARTIAL_DIR
+    from orchestrator.tilda.importer import ASSETS_DIR, STAGING_DIR
 
     settings = cli._settings(ctx)
     s3 = settings.output_store_s3
@@ -51,6 +54,14 @@ def storage_migrate(
         "manifests": (
             LocalObjectStore(settings.jobs_path),
             S3ObjectStore(s3.child("jobs"), creds),
+        ),
+        "inputs": (
+            LocalObjectStore(settings.data_path / "inputs"),
+            S3ObjectStore(s3.child("inputs"), creds),
+        ),
+        "assets": (
+            LocalObjectStore(settings.data_path / ASSETS_DIR, hidden=(STAGING_DIR,)),
+            S3ObjectStore(s3.child("assets"), creds),
         ),
     }
 

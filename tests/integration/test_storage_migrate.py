@@ -56,6 +56,7 @@ def test_migrate_copies_once_and_reports_counts(tmp_path: Path, s3_server: S3Ser
     }
     assert report["outputs"]["bytes"] == sum(p.stat().st_size for p in outputs)
     assert report["manifests"]["copied"] == 2 and report["manifests"]["failed"] == 0
+    assert report["inputs"]["copied"] == 0 and report["assets"]["copied"] == 0
     in_bucket = bucket_keys(s3_server, f"s3://{bucket}/studio/outputs")
     assert in_bucket == {
         p.relative_to(data / "outputs").as_posix(): p.stat().st_size for p in outputs
@@ -85,6 +86,25 @@ def test_migrate_needs_an_s3_store(tmp_path: Path) -> None:
     r = run(["storage", "migrate"], tmp_path, env)
     assert r.returncode == 2
     assert "OUTPUT_STORE_URL" in r.stderr
+
+
+def test_migrate_copies_inputs_and_assets(tmp_path: Path, s3_server: S3Server) -> None:
+    data = tmp_path / "data"
+    (data / "inputs").mkdir(parents=True)
+    (data / "inputs" / ("a" * 64 + ".png")).write_bytes(b"input")
+    (data / "inputs" / ".x.1234abcd.tmp").write_bytes(b"half")
+    (data / "assets" / "ab").mkdir(parents=True)
+    (data / "assets" / "ab" / ("ab" * 32 + ".jpg")).write_bytes(b"asset")
+    (data / "assets" / ".staging" / "run").mkdir(parents=True)
+    (data / "assets" / ".staging" / "run" / "x.jpg").write_bytes(b"staged")
+    bucket = s3_server.make_bucket()
+    env = {**clean_environ(DATA_DIR=str(data)), **s3_server.env(bucket, "p")}
+    r = run(["storage", "migrate", "--json"], tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["inputs"]["copied"] == 1 and report["assets"]["copied"] == 1
+    assert bucket_keys(s3_server, f"s3://{bucket}/p/inputs") == {"a" * 64 + ".png": 5}
+    assert bucket_keys(s3_server, f"s3://{bucket}/p/assets") == {"ab/" + "ab" * 32 + ".jpg": 5}
 
 
 def test_migrate_dry_run_copies_nothing(tmp_path: Path, s3_server: S3Server) -> None:
