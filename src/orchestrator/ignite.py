@@ -10,6 +10,7 @@ import asyncio
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -134,6 +135,56 @@ async def check_folders(service: Service) -> list[CheckResult]:
         result.latency_ms = round((time.perf_counter() - started) * 1000, 1)
         out.append(result)
     return out
+
+
+PROBE_KEY = ".orchestrator-ignite-probe"
+
+
+async def check_output_store(service: Service) -> list[CheckResult]:
+    """With an object store (S3): write, read back and delete a probe object. A store
+    that fails this would fail every job (``storage_unavailable``), so it is essential.
+    Nothing to add for the local folder (``folder:output`` covers it)."""
+    store = service.store
+    if store.is_local:
+        return []
+    objects = store.objects
+    details: dict[str, JsonValue] = {"url": objects.url}
+    started = time.perf_counter()
+    probe = f"{PROBE_KEY}-{uuid.uuid4().hex[:8]}"
+    try:
+        await objects.put_bytes(probe, b"ok")
+        back = await objects.read_bytes(probe)
+        await objects.delete(probe)
+    except OSError as exc:
+        return [
+            CheckResult(
+                component="output_store",
+                status="fail",
+                message=f"{objects.url}: {exc}",
+                latency_ms=round((time.perf_counter() - started) * 1000, 1),
+                details=details,
+            )
+        ]
+    latency = round((time.perf_counter() - started) * 1000, 1)
+    if back != b"ok":
+        return [
+            CheckResult(
+                component="output_store",
+                status="fail",
+                message=f"{objects.url}: a probe object read back different bytes",
+                latency_ms=latency,
+                details=details,
+            )
+        ]
+    return [
+        CheckResult(
+            component="output_store",
+            status="ok",
+            message=f"{objects.url}: write, read and delete work",
+            latency_ms=latency,
+            details=details,
+        )
+    ]
 
 
 async def check_flux(service: Service) -> CheckResult:
@@ -262,10 +313,11 @@ def check_v0(service: Service) -> CheckResult:
 
 
 async def run_checks(service: Service) -> list[CheckResult]:
-    db, folders, flux, comfy = await asyncio.gather(
+    db, folders, store, flux, comfy = await asyncio.gather(
         check_database(service),
         check_folders(service),
+        check_output_store(service),
         _timed(lambda: check_flux(service)),
         check_comfy(service),
     )
-    return [db, *folders, flux, *check_processes(service), *comfy, check_v0(service)]
+    return [db, *folders, *store, flux, *check_processes(service), *comfy, check_v0(service)]

@@ -298,3 +298,36 @@ async def test_mcp_get_output_and_resource_with_the_bucket(
         image, link = preview.content
         assert isinstance(image, ImageContent) and isinstance(link, ResourceLink)
         assert f"s3://{bucket}/studio/outputs/" in (link.description or "")
+
+
+async def test_ignite_checks_the_output_store(
+    make_settings: Callable[..., Settings], s3_server: S3Server
+) -> None:
+    """`ignite` writes, reads back and deletes a probe object in the bucket; a store
+    that cannot be reached fails the check (essential: jobs could not succeed)."""
+    bucket = s3_server.make_bucket()
+    settings = make_settings(demo_mode="on", **s3_settings(s3_server.endpoint_url, bucket))
+    async with open_runtime(settings, run_worker=False) as rt:
+        result = await rt.service.ignite()
+    by = {c.component: c for c in result.checks}
+    assert by["output_store"].status == "ok", by["output_store"]
+    assert by["output_store"].details["url"] == f"s3://{bucket}/studio/outputs"
+    assert [i async for i in bucket_store(s3_server, f"s3://{bucket}/studio").list()] == []
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = make_settings(
+        demo_mode="on", http_connect_timeout_s=1.0, **s3_settings(dead, bucket)
+    )
+    async with open_runtime(settings, run_worker=False) as rt:
+        result = await rt.service.ignite()
+    check = {c.component: c for c in result.checks}["output_store"]
+    assert check.status == "fail" and check.essential
+    assert not result.ok
+
+
+async def test_ignite_has_no_output_store_check_when_local(
+    make_settings: Callable[..., Settings],
+) -> None:
+    async with open_runtime(make_settings(demo_mode="on"), run_worker=False) as rt:
+        result = await rt.service.ignite()
+    assert "output_store" not in {c.component for c in result.checks}
