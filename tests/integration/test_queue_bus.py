@@ -8,6 +8,8 @@ database stand for several processes (each has its own wake-up connection).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -141,3 +143,44 @@ async def test_a_wake_from_another_process_reads_before_it_claims(
         job, _ = await other.service.submit(_req("claimed at once"))
         assert (await other.service.wait_for(job.id, 20.0)).status.value == "succeeded"
         assert claims >= 1
+
+
+@pytest.mark.postgres
+async def test_jobs_handed_back_at_shutdown_are_taken_over_at_once_elsewhere(
+    make_settings: Callable[..., Settings],
+    pg_database: str,
+    fake_bfl: tuple[FakeBfl, ServedApp],
+) -> None:
+    """A worker that stops while a job runs upstream releases its lease; the idle
+    worker of another process re-attaches at once (NOTIFY orchestrator_released), not
+    at its next recovery scan (every LEASE_S / 2 = 15 s here)."""
+    fake, served = fake_bfl
+    fake.config.task_duration_s = 2.0
+    settings = make_settings(
+        database_url=pg_database, bfl_api_key=TEST_KEY, flux_base_url=served.base_url
+    )
+
+    def opts() -> WorkerOptions:
+        return WorkerOptions(
+            concurrency=4, lease_s=30.0, poll_interval_s=30.0, shutdown_grace_s=0.0, kind="worker"
+        )
+
+    async with contextlib.AsyncExitStack() as first_stack:
+        first = await first_stack.enter_async_context(_runtime(settings, opts()))
+        assert first.worker is not None
+        job, _ = await first.service.submit(_req("handed back"))
+        await _until(lambda: len(fake.submissions) == 1)
+        await asyncio.sleep(0.2)  # the handle is recorded
+        assert first.worker.in_flight == 1
+        async with _runtime(settings, opts()) as other:  # starts while the job runs
+            assert other.worker is not None
+            await asyncio.sleep(0.2)
+            assert other.worker.in_flight == 0
+            await first_stack.aclose()  # the first process stops
+            stopped = time.monotonic()
+            # its job was left running upstream
+            done = await other.service.wait_for(job.id, 12.0)
+            took = time.monotonic() - stopped
+            assert done.status.value == "succeeded", done
+            assert took < 8.0, f"{took:.1f} s: the job waited for a recovery scan"
+            assert len(fake.submissions) == 1  # re-attached, not sent again

@@ -23,6 +23,8 @@ from orchestrator.domain.jobs import JobEvent, JobStatus
 BATCH = 1000
 CHANNEL = "orchestrator_events"
 QUEUE_CHANNEL = "orchestrator_queue"  # a job became claimable: idle workers, claim
+# leases given back at a worker's shutdown (jobs running upstream): take them over
+RELEASED_CHANNEL = "orchestrator_released"
 CONNECT_TIMEOUT_S = 5.0
 
 

@@ -39,6 +39,12 @@ class Hub:
         # Told when a job became claimable here (queued, requeued, a slot freed): the
         # queue bus tells the workers of other processes (PostgreSQL NOTIFY).
         self._claimable_hooks: list[Callable[[], None]] = []
+        # Told when a stopping worker here gave back leases of jobs still running
+        # upstream: the queue bus tells the workers of other processes.
+        self._released_hooks: list[Callable[[], None]] = []
+        # Set (with queue_changed) when another process gave back leases: the worker
+        # runs its take-over scan at once rather than at the next LEASE_S / 2.
+        self.recover_requested = False
 
     def job_finished(self, job: Job) -> None:
         """``job`` reached its terminal state (committed): remember it and wake its
@@ -101,6 +107,15 @@ class Hub:
         processes) ended while queued jobs waited: the workers of other processes may
         now claim one. This process's worker wakes itself."""
         self._claimable()
+
+    def leases_released(self) -> None:
+        """A stopping worker here gave back the leases of jobs that still run upstream
+        (committed): another process's worker may re-attach them at once."""
+        for hook in self._released_hooks:
+            hook()
+
+    def on_released(self, hook: Callable[[], None]) -> None:
+        self._released_hooks.append(hook)
 
     def on_claimable(self, hook: Callable[[], None]) -> None:
         self._claimable_hooks.append(hook)

@@ -303,7 +303,11 @@ class Worker:
                         self.hub.job_changed(c.job.id)
                 else:
                     self._backlog = False
-                if time.monotonic() - last_recovery > self.opts.lease_s / 2:
+                if (
+                    self.hub.recover_requested
+                    or time.monotonic() - last_recovery > self.opts.lease_s / 2
+                ):
+                    self.hub.recover_requested = False
                     last_recovery = time.monotonic()
                     await self._recover()
                     await self._expire_waiting()
@@ -910,6 +914,7 @@ class Worker:
                 self.hub.job_queued()  # another process's worker may take it at once
             return
         await asyncio.shield(self.repo.release_leases([lease]))
+        self.hub.leases_released()  # another process's worker may re-attach it at once
         log.info("left running upstream for the next start to re-attach")
 
 
