@@ -66,7 +66,7 @@ class QueueBus:
             await self._listen()
         self._keeper = asyncio.create_task(self._keep_listening(), name="queue-bus-listen")
 
-    async def _listen(self) -> None:
+    async def _listen(self, *, quiet: bool = False) -> None:
         handlers: dict[str, Callable[[], None]] = {
             QUEUE_CHANNEL: self._queued,
             RELEASED_CHANNEL: self._released,
@@ -75,7 +75,8 @@ class QueueBus:
             for channel, handler in handlers.items():
                 await self.pg.listen(handler, channel)
         except Exception as exc:
-            log.warning("queue bus: LISTEN failed; workers poll", error=str(exc))
+            level = log.debug if quiet else log.warning
+            level("queue bus: LISTEN failed; the worker polls", error=str(exc))
             raise
 
     def _wake(self) -> None:
@@ -96,7 +97,7 @@ class QueueBus:
             await asyncio.sleep(CHECK_S)
             if not self.listening:
                 with contextlib.suppress(Exception):
-                    await self._listen()
+                    await self._listen(quiet=True)
                     # what was queued or given back while the connection was down
                     self.hub.recover_requested = True
                     self._wake()
