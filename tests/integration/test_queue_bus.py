@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from tests.conftest import TEST_KEY
+from tests.conftest import TEST_KEY, _reset_pg
 
 from orchestrator.config import Settings
 from orchestrator.domain.params import FluxDevParams, FluxRequest
@@ -24,6 +24,14 @@ from orchestrator.engine.worker import WorkerOptions
 from orchestrator.runtime import Runtime, open_runtime
 from orchestrator.testing.fake_bfl import FakeBfl
 from orchestrator.testing.serve import ServedApp
+
+
+@pytest.fixture
+async def pg(pg_database: str) -> str:
+    """The session's PostgreSQL database, emptied: no job of an earlier test is left
+    queued for the workers here to claim."""
+    await _reset_pg(pg_database)
+    return pg_database
 
 
 async def _until(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -49,13 +57,13 @@ def _req(prompt: str) -> FluxRequest:
 @pytest.mark.postgres
 async def test_a_slot_freed_with_jobs_waiting_wakes_the_other_processes(
     make_settings: Callable[..., Settings],
-    pg_database: str,
+    pg: str,
     fake_bfl: tuple[FakeBfl, ServedApp],
 ) -> None:
     fake, served = fake_bfl
     fake.config.task_duration_s = 0.5
     settings = make_settings(
-        database_url=pg_database,
+        database_url=pg,
         bfl_api_key=TEST_KEY,
         flux_base_url=served.base_url,
         worker_poll_interval_s=30.0,
@@ -77,9 +85,9 @@ async def test_a_slot_freed_with_jobs_waiting_wakes_the_other_processes(
 
 @pytest.mark.postgres
 async def test_a_listener_whose_connection_was_cut_listens_again(
-    make_settings: Callable[..., Settings], pg_database: str
+    make_settings: Callable[..., Settings], pg: str
 ) -> None:
-    settings = make_settings(database_url=pg_database, demo_mode="on")
+    settings = make_settings(database_url=pg, demo_mode="on")
     async with _runtime(settings) as sender, _runtime(settings) as receiver:
         assert sender.bus is not None and receiver.bus is not None
         await receiver.bus.listen()
@@ -92,7 +100,7 @@ async def test_a_listener_whose_connection_was_cut_listens_again(
         # the server drops the listening connection
         conn = receiver.bus.pg._conn
         pid = conn.get_server_pid()
-        admin = await asyncpg.connect(pg_database.replace("postgresql+asyncpg://", "postgresql://"))
+        admin = await asyncpg.connect(pg.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             await admin.execute("SELECT pg_terminate_backend($1)", pid)
         finally:
@@ -115,12 +123,12 @@ async def test_no_bus_on_sqlite(make_settings: Callable[..., Settings]) -> None:
 
 @pytest.mark.postgres
 async def test_a_wake_from_another_process_reads_before_it_claims(
-    make_settings: Callable[..., Settings], pg_database: str
+    make_settings: Callable[..., Settings], pg: str
 ) -> None:
     """Another process's NOTIFY (a slot freed there, say) may find nothing to claim
     here: the woken worker looks with a read first, as a poll does, rather than take
     the claim lock for nothing; a job queued there is still claimed at once."""
-    settings = make_settings(database_url=pg_database, demo_mode="on")
+    settings = make_settings(database_url=pg, demo_mode="on")
     opts = WorkerOptions(concurrency=4, lease_s=5.0, poll_interval_s=30.0, kind="worker")
     async with _runtime(settings) as other, _runtime(settings, opts) as here:
         assert here.worker is not None and here.bus is not None
@@ -148,7 +156,7 @@ async def test_a_wake_from_another_process_reads_before_it_claims(
 @pytest.mark.postgres
 async def test_jobs_handed_back_at_shutdown_are_taken_over_at_once_elsewhere(
     make_settings: Callable[..., Settings],
-    pg_database: str,
+    pg: str,
     fake_bfl: tuple[FakeBfl, ServedApp],
 ) -> None:
     """A worker that stops while a job runs upstream releases its lease; the idle
@@ -156,9 +164,7 @@ async def test_jobs_handed_back_at_shutdown_are_taken_over_at_once_elsewhere(
     at its next recovery scan (every LEASE_S / 2 = 15 s here)."""
     fake, served = fake_bfl
     fake.config.task_duration_s = 2.0
-    settings = make_settings(
-        database_url=pg_database, bfl_api_key=TEST_KEY, flux_base_url=served.base_url
-    )
+    settings = make_settings(database_url=pg, bfl_api_key=TEST_KEY, flux_base_url=served.base_url)
 
     def opts() -> WorkerOptions:
         return WorkerOptions(
