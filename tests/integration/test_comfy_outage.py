@@ -201,9 +201,10 @@ async def test_a_deadline_interrupts_the_running_prompt_before_the_job_ends(
     fake, _ = comfy
     fake.hang_next_node("KSampler")
     async with runtime(comfy_settings()) as rt:
-        running, _ = await rt.service.submit(with_deadline(sdxl("too slow"), 3.0))
+        # deadlines with room for a loaded CI machine to get both prompts onto ComfyUI
+        running, _ = await rt.service.submit(with_deadline(sdxl("too slow"), 6.0))
         running = await running_on_upstream(rt, running.id, fake)
-        pending, _ = await rt.service.submit(with_deadline(sdxl("queued behind"), 3.0))
+        pending, _ = await rt.service.submit(with_deadline(sdxl("queued behind"), 6.0))
         await until(lambda: len(fake.queue_ids) == 2)
         assert running.upstream is not None
         done = await rt.service.wait_for(running.id, 20)
