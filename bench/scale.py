@@ -40,7 +40,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,23 +54,12 @@ import httpx2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _pg import throwaway_postgres
+from startup import free_port, orchestrator_cmd
 
 BFL_KEY = "bench-scale-key-0123456789abcdef"
 CONCURRENT_SUBMITS = 32
 RUN_TIMEOUT_S = 300.0
 IDLE_JOBS = 20
-
-
-def orchestrator_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("orchestrator")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "orchestrator"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:

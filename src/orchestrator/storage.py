@@ -102,6 +102,21 @@ def embeddable(value: JsonValue) -> JsonValue:
     return value
 
 
+async def with_upload_retries(what: str, put: Callable[[], Awaitable[None]]) -> None:
+    """``put``, tried again with backoff while the store is unavailable; then
+    :class:`StoreUnavailable` naming ``what`` and the number of tries."""
+    tries = 0
+    try:
+        async for attempt in stamina.retry_context(
+            on=StoreUnavailable, attempts=UPLOAD_ATTEMPTS, wait_initial=0.5, wait_max=10.0
+        ):
+            with attempt:
+                tries = attempt.num
+                await put()
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"could not store {what} after {tries} tries: {exc}") from exc
+
+
 class OutputStore:
     """Job outputs and manifests. Downloads are always assembled in the local
     ``OUTPUT_DIR/.partial`` folder (metadata embedded, hashed, checked); then the
@@ -197,19 +212,7 @@ class OutputStore:
             raise errors.StorageUnavailable(f"could not sign output {relative}: {exc}") from exc
 
     async def _with_retries(self, what: str, put: Callable[[], Awaitable[None]]) -> None:
-        """``put``, tried again with backoff while the store is unavailable."""
-        tries = 0
-        try:
-            async for attempt in stamina.retry_context(
-                on=StoreUnavailable, attempts=UPLOAD_ATTEMPTS, wait_initial=0.5, wait_max=10.0
-            ):
-                with attempt:
-                    tries = attempt.num
-                    await put()
-        except StoreUnavailable as exc:
-            raise StoreUnavailable(
-                f"could not store {what} in {self.objects.url} after {tries} tries: {exc}"
-            ) from exc
+        await with_upload_retries(f"{what} in {self.objects.url}", put)
 
     def relative_path(self, job: Job, n: int, ext: str) -> str:
         day = job.created_at.strftime("%Y/%m/%d")
@@ -638,19 +641,15 @@ class InputStore:
         remote = self.remote
         if remote is not None:
             key = ref.removeprefix("input:")
-            tries = 0
+
+            async def put() -> None:
+                if not await remote.exists(key):
+                    await remote.put_bytes(key, data)
+
             try:
-                async for attempt in stamina.retry_context(
-                    on=StoreUnavailable, attempts=UPLOAD_ATTEMPTS, wait_initial=0.5, wait_max=10.0
-                ):
-                    with attempt:
-                        tries = attempt.num
-                        if not await remote.exists(key):
-                            await remote.put_bytes(key, data)
+                await with_upload_retries(f"input {ref} in {remote.url}", put)
             except StoreUnavailable as exc:
-                raise errors.StorageUnavailable(
-                    f"could not store input {ref} in {remote.url} after {tries} tries: {exc}"
-                ) from exc
+                raise errors.StorageUnavailable(str(exc)) from exc
         return ref
 
     def path(self, ref: str) -> Path:

@@ -201,6 +201,24 @@ def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{proc.name} did not answer {url} within {timeout}s:\n{proc.tail()}")
 
 
+def start_fake(make: Callable[[int], Proc], path: str) -> tuple[Proc, str]:
+    """A fake as its own process on a free port, answering ``path``; a port taken
+    between choosing and binding it is simply tried again."""
+    last: Exception | None = None
+    for _ in range(3):
+        port = _free_port()
+        proc = make(port)
+        proc.start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_http(url + path, proc)
+            return proc, url
+        except RuntimeError as exc:
+            last = exc
+            proc.terminate(5)
+    raise RuntimeError(f"could not start a fake: {last}")
+
+
 def _pg_admin(sql: str) -> None:
     import asyncpg
 
@@ -250,21 +268,8 @@ class Cluster:
         self.server: Proc | None = None
         self.bfl_url = self.comfy_url = self.url = ""
 
-    # fakes: a port taken between choosing and binding it is simply tried again
     def _start_fake(self, make: Callable[[int], Proc], path: str) -> tuple[Proc, str]:
-        last: Exception | None = None
-        for _ in range(3):
-            port = _free_port()
-            proc = make(port)
-            proc.start()
-            url = f"http://127.0.0.1:{port}"
-            try:
-                wait_http(url + path, proc)
-                return proc, url
-            except RuntimeError as exc:
-                last = exc
-                proc.terminate(5)
-        raise RuntimeError(f"could not start a fake: {last}")
+        return start_fake(make, path)
 
     def start_fakes(self) -> None:
         env = clean_environ()

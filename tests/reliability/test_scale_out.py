@@ -40,6 +40,7 @@ from tests.reliability.test_crash_recovery import (
     clean_environ,
     fake_bfl_proc,
     pg_url,
+    start_fake,
     wait_http,
 )
 from tests.s3_server import S3Server
@@ -125,28 +126,13 @@ class Farm:
         self.workers: list[Proc] = []
         self.bfl_url = self.comfy_url = self.url = ""
 
-    def _start_fake(self, make: Callable[[int], Proc], path: str) -> tuple[Proc, str]:
-        last: Exception | None = None
-        for _ in range(3):
-            port = _free_port()
-            proc = make(port)
-            proc.start()
-            url = f"http://127.0.0.1:{port}"
-            try:
-                wait_http(url + path, proc)
-                return proc, url
-            except RuntimeError as exc:
-                last = exc
-                proc.terminate(5)
-        raise RuntimeError(f"could not start a fake: {last}")
-
     def start_fakes(self) -> None:
-        self.bfl, self.bfl_url = self._start_fake(
+        self.bfl, self.bfl_url = start_fake(
             lambda port: fake_bfl_proc(port, 0.3, self.logs), "/_fake/state"
         )
         comfy_dir = self.root / "comfyui"
         args = ["fake-comfy", "--base-dir", str(comfy_dir), "--node-delay", "0.002"]
-        self.comfy, self.comfy_url = self._start_fake(
+        self.comfy, self.comfy_url = start_fake(
             lambda port: Proc(
                 "fake-comfy", [*CLI, *args, "--port", str(port)], clean_environ(), self.logs
             ),

@@ -24,6 +24,22 @@ from orchestrator.api.problems import problem_response
 from orchestrator.object_store import ObjectInfo, ObjectMissing, ObjectStore
 
 
+def range_problem(request: Request, exc: MalformedRangeHeader | RangeNotSatisfiable) -> Response:
+    """The problem document for a refused ``Range``: 400, or 416 with the size."""
+    if isinstance(exc, MalformedRangeHeader):
+        return problem_response(
+            request, 400, "Malformed Range header", "malformed-range", exc.content
+        )
+    return problem_response(
+        request,
+        416,
+        "Range not satisfiable",
+        "range-not-satisfiable",
+        f"the file has {exc.max_size} bytes",
+        headers={"Content-Range": f"bytes */{exc.max_size}"},
+    )
+
+
 class ProblemFileResponse(FileResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
@@ -42,22 +58,8 @@ class ProblemFileResponse(FileResponse):
                 request = Request(scope)
                 try:
                     self._parse_range_header(http_range, self.stat_result.st_size)
-                except MalformedRangeHeader as exc:
-                    response = problem_response(
-                        request, 400, "Malformed Range header", "malformed-range", exc.content
-                    )
-                    await response(scope, receive, send)
-                    return
-                except RangeNotSatisfiable as exc:
-                    response = problem_response(
-                        request,
-                        416,
-                        "Range not satisfiable",
-                        "range-not-satisfiable",
-                        f"the file has {exc.max_size} bytes",
-                        headers={"Content-Range": f"bytes */{exc.max_size}"},
-                    )
-                    await response(scope, receive, send)
+                except (MalformedRangeHeader, RangeNotSatisfiable) as exc:
+                    await range_problem(request, exc)(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
 
@@ -102,22 +104,8 @@ class ProblemObjectResponse(Response):
         if http_range is not None and use_range:
             try:
                 ranges = FileResponse._parse_range_header(http_range, size)
-            except MalformedRangeHeader as exc:
-                response = problem_response(
-                    request, 400, "Malformed Range header", "malformed-range", exc.content
-                )
-                await response(scope, receive, send)
-                return
-            except RangeNotSatisfiable as exc:
-                response = problem_response(
-                    request,
-                    416,
-                    "Range not satisfiable",
-                    "range-not-satisfiable",
-                    f"the file has {exc.max_size} bytes",
-                    headers={"Content-Range": f"bytes */{exc.max_size}"},
-                )
-                await response(scope, receive, send)
+            except (MalformedRangeHeader, RangeNotSatisfiable) as exc:
+                await range_problem(request, exc)(scope, receive, send)
                 return
             if len(ranges) == 1:
                 (start, end), status = ranges[0], 206
