@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,8 @@ Code = errors.ErrorCode
 MAX_CONNECT_RETRIES = 5
 MAX_GET_RETRIES = 8
 MAX_RETRY_AFTER_S = 60.0
+# A drawn seed fits 32 bits, well inside what every FLUX endpoint takes (Seed: 2**53 - 1).
+FLUX_SEED_RANGE = 2**32
 DEFAULT_KEY_HOSTS = "api.bfl.ai,api.eu*.bfl.ai,api.us*.bfl.ai"
 DEFAULT_RESULT_HOSTS = "*.bfl.ai,bfldelivery*.blob.core.windows.net"
 
@@ -474,6 +477,13 @@ class FluxBackend(Backend):
     @property
     def disabled_reason(self) -> str | None:
         return None if self.client else "BFL_API_KEY is not set"
+
+    def prepare(self, params: dict[str, JsonValue]) -> dict[str, JsonValue]:
+        """Every FLUX model takes a seed: draw one when none was given, so the job
+        records (and a retry reuses) the seed BFL was sent, not one BFL chose."""
+        if params.get("seed") is None:
+            params = {**params, "seed": random.randrange(FLUX_SEED_RANGE)}
+        return params
 
     def limit_groups(self, model: str) -> Sequence[tuple[str, int]]:
         groups = [("flux", self.max_active)]
