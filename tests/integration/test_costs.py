@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 import httpx2
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from tests.conftest import TEST_KEY
 from typer.testing import CliRunner
 
 from orchestrator import errors
@@ -27,20 +26,6 @@ from orchestrator.testing.fake_bfl import FakeBfl
 from orchestrator.testing.serve import ServedApp
 
 FakePair = tuple[FakeBfl, ServedApp]
-
-
-@pytest.fixture
-def settings_for(
-    make_settings: Callable[..., Settings], fake_bfl: FakePair
-) -> Callable[..., Settings]:
-    _fake, served = fake_bfl
-
-    def make(**kw: object) -> Settings:
-        base: dict[str, object] = {"bfl_api_key": TEST_KEY, "flux_base_url": served.base_url}
-        base.update(kw)
-        return make_settings(**base)
-
-    return make
 
 
 @asynccontextmanager

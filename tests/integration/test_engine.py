@@ -34,20 +34,6 @@ from orchestrator.testing.serve import ServedApp
 FakePair = tuple[FakeBfl, ServedApp]
 
 
-@pytest.fixture
-def settings_for(
-    make_settings: Callable[..., Settings], fake_bfl: FakePair
-) -> Callable[..., Settings]:
-    _fake, served = fake_bfl
-
-    def make(**kw: object) -> Settings:
-        base: dict[str, object] = {"bfl_api_key": TEST_KEY, "flux_base_url": served.base_url}
-        base.update(kw)
-        return make_settings(**base)
-
-    return make
-
-
 @asynccontextmanager
 async def runtime(
     settings: Settings, worker: bool = True, **opts: object

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tests.conftest import TEST_KEY
 from tests.integration.test_engine import dev, run_one, runtime
 
 from orchestrator.config import Settings
@@ -22,8 +21,8 @@ FakePair = tuple[FakeBfl, ServedApp]
 
 
 @pytest.fixture
-def settings(make_settings: Callable[..., Settings], fake_bfl: FakePair) -> Settings:
-    return make_settings(bfl_api_key=TEST_KEY, flux_base_url=fake_bfl[1].base_url)
+def settings(settings_for: Callable[..., Settings]) -> Settings:
+    return settings_for()
 
 
 async def test_a_job_without_a_seed_records_and_sends_one_and_a_retry_reuses_it(

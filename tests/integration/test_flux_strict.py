@@ -24,18 +24,6 @@ from orchestrator.testing.serve import ServedApp
 FakePair = tuple[FakeBfl, ServedApp]
 
 
-@pytest.fixture
-def settings_for(
-    make_settings: Callable[..., Settings], fake_bfl: FakePair
-) -> Callable[..., Settings]:
-    def make(**kw: object) -> Settings:
-        base: dict[str, object] = {"bfl_api_key": TEST_KEY, "flux_base_url": fake_bfl[1].base_url}
-        base.update(kw)
-        return make_settings(**base)
-
-    return make
-
-
 def assert_key_only_where_it_belongs(fake: FakeBfl, served: ServedApp) -> None:
     """Every submit and poll carried the key; no download did (a signed URL needs none,
     and the delivery host must never see it)."""

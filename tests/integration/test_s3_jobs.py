@@ -19,7 +19,6 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp_types import BlobResourceContents, ImageContent, ResourceLink
-from tests.conftest import TEST_KEY
 from tests.s3_server import ACCESS_KEY, REGION, SECRET_KEY, S3Server, free_port
 
 from orchestrator.api.app import create_app
@@ -51,20 +50,6 @@ def s3_settings(server_url: str, bucket: str, prefix: str = "studio") -> dict[st
 def bucket_store(server: S3Server, url: str) -> S3ObjectStore:
     creds = S3Credentials(server.endpoint_url, REGION, ACCESS_KEY, SECRET_KEY)
     return S3ObjectStore(S3Location.parse(url), creds)
-
-
-@pytest.fixture
-def settings_for(
-    make_settings: Callable[..., Settings], fake_bfl: FakePair
-) -> Callable[..., Settings]:
-    _fake, served = fake_bfl
-
-    def make(**kw: object) -> Settings:
-        base: dict[str, object] = {"bfl_api_key": TEST_KEY, "flux_base_url": served.base_url}
-        base.update(kw)
-        return make_settings(**base)
-
-    return make
 
 
 @asynccontextmanager
