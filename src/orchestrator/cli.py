@@ -269,14 +269,7 @@ async def _work(settings: Settings, names: list[str] | None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        options = WorkerOptions(
-            concurrency=settings.worker_concurrency,
-            lease_s=settings.lease_s,
-            poll_interval_s=settings.worker_poll_interval_s,
-            shutdown_grace_s=settings.shutdown_grace_s,
-            kind="worker",
-            backends=names,
-        )
+        options = WorkerOptions.from_settings(settings, kind="worker", backends=names)
         async with open_runtime(settings, run_worker=True, worker_options=options):
             await stop.wait()
             log.info("stopping the worker", grace_s=settings.shutdown_grace_s)

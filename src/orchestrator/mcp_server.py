@@ -726,13 +726,7 @@ async def run_stdio(settings: Settings) -> None:
     from orchestrator.runtime import open_runtime, start_worker
 
     async with open_runtime(settings, run_worker=False) as rt:
-        options = WorkerOptions(
-            concurrency=settings.worker_concurrency,
-            lease_s=settings.lease_s,
-            poll_interval_s=settings.worker_poll_interval_s,
-            shutdown_grace_s=settings.shutdown_grace_s,
-            kind="mcp",
-        )
+        options = WorkerOptions.from_settings(settings, kind="mcp")
 
         async def ensure_worker() -> None:
             # Checked again every lease period: if the serve process goes away, this

@@ -315,12 +315,7 @@ async def open_runtime(
             )
         worker = None
         if run_worker:
-            opts = worker_options or WorkerOptions(
-                concurrency=settings.worker_concurrency,
-                lease_s=settings.lease_s,
-                poll_interval_s=settings.worker_poll_interval_s,
-                shutdown_grace_s=settings.shutdown_grace_s,
-            )
+            opts = worker_options or WorkerOptions.from_settings(settings)
             _check_claimed(backends, opts)
             if bus is not None:
                 await bus.listen()  # listening before the worker's first look at the queue

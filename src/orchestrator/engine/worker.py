@@ -31,6 +31,7 @@ from orchestrator.engine.hub import Hub
 from orchestrator.storage import OutputStore
 
 if TYPE_CHECKING:
+    from orchestrator.config import Settings
     from orchestrator.metrics import Metrics
 
 log = logs.get(__name__)
@@ -73,6 +74,20 @@ class WorkerOptions:
     handle_grace_s: float = 60.0
     # How long a finished result is fetched again while the output folder is full.
     storage_retry_window_s: float = 600.0
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, kind: str = "serve", backends: Sequence[str] | None = None
+    ) -> WorkerOptions:
+        """The options the settings give (concurrency, lease, poll interval, grace)."""
+        return cls(
+            concurrency=settings.worker_concurrency,
+            lease_s=settings.lease_s,
+            poll_interval_s=settings.worker_poll_interval_s,
+            shutdown_grace_s=settings.shutdown_grace_s,
+            kind=kind,
+            backends=backends,
+        )
 
 
 class _Running:
