@@ -25,7 +25,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -180,36 +180,35 @@ class OutputStore:
         target = self.cache_dir / digest[:2] / f"{digest}.{ext}"
         if target.is_file():
             return target
-        try:
+        with self._reading(relative):
             await self.objects.get_file(relative, target)
-        except ObjectMissing:
-            raise errors.OutputNotFound(
-                f"output {relative} is missing in {self.objects.url}"
-            ) from None
-        except StoreUnavailable as exc:
-            raise errors.StorageUnavailable(f"could not read output {relative}: {exc}") from exc
         return target
 
     async def stat_output(self, relative: str) -> ObjectInfo:
         """Size and modification time of a stored output (404 when it is missing)."""
+        with self._reading(relative):
+            info = await self.objects.stat(relative)
+        return info
+
+    async def presign_output(self, relative: str, expires_s: float) -> str | None:
+        """A short-lived URL to download the output from the store itself (None: the
+        store cannot make one, e.g. a local folder)."""
+        with self._reading(relative, "sign"):
+            url = await self.objects.presign(relative, expires_s)
+        return url
+
+    @contextlib.contextmanager
+    def _reading(self, relative: str, verb: str = "read") -> Iterator[None]:
+        """A missing object is a 404 (``OutputNotFound``), an unreachable store
+        ``storage_unavailable``."""
         try:
-            return await self.objects.stat(relative)
+            yield
         except ObjectMissing:
             raise errors.OutputNotFound(
                 f"output {relative} is missing in {self.objects.url}"
             ) from None
         except StoreUnavailable as exc:
-            raise errors.StorageUnavailable(f"could not read output {relative}: {exc}") from exc
-
-    async def presign_output(self, relative: str, expires_s: float) -> str | None:
-        """A short-lived URL to download the output from the store itself (None: the
-        store cannot make one, e.g. a local folder)."""
-        try:
-            return await self.objects.presign(relative, expires_s)
-        except ObjectMissing:
-            raise errors.OutputNotFound(f"no output {relative}") from None
-        except StoreUnavailable as exc:
-            raise errors.StorageUnavailable(f"could not sign output {relative}: {exc}") from exc
+            raise errors.StorageUnavailable(f"could not {verb} output {relative}: {exc}") from exc
 
     async def _with_retries(self, what: str, put: Callable[[], Awaitable[None]]) -> None:
         await with_upload_retries(f"{what} in {self.objects.url}", put)
